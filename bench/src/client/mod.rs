@@ -1,0 +1,270 @@
+//! Streaming one prompt through each approach and recording what arrives.
+
+pub mod https;
+pub mod tls;
+pub mod wt;
+
+use crate::approach::Approach;
+use crate::record::{Recorder, RequestRecord};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokenwire_servers::protocol::framing::{FrameDecoder, MAX_FRAME, encode};
+use tokenwire_servers::protocol::ollama_stream::{StreamItem, parse_openai_data};
+use tokenwire_servers::protocol::sse;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("TLS handshake with {addr} failed: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("server answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("WebTransport: {0}")]
+    Wt(String),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where the companions are and how to reach them.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub raw: SocketAddr,
+    pub sse: SocketAddr,
+    /// The WebTransport session URL.
+    pub wt_url: String,
+    /// TLS server name and Host header for the HTTPS companions.
+    pub host: String,
+    /// Model name for the raw approach.
+    pub model: String,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Self {
+            raw: ([127, 0, 0, 1], 11435).into(),
+            sse: ([127, 0, 0, 1], 8080).into(),
+            wt_url: "https://127.0.0.1:4433/wt".to_owned(),
+            host: "localhost".to_owned(),
+            model: "gemma3:12b".to_owned(),
+        }
+    }
+}
+
+/// One client per approach, holding its connection between prompts in reuse mode.
+pub enum ApproachClient {
+    Raw(https::HttpsClient, String),
+    Sse(https::HttpsClient),
+    Wt(wt::WtClient),
+}
+
+impl ApproachClient {
+    pub fn new(
+        approach: Approach,
+        targets: &Targets,
+        trust: &tls::Trust,
+    ) -> Result<Self, ClientError> {
+        let cfg = || {
+            trust
+                .client_config()
+                .map_err(|e| ClientError::Http(format!("TLS configuration: {e}")))
+        };
+        Ok(match approach {
+            Approach::Raw => ApproachClient::Raw(
+                https::HttpsClient::new(targets.raw, &targets.host, cfg()?),
+                targets.model.clone(),
+            ),
+            Approach::Sse => {
+                ApproachClient::Sse(https::HttpsClient::new(targets.sse, &targets.host, cfg()?))
+            }
+            Approach::Wt => ApproachClient::Wt(wt::WtClient::new(&targets.wt_url, trust)?),
+        })
+    }
+
+    pub fn approach(&self) -> Approach {
+        match self {
+            ApproachClient::Raw(..) => Approach::Raw,
+            ApproachClient::Sse(_) => Approach::Sse,
+            ApproachClient::Wt(_) => Approach::Wt,
+        }
+    }
+
+    /// Connections (or sessions) opened so far.
+    pub fn connections(&self) -> u64 {
+        match self {
+            ApproachClient::Raw(c, _) | ApproachClient::Sse(c) => c.connections,
+            ApproachClient::Wt(c) => c.connections,
+        }
+    }
+
+    /// Streams one prompt to its end and records it. Never panics on what the server
+    /// sends; failures end up in the record's `error`. `timeout` bounds the whole request.
+    pub async fn stream(
+        &mut self,
+        prompt: &str,
+        index: usize,
+        reuse: bool,
+        timeout: Duration,
+    ) -> RequestRecord {
+        let approach = self.approach();
+        let mut rec = Recorder::new(approach, index, Instant::now());
+        let result = tokio::time::timeout(timeout, async {
+            match self {
+                ApproachClient::Raw(c, model) => {
+                    let body = serde_json::json!({
+                        "model": model,
+                        "messages": [{"role": "user", "content": prompt}],
+                        "stream": true,
+                        "stream_options": {"include_usage": true},
+                    });
+                    let resp = c
+                        .post_json("/v1/chat/completions", body.to_string(), reuse)
+                        .await?;
+                    read_sse(resp, &mut rec, SseKind::OpenAi).await
+                }
+                ApproachClient::Sse(c) => {
+                    let body = serde_json::json!({ "message": prompt });
+                    let resp = c.post_json("/chat", body.to_string(), reuse).await?;
+                    read_sse(resp, &mut rec, SseKind::Relay).await
+                }
+                ApproachClient::Wt(c) => {
+                    let r = wt_stream(c, prompt, reuse, &mut rec).await;
+                    if !reuse {
+                        c.close();
+                    }
+                    r
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => rec.finish(),
+            Ok(Err(e)) => rec.fail(e),
+            Err(_) => rec.fail(ClientError::Timeout(timeout)),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum SseKind {
+    /// `/v1/chat/completions` chunks.
+    OpenAi,
+    /// The SSE relay's plain-text tokens.
+    Relay,
+}
+
+/// Reads an SSE response to its very end (so a kept-alive connection is reusable).
+async fn read_sse(
+    resp: hyper::Response<Incoming>,
+    rec: &mut Recorder,
+    kind: SseKind,
+) -> Result<(), ClientError> {
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if status != StatusCode::OK {
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(ClientError::Status {
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+        });
+    }
+    let mut parser = sse::Parser::with_max_line(MAX_FRAME);
+    let mut done = false;
+    let mut failure = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Stream(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        rec.bytes(data.len());
+        let events = parser
+            .feed(&data)
+            .map_err(|e| ClientError::Stream(e.to_string()))?;
+        for ev in events {
+            if ev.event == "error" {
+                failure.get_or_insert(ev.data);
+                continue;
+            }
+            match kind {
+                SseKind::Relay if ev.data == "[DONE]" => done = true,
+                SseKind::Relay => rec.token(&ev.data),
+                SseKind::OpenAi => match parse_openai_data(&ev.data) {
+                    Ok(StreamItem::Token(t)) => rec.token(&t),
+                    Ok(StreamItem::Done { tokens: Some(n) }) => rec.reported(n),
+                    Ok(StreamItem::Done { tokens: None }) => done = true,
+                    Ok(StreamItem::Error(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Ok(StreamItem::Other) => {}
+                    Err(e) => return Err(ClientError::Stream(format!("malformed chunk: {e}"))),
+                },
+            }
+        }
+    }
+    if let Some(f) = failure {
+        return Err(ClientError::Stream(format!("server reported: {f}")));
+    }
+    if !done {
+        return Err(ClientError::Stream("stream ended without [DONE]".into()));
+    }
+    Ok(())
+}
+
+async fn wt_stream(
+    c: &mut wt::WtClient,
+    prompt: &str,
+    reuse: bool,
+    rec: &mut Recorder,
+) -> Result<(), ClientError> {
+    let session = c.session(reuse).await?;
+    let wt = |e: &dyn std::fmt::Display| ClientError::Wt(e.to_string());
+    let (mut send, mut recv) = session
+        .open_bi()
+        .await
+        .map_err(|e| wt(&e))?
+        .await
+        .map_err(|e| wt(&e))?;
+    send.write_all(&encode(prompt.as_bytes()))
+        .await
+        .map_err(|e| wt(&e))?;
+    send.finish().await.map_err(|e| wt(&e))?;
+    let mut dec = FrameDecoder::new(MAX_FRAME);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut done = false;
+    while let Some(n) = recv.read(&mut buf).await.map_err(|e| wt(&e))? {
+        rec.bytes(n);
+        dec.extend(&buf[..n]);
+        while let Some(frame) = dec
+            .next_frame()
+            .map_err(|e| ClientError::Stream(e.to_string()))?
+        {
+            if done {
+                return Err(ClientError::Stream("data after the end frame".into()));
+            }
+            if frame.is_empty() {
+                done = true;
+            } else {
+                let text = std::str::from_utf8(&frame)
+                    .map_err(|_| ClientError::Stream("token is not UTF-8".into()))?;
+                rec.token(text);
+            }
+        }
+    }
+    if !done || dec.buffered() > 0 {
+        return Err(ClientError::Stream(
+            "stream finished without the end frame".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! What the three HTTP servers (model, raw proxy, SSE relay) share: the accept loop with
+//! TCP_NODELAY, optional TLS, connection counting and graceful shutdown, and small
+//! response and body helpers.
+
+use crate::stats::Stats;
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body: a whole buffer or a stream of frames.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Addresses of the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("reading the request body: {0}")]
+    Read(#[from] hyper::Error),
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes (a declared
+/// Content-Length over the limit is refused before reading anything).
+pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut body = req.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.into())
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` fires, then lets in-flight requests
+/// finish for up to `grace` and closes the rest.
+pub async fn serve<H, Fut>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    handler: H,
+) where
+    H: Fn(http::Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(local) = tcp.local_addr() else {
+            continue;
+        };
+        stats.add_connection();
+        let info = ConnInfo { peer, local };
+        let handler = handler.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let h = handler.clone();
+                async move { Ok::<_, Infallible>(h(req, info).await) }
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            let result = match tls {
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                        .await
+                }
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(tcp), svc))
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; closing the remaining connections");
+    }
+}
+
+/// A pooled HTTP/1 client for upstream requests (plain HTTP, as Ollama speaks), with
+/// TCP_NODELAY.
+pub type UpstreamClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector)
+}

@@ -1,0 +1,221 @@
+//! Binding and starting each server, for the binary and for tests alike: bind first (so a
+//! busy port is a clear error before anything runs), then serve in a task until shutdown.
+
+use crate::certs::Identity;
+use crate::model::{Model, ModelConfig};
+use crate::raw::RawProxy;
+use crate::sse_relay::SseRelay;
+use crate::stats::Stats;
+use crate::upstream::{Upstream, UpstreamError};
+use crate::wt_relay::WtRelay;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// What the relays share.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Base URL of the Ollama API to relay (`http://HOST:PORT`).
+    pub upstream: String,
+    /// Model name the `sse` and `wt` relays ask the upstream for.
+    pub model: String,
+    /// Largest request body (`raw`, `sse`) accepted.
+    pub max_body: usize,
+    /// Largest WebTransport frame accepted.
+    pub max_frame: usize,
+    /// How long a WebTransport client may take to send its whole prompt frame.
+    pub stall: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            upstream: "http://127.0.0.1:11434".to_owned(),
+            model: "gemma3:12b".to_owned(),
+            max_body: 1 << 20,
+            max_frame: crate::protocol::framing::MAX_FRAME,
+            stall: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A started server.
+pub struct Running {
+    pub name: &'static str,
+    pub url: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    pub task: JoinHandle<()>,
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, LaunchError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| LaunchError::Bind { addr, source })
+}
+
+fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    l.local_addr().unwrap_or(fallback)
+}
+
+/// The embedded model on plain HTTP, as Ollama serves.
+pub async fn start_model(
+    addr: SocketAddr,
+    cfg: ModelConfig,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(Running, Model), LaunchError> {
+    let listener = bind_tcp(addr).await?;
+    let addr = local(&listener, addr);
+    // Tokenise the corpus now, not on the first request.
+    tokio::task::spawn_blocking(crate::model::corpus::corpus)
+        .await
+        .ok();
+    let stats = Stats::new();
+    let model = Model::new(cfg, stats.clone());
+    let m = model.clone();
+    let task = tokio::spawn(crate::http::serve(
+        listener,
+        None,
+        stats.clone(),
+        shutdown,
+        grace,
+        move |req, conn| {
+            let m = m.clone();
+            async move { m.handle(req, conn).await }
+        },
+    ));
+    let running = Running {
+        name: "model",
+        url: format!("http://{addr}"),
+        addr,
+        stats,
+        task,
+    };
+    Ok((running, model))
+}
+
+fn acceptor(id: &Identity) -> Result<tokio_rustls::TlsAcceptor, LaunchError> {
+    let cfg = crate::tls::server_config(id).map_err(|e| LaunchError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(cfg))
+}
+
+/// The TLS reverse proxy.
+pub async fn start_raw(
+    addr: SocketAddr,
+    id: &Identity,
+    opts: &RelayOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<Running, LaunchError> {
+    let upstream = Upstream::new(&opts.upstream)?;
+    let tls = acceptor(id)?;
+    let listener = bind_tcp(addr).await?;
+    let addr = local(&listener, addr);
+    let stats = Stats::new();
+    let proxy = RawProxy::new(upstream, stats.clone(), opts.max_body);
+    let task = tokio::spawn(crate::http::serve(
+        listener,
+        Some(tls),
+        stats.clone(),
+        shutdown,
+        grace,
+        move |req, conn| {
+            let p = proxy.clone();
+            async move { p.handle(req, conn).await }
+        },
+    ));
+    Ok(Running {
+        name: "raw",
+        url: format!("https://{addr}"),
+        addr,
+        stats,
+        task,
+    })
+}
+
+/// The HTTPS SSE relay.
+pub async fn start_sse(
+    addr: SocketAddr,
+    id: &Identity,
+    opts: &RelayOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<Running, LaunchError> {
+    let upstream = Upstream::new(&opts.upstream)?;
+    let tls = acceptor(id)?;
+    let listener = bind_tcp(addr).await?;
+    let addr = local(&listener, addr);
+    let stats = Stats::new();
+    let relay = SseRelay::new(upstream, opts.model.clone(), stats.clone(), opts.max_body);
+    let task = tokio::spawn(crate::http::serve(
+        listener,
+        Some(tls),
+        stats.clone(),
+        shutdown,
+        grace,
+        move |req, conn| {
+            let r = relay.clone();
+            async move { r.handle(req, conn).await }
+        },
+    ));
+    Ok(Running {
+        name: "sse",
+        url: format!("https://{addr}/chat"),
+        addr,
+        stats,
+        task,
+    })
+}
+
+/// The WebTransport relay.
+pub async fn start_wt(
+    addr: SocketAddr,
+    id: &Identity,
+    opts: &RelayOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<Running, LaunchError> {
+    let upstream = Upstream::new(&opts.upstream)?;
+    let identity = crate::tls::wt_identity(id).map_err(|e| LaunchError::Tls(e.to_string()))?;
+    let config = wtransport::ServerConfig::builder()
+        .with_bind_address(addr)
+        .with_identity(identity)
+        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .build();
+    let endpoint = wtransport::Endpoint::server(config)
+        .map_err(|source| LaunchError::Bind { addr, source })?;
+    let addr = endpoint.local_addr().unwrap_or(addr);
+    let stats = Stats::new();
+    let relay = WtRelay::new(
+        upstream,
+        opts.model.clone(),
+        stats.clone(),
+        opts.max_frame,
+        opts.stall,
+    );
+    let task = tokio::spawn(relay.serve(endpoint, shutdown, grace));
+    Ok(Running {
+        name: "wt",
+        url: format!("https://{addr}{}", crate::wt_relay::PATH),
+        addr,
+        stats,
+        task,
+    })
+}

@@ -1,0 +1,16 @@
+//! tokenwire-servers: the embedded Ollama-compatible model and the three companions that
+//! stream its tokens to clients — `raw` (TLS reverse proxy), `sse` (HTTPS SSE relay) and
+//! `wt` (WebTransport relay) — as a library (tests start them in-process) and a binary.
+
+pub mod certs;
+pub mod gojson;
+pub mod http;
+pub mod launch;
+pub mod model;
+pub mod protocol;
+pub mod raw;
+pub mod sse_relay;
+pub mod stats;
+pub mod tls;
+pub mod upstream;
+pub mod wt_relay;

@@ -1,0 +1,370 @@
+//! tokenwire-servers: run the embedded model and the companions from the command line.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokenwire_servers::certs;
+use tokenwire_servers::launch::{self, RelayOptions, Running};
+use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
+use tokio_util::sync::CancellationToken;
+
+/// The embedded Ollama-compatible model and the companions that stream its tokens:
+/// `raw` (TLS reverse proxy to the Ollama API), `sse` (HTTPS SSE relay) and `wt`
+/// (WebTransport relay). TLS servers use certs/cert.pem and certs/key.pem, generated
+/// when missing. Logs go to stderr (RUST_LOG=debug for more).
+#[derive(Parser)]
+#[command(name = "tokenwire-servers", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The embedded Ollama-compatible model on plain HTTP (default 127.0.0.1:11434).
+    Model {
+        #[arg(long, default_value = "127.0.0.1:11434")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// TLS reverse proxy to the upstream's whole Ollama API (default 127.0.0.1:11435).
+    Raw {
+        #[arg(long, default_value = "127.0.0.1:11435")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        relay: RelayArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// HTTPS SSE relay: POST /chat {"message": "..."} (default 127.0.0.1:8080).
+    Sse {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        relay: RelayArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// WebTransport relay on UDP, path /wt (default 127.0.0.1:4433).
+    Wt {
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        relay: RelayArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// The model and all three companions in one process (the demo). With --upstream,
+    /// the companions relay that Ollama instead and no embedded model is started.
+    All {
+        #[arg(long, default_value = "127.0.0.1:11434")]
+        model_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:11435")]
+        raw_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        sse_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        wt_listen: SocketAddr,
+        /// A real Ollama to relay (e.g. http://127.0.0.1:11434); default: the embedded model.
+        #[arg(long)]
+        upstream: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        relay: RelayTuning,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Create certs/cert.pem and certs/key.pem (ECDSA P-256, localhost/127.0.0.1/::1,
+    /// 14 days) and print the SHA-256 for WebTransport serverCertificateHashes.
+    Certs {
+        /// Directory of cert.pem and key.pem.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Replace an existing, still valid pair.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model names to answer to (comma-separated); others get Ollama's 404.
+    #[arg(long, value_delimiter = ',', default_value = "gemma3:12b")]
+    models: Vec<String>,
+    /// Seed for requests that do not set options.seed / seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Prompt evaluation time: time to first token, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    ttft_ms: u64,
+    /// Time between tokens, in milliseconds.
+    #[arg(long, default_value_t = 35)]
+    tbt_ms: u64,
+    /// Relative jitter on each wait (0.1 = ±10%).
+    #[arg(long, default_value_t = 0.1)]
+    jitter: f64,
+    /// Speed factor dividing every wait (10 = ten times faster).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Mean response length in tokens (lengths spread ±30%; num_predict/max_tokens cap it).
+    #[arg(long, default_value_t = 480)]
+    mean_tokens: u32,
+    /// /v1/chat/completions chunk format: current (Ollama >= 0.32.6) or legacy (<= 0.32.5).
+    #[arg(long, value_enum, default_value = "current")]
+    openai_format: OpenAiFormat,
+}
+
+impl ModelArgs {
+    fn config(&self) -> Result<ModelConfig> {
+        anyhow::ensure!(self.speed > 0.0, "--speed must be positive");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.jitter),
+            "--jitter must be in 0..1"
+        );
+        anyhow::ensure!(!self.models.is_empty(), "--models needs at least one name");
+        let version = match self.openai_format {
+            OpenAiFormat::Current => "0.32.6",
+            OpenAiFormat::Legacy => "0.32.5",
+        };
+        Ok(ModelConfig {
+            models: self.models.clone(),
+            seed: self.seed,
+            timing: Timing {
+                ttft: Duration::from_millis(self.ttft_ms),
+                tbt: Duration::from_millis(self.tbt_ms),
+                jitter: self.jitter,
+                speed: self.speed,
+                mean_tokens: self.mean_tokens.max(1),
+            },
+            openai_format: self.openai_format,
+            version: version.to_owned(),
+            ..ModelConfig::default()
+        })
+    }
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// The Ollama API to relay (plain HTTP, as Ollama serves).
+    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    upstream: String,
+    #[command(flatten)]
+    tuning: RelayTuning,
+}
+
+#[derive(Args)]
+struct RelayTuning {
+    /// Model the sse and wt relays ask the upstream for.
+    #[arg(long = "model", default_value = "gemma3:12b")]
+    relay_model: String,
+    /// Directory of cert.pem and key.pem (generated when missing or expired).
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    /// Largest WebTransport frame, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_frame: usize,
+    /// Seconds a WebTransport client may take to send its prompt frame.
+    #[arg(long, default_value_t = 10)]
+    stall_secs: u64,
+}
+
+impl RelayTuning {
+    fn options(&self, upstream: String) -> RelayOptions {
+        RelayOptions {
+            upstream,
+            model: self.relay_model.clone(),
+            max_body: self.max_body,
+            max_frame: self.max_frame,
+            stall: Duration::from_secs(self.stall_secs),
+        }
+    }
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Seconds in-flight streams get to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    grace_secs: u64,
+}
+
+fn main() {
+    // Errors are for people: one line with its causes, no backtrace.
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    if let Command::Certs { dir, force } = &cli.command {
+        let id = if *force {
+            certs::generate(dir)
+        } else {
+            certs::ensure(dir)
+        }?;
+        println!("{}", id.cert_path.display());
+        println!("{}", id.key_path.display());
+        println!("valid until {}", id.not_after_rfc3339());
+        println!("SHA-256 {}", id.sha256_hex());
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut running: Vec<Running> = Vec::new();
+    let grace;
+    match command {
+        Command::Model {
+            listen,
+            model,
+            common,
+        } => {
+            grace = Duration::from_secs(common.grace_secs);
+            running.push(
+                launch::start_model(listen, model.config()?, shutdown.clone(), grace)
+                    .await?
+                    .0,
+            );
+        }
+        Command::Raw {
+            listen,
+            relay,
+            common,
+        } => {
+            grace = Duration::from_secs(common.grace_secs);
+            let id = identity(&relay.tuning.certs)?;
+            let opts = relay.tuning.options(relay.upstream.clone());
+            running.push(launch::start_raw(listen, &id, &opts, shutdown.clone(), grace).await?);
+        }
+        Command::Sse {
+            listen,
+            relay,
+            common,
+        } => {
+            grace = Duration::from_secs(common.grace_secs);
+            let id = identity(&relay.tuning.certs)?;
+            let opts = relay.tuning.options(relay.upstream.clone());
+            running.push(launch::start_sse(listen, &id, &opts, shutdown.clone(), grace).await?);
+        }
+        Command::Wt {
+            listen,
+            relay,
+            common,
+        } => {
+            grace = Duration::from_secs(common.grace_secs);
+            let id = identity(&relay.tuning.certs)?;
+            let opts = relay.tuning.options(relay.upstream.clone());
+            running.push(launch::start_wt(listen, &id, &opts, shutdown.clone(), grace).await?);
+        }
+        Command::All {
+            model_listen,
+            raw_listen,
+            sse_listen,
+            wt_listen,
+            upstream,
+            model,
+            relay,
+            common,
+        } => {
+            grace = Duration::from_secs(common.grace_secs);
+            let id = identity(&relay.certs)?;
+            let upstream = match upstream {
+                Some(u) => u,
+                None => {
+                    let (m, _) =
+                        launch::start_model(model_listen, model.config()?, shutdown.clone(), grace)
+                            .await?;
+                    let url = m.url.clone();
+                    running.push(m);
+                    url
+                }
+            };
+            let opts = relay.options(upstream);
+            running.push(launch::start_raw(raw_listen, &id, &opts, shutdown.clone(), grace).await?);
+            running.push(launch::start_sse(sse_listen, &id, &opts, shutdown.clone(), grace).await?);
+            running.push(launch::start_wt(wt_listen, &id, &opts, shutdown.clone(), grace).await?);
+        }
+        Command::Certs { .. } => unreachable!("handled before the runtime starts"),
+    }
+    for r in &running {
+        tracing::info!(server = r.name, url = %r.url, "listening");
+    }
+    let urls: Vec<String> = running
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.url))
+        .collect();
+    // One line on stdout for scripts (cargo xtask demo waits for it).
+    println!("tokenwire-servers ready: {}", urls.join(", "));
+    wait_for_signal().await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: finishing in-flight streams"
+    );
+    shutdown.cancel();
+    for r in running {
+        let _ = r.task.await;
+        tracing::info!(
+            server = r.name,
+            connections = r.stats.connections(),
+            requests = r.stats.requests(),
+            tokens = r.stats.tokens(),
+            aborted = r.stats.aborted(),
+            "stopped"
+        );
+    }
+    Ok(())
+}
+
+fn identity(dir: &std::path::Path) -> Result<certs::Identity> {
+    let id = certs::ensure(dir)
+        .with_context(|| format!("loading the TLS certificate from {}", dir.display()))?;
+    tracing::info!(
+        cert = %id.cert_path.display(),
+        not_after = %id.not_after_rfc3339(),
+        sha256 = %id.sha256_hex(),
+        "TLS certificate (the SHA-256 is WebTransport's serverCertificateHashes value)"
+    );
+    Ok(id)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,215 @@
+//! `wt`: the reference study's WebTransport relay. One bidirectional stream per prompt: the
+//! client writes `<len>:<prompt>` and finishes; the server writes each token as
+//! `<len>:<token>`, then an empty frame `0:`, then finishes. Bad frames, oversized frames,
+//! stalled clients and upstream failures reset that stream with an application error code
+//! ([`codes`]); the session and its other streams carry on.
+
+use crate::protocol::framing::{FrameDecoder, FrameError, encode};
+use crate::stats::{Active, Stats};
+use crate::upstream::{ChatEvent, Upstream};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::{Endpoint, VarInt};
+
+/// WebTransport application error codes the relay resets streams with.
+pub mod codes {
+    /// The prompt frame's length prefix is not `<decimal digits>:`, the prompt is not
+    /// UTF-8, is empty, or bytes follow it.
+    pub const BAD_FRAME: u32 = 0x01;
+    /// The prompt frame is longer than the limit (1 MiB by default).
+    pub const FRAME_TOO_LARGE: u32 = 0x02;
+    /// The prompt did not arrive whole within the stall timeout.
+    pub const STALLED: u32 = 0x03;
+    /// The upstream could not be reached or failed mid-stream.
+    pub const UPSTREAM_FAILED: u32 = 0x04;
+    /// The server is shutting down.
+    pub const SHUTTING_DOWN: u32 = 0x05;
+}
+
+/// The URL path sessions must ask for.
+pub const PATH: &str = "/wt";
+
+#[derive(Clone)]
+pub struct WtRelay {
+    upstream: Upstream,
+    model: String,
+    stats: Arc<Stats>,
+    max_frame: usize,
+    stall: Duration,
+}
+
+impl WtRelay {
+    pub fn new(
+        upstream: Upstream,
+        model: String,
+        stats: Arc<Stats>,
+        max_frame: usize,
+        stall: Duration,
+    ) -> Self {
+        Self {
+            upstream,
+            model,
+            stats,
+            max_frame,
+            stall,
+        }
+    }
+
+    /// Accepts sessions until `shutdown`, then gives in-flight streams `grace` to finish.
+    pub async fn serve(
+        self,
+        endpoint: Endpoint<Server>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
+        let tracker = TaskTracker::new();
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = endpoint.accept() => i,
+            };
+            let relay = self.clone();
+            let tracker2 = tracker.clone();
+            let shutdown2 = shutdown.clone();
+            tracker.spawn(async move {
+                let peer = incoming.remote_address();
+                if let Err(e) = relay.session(incoming, tracker2, shutdown2).await {
+                    tracing::debug!(%peer, error = %e, "session ended");
+                }
+            });
+        }
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown grace period over; closing the remaining sessions");
+        }
+        endpoint.close(VarInt::from_u32(0), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+
+    async fn session(
+        &self,
+        incoming: wtransport::endpoint::IncomingSession,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<(), crate::http::BoxError> {
+        let request = incoming.await?;
+        if request.path() != PATH {
+            tracing::debug!(path = request.path(), "session for an unknown path");
+            request.not_found().await;
+            return Ok(());
+        }
+        let conn = request.accept().await?;
+        self.stats.add_connection();
+        let peer = conn.remote_address();
+        loop {
+            let (send, recv) = tokio::select! {
+                // Stop taking new streams; the tracker waits for the running ones.
+                _ = shutdown.cancelled() => return Ok(()),
+                s = conn.accept_bi() => s?,
+            };
+            let relay = self.clone();
+            tracker.spawn(async move { relay.stream(send, recv, peer).await });
+        }
+    }
+
+    async fn stream(
+        &self,
+        mut send: wtransport::SendStream,
+        mut recv: wtransport::RecvStream,
+        peer: SocketAddr,
+    ) {
+        self.stats.add_request();
+        let mut active = Active::new(&self.stats);
+        let prompt =
+            match tokio::time::timeout(self.stall, read_prompt(&mut recv, self.max_frame)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(code)) => return reject(send, recv, code, peer),
+                Err(_) => return reject(send, recv, codes::STALLED, peer),
+            };
+        let mut upstream = match self.upstream.chat(&self.model, &prompt).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "upstream request failed");
+                return reject(send, recv, codes::UPSTREAM_FAILED, peer);
+            }
+        };
+        loop {
+            let ev = tokio::select! {
+                ev = upstream.next() => ev,
+                // The client stopped reading or vanished: drop the upstream stream at once.
+                e = send.stopped() => {
+                    tracing::debug!(%peer, error = %e, "client went away mid-stream");
+                    return;
+                }
+            };
+            let written = match ev {
+                Some(Ok(ChatEvent::Token(t))) => {
+                    let r = send.write_all(&encode(t.as_bytes())).await;
+                    if r.is_ok() {
+                        self.stats.add_tokens(1);
+                    }
+                    r
+                }
+                Some(Ok(ChatEvent::Done { .. })) => {
+                    let r = send.write_all(&encode(b"")).await;
+                    if r.is_ok() && send.finish().await.is_ok() {
+                        active.complete();
+                    }
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "upstream failed mid-stream");
+                    return reject(send, recv, codes::UPSTREAM_FAILED, peer);
+                }
+                None => return,
+            };
+            if let Err(e) = written {
+                tracing::debug!(%peer, error = %e, "client went away mid-stream");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one prompt frame: the whole frame, nothing after it.
+async fn read_prompt(recv: &mut wtransport::RecvStream, max: usize) -> Result<String, u32> {
+    let mut dec = FrameDecoder::new(max);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match dec.next_frame() {
+            Ok(Some(frame)) => {
+                if dec.buffered() > 0 {
+                    return Err(codes::BAD_FRAME);
+                }
+                let prompt = String::from_utf8(frame.to_vec()).map_err(|_| codes::BAD_FRAME)?;
+                if prompt.trim().is_empty() {
+                    return Err(codes::BAD_FRAME);
+                }
+                return Ok(prompt);
+            }
+            Ok(None) => {}
+            Err(FrameError::TooLarge { .. }) => return Err(codes::FRAME_TOO_LARGE),
+            Err(FrameError::BadPrefix(_)) => return Err(codes::BAD_FRAME),
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => dec.extend(&buf[..n]),
+            // Finished before a whole frame arrived, or the stream failed.
+            Ok(None) | Err(_) => return Err(codes::BAD_FRAME),
+        }
+    }
+}
+
+fn reject(
+    mut send: wtransport::SendStream,
+    recv: wtransport::RecvStream,
+    code: u32,
+    peer: SocketAddr,
+) {
+    tracing::debug!(%peer, code, "resetting stream");
+    let _ = send.reset(VarInt::from_u32(code));
+    recv.stop(VarInt::from_u32(code));
+}

@@ -1,0 +1,314 @@
+//! `cargo xtask`: set-up, certificates, the demo and the tests, so a fresh machine needs
+//! two commands (README). Every step is idempotent and says what it does.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Project tasks: set-up, certificates, demo, tests.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the project needs (idempotent): Debian packages when root, rust-src
+    /// for the nightly toolchain, bpf-linker, and the TLS certificate in certs/.
+    Setup,
+    /// Create certs/cert.pem and certs/key.pem if missing or expired; print the SHA-256.
+    Certs {
+        /// Replace a still valid pair.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Set up, start the embedded model and the three companions, stream prompts through
+    /// each approach and print TTFT and tokens, then stop the servers.
+    Demo {
+        /// Prompts per approach (of the reference's ten).
+        #[arg(long, default_value_t = 1)]
+        prompts: usize,
+        /// Model speed factor (1 = the reference model's pace, ~29 tokens/s).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
+    /// Set up, then check formatting and lints and run every test.
+    Test,
+}
+
+/// Debian packages the project needs: libpcap for the probe's pcap backend, tcpdump as
+/// the ground truth of byte counts.
+const APT_PACKAGES: [&str; 3] = ["libpcap-dev", "tcpdump", "iproute2"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() {
+    // Errors are for people: one line with its causes, no backtrace.
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match cli.command {
+        Task::Setup => setup(),
+        Task::Certs { force } => certs(force),
+        Task::Demo { prompts, speed } => {
+            setup()?;
+            demo(prompts, speed)
+        }
+        Task::Test => {
+            setup()?;
+            test()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn setup() -> Result<()> {
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    certs(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn apt_packages() -> Result<()> {
+    if !Path::new("/usr/bin/dpkg-query").exists() {
+        eprintln!(
+            "xtask: not a Debian system; install by hand: {}",
+            APT_PACKAGES.join(" ")
+        );
+        return Ok(());
+    }
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: Debian packages present: {}", APT_PACKAGES.join(" "));
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: run `sudo apt-get install -y {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output();
+    match installed {
+        Ok(o)
+            if o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.starts_with("rust-src")) =>
+        {
+            eprintln!("xtask: nightly rust-src present");
+            Ok(())
+        }
+        Ok(o) if o.status.success() => run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ])),
+        _ => bail!(
+            "no nightly toolchain (the eBPF crate needs it): `rustup toolchain install nightly --component rust-src`"
+        ),
+    }
+}
+
+/// bpf-linker built against the nightly toolchain's own libLLVM (Debian's LLVM is older
+/// than rustc's), as ../shared/ebpf-toolchain.md describes.
+fn bpf_linker() -> Result<()> {
+    let have = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(o) = &have
+        && o.status.success()
+        && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    {
+        eprintln!("xtask: bpf-linker {BPF_LINKER_VERSION} present");
+        return Ok(());
+    }
+    let out = |args: &[&str]| -> Result<String> {
+        let o = Command::new("rustc")
+            .args(args)
+            .output()
+            .context("running rustc +nightly")?;
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let sysroot = out(&["+nightly", "--print", "sysroot"])?.trim().to_owned();
+    let llvm_major = out(&["+nightly", "-vV"])?
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .map(str::to_owned)
+        .context("reading the nightly toolchain's LLVM version")?;
+    let lib_dir = Path::new(&sysroot).join("lib");
+    let lib = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("listing {}", lib_dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM") && n.ends_with(".so"))
+        .context("no libLLVM*.so in the nightly sysroot")?;
+    let lib = lib
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_owned();
+    let rustflags = format!(
+        "-L {dir} -l dylib={lib} -C link-arg=-Wl,-rpath,{dir}",
+        dir = lib_dir.display()
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+        ])
+        .args(["--features", &format!("llvm-{llvm_major},no-llvm-linking")])
+        .env("RUSTFLAGS", rustflags))
+}
+
+fn build_binaries() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "-p",
+        "tokenwire-servers",
+        "-p",
+        "tokenwire-bench",
+    ]))
+}
+
+fn bin(name: &str) -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    target.join("debug").join(name)
+}
+
+fn certs(force: bool) -> Result<()> {
+    build_binaries()?;
+    let mut cmd = Command::new(bin("tokenwire-servers"));
+    cmd.args(["certs", "--dir", "certs"]);
+    if force {
+        cmd.arg("--force");
+    }
+    run(&mut cmd)
+}
+
+fn demo(prompts: usize, speed: f64) -> Result<()> {
+    let mut servers = Command::new(bin("tokenwire-servers"))
+        .args(["all", "--speed", &speed.to_string(), "--grace-secs", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .spawn()
+        .context("starting tokenwire-servers")?;
+    let result = (|| {
+        let stdout = servers.stdout.take().context("servers' stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let started = Instant::now();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("tokenwire-servers ready") => {
+                    println!("{line}");
+                    break;
+                }
+                Some(Ok(_)) => {}
+                _ => bail!("tokenwire-servers exited before it was ready (is a port in use?)"),
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("tokenwire-servers not ready after 60 s");
+            }
+        }
+        run(Command::new(bin("tokenwire-bench")).args([
+            "run",
+            "--reuse",
+            "--limit",
+            &prompts.to_string(),
+        ]))
+    })();
+    // SIGINT: the servers finish in-flight streams and exit.
+    let _ = Command::new("kill")
+        .args(["-INT", &servers.id().to_string()])
+        .status();
+    let _ = servers.wait();
+    result
+}
+
+fn test() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--workspace"]))
+}

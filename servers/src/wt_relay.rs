@@ -112,7 +112,12 @@ impl WtRelay {
                 s = conn.accept_bi() => s?,
             };
             let relay = self.clone();
-            tracker.spawn(async move { relay.stream(send, recv, peer).await });
+            // Each stream holds the session, so it outlives this loop during shutdown.
+            let session = conn.clone();
+            tracker.spawn(async move {
+                relay.stream(send, recv, peer).await;
+                drop(session);
+            });
         }
     }
 

@@ -310,5 +310,38 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace"]))
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]);
+    eprintln!("xtask: $ {}", describe(&cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    // Echo cargo's output and add up its per-binary results for one closing line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+/// The number just before `word` in a `test result:` line, e.g. `ok. 18 passed; 0 failed`.
+fn count_before(line: &str, word: &str) -> u64 {
+    line.find(word)
+        .and_then(|i| line[..i].rsplit([' ', '.']).next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -4,7 +4,7 @@
 
 use super::ClientError;
 use bytes::Bytes;
-use http::{Request, Response, header};
+use http::{Method, Request, Response, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -81,6 +81,18 @@ impl HttpsClient {
         body: String,
         reuse: bool,
     ) -> Result<Response<Incoming>, ClientError> {
+        self.request(Method::POST, path, Bytes::from(body), reuse)
+            .await
+    }
+
+    /// Sends any request (see [`Self::post_json`] for `reuse`).
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        reuse: bool,
+    ) -> Result<Response<Incoming>, ClientError> {
         let mut sender = match self.sender.take() {
             Some(s) if reuse && !s.is_closed() => s,
             _ => self.connect().await?,
@@ -89,10 +101,12 @@ impl HttpsClient {
             .ready()
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let req = Request::post(path)
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
             .header(header::HOST, &self.host)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let resp = sender
             .send_request(req)

@@ -131,6 +131,7 @@ async fn run(args: RunArgs) -> Result<()> {
             prompts.len(),
             if args.reuse { "reused" } else { "fresh" }
         );
+        client.shutdown().await;
     }
     let summaries: Vec<_> = approaches.iter().map(|&a| summarise(a, &records)).collect();
     println!("\n{}", markdown(&summaries));

@@ -160,9 +160,12 @@ impl WtRelay {
                     r
                 }
                 Some(Ok(ChatEvent::Done { .. })) => {
+                    // finish() resolves once the client has acknowledged everything; a client
+                    // that vanished would hold this task until the idle timeout.
                     let r = send.write_all(&encode(b"")).await;
-                    if r.is_ok() && send.finish().await.is_ok() {
+                    if r.is_ok() {
                         active.complete();
+                        let _ = tokio::time::timeout(self.stall, send.finish()).await;
                     }
                     return;
                 }

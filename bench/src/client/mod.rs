@@ -104,6 +104,14 @@ impl ApproachClient {
         }
     }
 
+    /// Closes what the client holds open (a WebTransport session is closed explicitly;
+    /// TCP connections close when dropped).
+    pub async fn shutdown(self) {
+        if let ApproachClient::Wt(mut c) = self {
+            c.shutdown().await;
+        }
+    }
+
     /// Streams one prompt to its end and records it. Never panics on what the server
     /// sends; failures end up in the record's `error`. `timeout` bounds the whole request.
     pub async fn stream(

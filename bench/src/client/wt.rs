@@ -65,4 +65,11 @@ impl WtClient {
             s.close(wtransport::VarInt::from_u32(0), b"done");
         }
     }
+
+    /// Closes the session and waits (briefly) until the server has acknowledged the close,
+    /// so it does not keep the session until its idle timeout.
+    pub async fn shutdown(&mut self) {
+        self.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
 }

@@ -116,6 +116,70 @@ fn acceptor(id: &Identity) -> Result<tokio_rustls::TlsAcceptor, LaunchError> {
     Ok(tokio_rustls::TlsAcceptor::from(cfg))
 }
 
+/// The three companions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Companion {
+    Raw,
+    Sse,
+    Wt,
+}
+
+/// Starts one companion.
+pub async fn start_companion(
+    kind: Companion,
+    addr: SocketAddr,
+    id: &Identity,
+    opts: &RelayOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<Running, LaunchError> {
+    match kind {
+        Companion::Raw => start_raw(addr, id, opts, shutdown, grace).await,
+        Companion::Sse => start_sse(addr, id, opts, shutdown, grace).await,
+        Companion::Wt => start_wt(addr, id, opts, shutdown, grace).await,
+    }
+}
+
+/// Binds `addr` and serves, over TLS, the handler `make` builds around the server's stats.
+async fn start_https<H, Fut>(
+    name: &'static str,
+    path: &str,
+    addr: SocketAddr,
+    id: &Identity,
+    shutdown: CancellationToken,
+    grace: Duration,
+    make: impl FnOnce(Arc<Stats>) -> H,
+) -> Result<Running, LaunchError>
+where
+    H: Fn(http::Request<hyper::body::Incoming>, crate::http::ConnInfo) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::http::Body>> + Send + 'static,
+{
+    let tls = acceptor(id)?;
+    let listener = bind_tcp(addr).await?;
+    let addr = local(&listener, addr);
+    let stats = Stats::new();
+    let handler = make(stats.clone());
+    let task = tokio::spawn(crate::http::serve(
+        listener,
+        Some(tls),
+        stats.clone(),
+        shutdown,
+        grace,
+        handler,
+    ));
+    Ok(Running {
+        name,
+        url: format!("https://{addr}{path}"),
+        addr,
+        stats,
+        task,
+    })
+}
+
 /// The TLS reverse proxy.
 pub async fn start_raw(
     addr: SocketAddr,
@@ -125,29 +189,15 @@ pub async fn start_raw(
     grace: Duration,
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::new(&opts.upstream)?;
-    let tls = acceptor(id)?;
-    let listener = bind_tcp(addr).await?;
-    let addr = local(&listener, addr);
-    let stats = Stats::new();
-    let proxy = RawProxy::new(upstream, stats.clone(), opts.max_body);
-    let task = tokio::spawn(crate::http::serve(
-        listener,
-        Some(tls),
-        stats.clone(),
-        shutdown,
-        grace,
+    let max_body = opts.max_body;
+    start_https("raw", "", addr, id, shutdown, grace, move |stats| {
+        let proxy = RawProxy::new(upstream, stats, max_body);
         move |req, conn| {
             let p = proxy.clone();
             async move { p.handle(req, conn).await }
-        },
-    ));
-    Ok(Running {
-        name: "raw",
-        url: format!("https://{addr}"),
-        addr,
-        stats,
-        task,
+        }
     })
+    .await
 }
 
 /// The HTTPS SSE relay.
@@ -159,29 +209,15 @@ pub async fn start_sse(
     grace: Duration,
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::new(&opts.upstream)?;
-    let tls = acceptor(id)?;
-    let listener = bind_tcp(addr).await?;
-    let addr = local(&listener, addr);
-    let stats = Stats::new();
-    let relay = SseRelay::new(upstream, opts.model.clone(), stats.clone(), opts.max_body);
-    let task = tokio::spawn(crate::http::serve(
-        listener,
-        Some(tls),
-        stats.clone(),
-        shutdown,
-        grace,
+    let (model, max_body) = (opts.model.clone(), opts.max_body);
+    start_https("sse", "/chat", addr, id, shutdown, grace, move |stats| {
+        let relay = SseRelay::new(upstream, model, stats, max_body);
         move |req, conn| {
             let r = relay.clone();
             async move { r.handle(req, conn).await }
-        },
-    ));
-    Ok(Running {
-        name: "sse",
-        url: format!("https://{addr}/chat"),
-        addr,
-        stats,
-        task,
+        }
     })
+    .await
 }
 
 /// The WebTransport relay.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokenwire_servers::certs;
-use tokenwire_servers::launch::{self, RelayOptions, Running};
+use tokenwire_servers::launch::{self, Companion, RelayOptions, Running};
 use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
 use tokio_util::sync::CancellationToken;
 
@@ -205,13 +205,7 @@ fn main() {
 }
 
 fn real_main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    tokenwire_servers::logging::init("info");
     let cli = Cli::parse();
     if let Command::Certs { dir, force } = &cli.command {
         let id = if *force {
@@ -252,9 +246,7 @@ async fn run(command: Command) -> Result<()> {
             common,
         } => {
             grace = Duration::from_secs(common.grace_secs);
-            let id = identity(&relay.tuning.certs)?;
-            let opts = relay.tuning.options(relay.upstream.clone());
-            running.push(launch::start_raw(listen, &id, &opts, shutdown.clone(), grace).await?);
+            running.push(companion(Companion::Raw, listen, &relay, &shutdown, grace).await?);
         }
         Command::Sse {
             listen,
@@ -262,9 +254,7 @@ async fn run(command: Command) -> Result<()> {
             common,
         } => {
             grace = Duration::from_secs(common.grace_secs);
-            let id = identity(&relay.tuning.certs)?;
-            let opts = relay.tuning.options(relay.upstream.clone());
-            running.push(launch::start_sse(listen, &id, &opts, shutdown.clone(), grace).await?);
+            running.push(companion(Companion::Sse, listen, &relay, &shutdown, grace).await?);
         }
         Command::Wt {
             listen,
@@ -272,9 +262,7 @@ async fn run(command: Command) -> Result<()> {
             common,
         } => {
             grace = Duration::from_secs(common.grace_secs);
-            let id = identity(&relay.tuning.certs)?;
-            let opts = relay.tuning.options(relay.upstream.clone());
-            running.push(launch::start_wt(listen, &id, &opts, shutdown.clone(), grace).await?);
+            running.push(companion(Companion::Wt, listen, &relay, &shutdown, grace).await?);
         }
         Command::All {
             model_listen,
@@ -300,9 +288,16 @@ async fn run(command: Command) -> Result<()> {
                 }
             };
             let opts = relay.options(upstream);
-            running.push(launch::start_raw(raw_listen, &id, &opts, shutdown.clone(), grace).await?);
-            running.push(launch::start_sse(sse_listen, &id, &opts, shutdown.clone(), grace).await?);
-            running.push(launch::start_wt(wt_listen, &id, &opts, shutdown.clone(), grace).await?);
+            for (kind, addr) in [
+                (Companion::Raw, raw_listen),
+                (Companion::Sse, sse_listen),
+                (Companion::Wt, wt_listen),
+            ] {
+                running.push(
+                    launch::start_companion(kind, addr, &id, &opts, shutdown.clone(), grace)
+                        .await?,
+                );
+            }
         }
         Command::Certs { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -333,6 +328,18 @@ async fn run(command: Command) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn companion(
+    kind: Companion,
+    listen: SocketAddr,
+    relay: &RelayArgs,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Result<Running> {
+    let id = identity(&relay.tuning.certs)?;
+    let opts = relay.tuning.options(relay.upstream.clone());
+    Ok(launch::start_companion(kind, listen, &id, &opts, shutdown.clone(), grace).await?)
 }
 
 fn identity(dir: &std::path::Path) -> Result<certs::Identity> {

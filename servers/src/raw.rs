@@ -89,14 +89,15 @@ impl RawProxy {
                 .and_then(|v| v.to_str().ok()),
         );
         let chunked = !rparts.headers.contains_key(header::CONTENT_LENGTH);
-        let mut out = Response::new(relay_body(
-            rbody,
+        let mut out = Response::new(relay_body(RelayState {
+            upstream: rbody,
             counter,
             chunked,
-            Active::new(&self.stats),
-            self.stats.clone(),
+            active: Active::new(&self.stats),
+            stats: self.stats.clone(),
             conn,
-        ));
+            ended: false,
+        }));
         *out.status_mut() = rparts.status;
         copy_headers(&rparts.headers, out.headers_mut());
         out
@@ -119,32 +120,18 @@ fn error(status: StatusCode, msg: &str) -> Response<Body> {
 /// Passes upstream frames through one for one while counting tokens. If the upstream
 /// fails mid-stream, a chunked NDJSON or SSE response ends with an error line/event in the
 /// stream's own format; a fixed-length one is cut (the client sees a short body).
-fn relay_body(
+struct RelayState {
     upstream: Incoming,
     counter: TokenCounter,
+    /// Chunked responses can carry an error line at the end; fixed-length ones cannot.
     chunked: bool,
     active: Active,
     stats: Arc<Stats>,
     conn: ConnInfo,
-) -> Body {
-    struct State {
-        upstream: Incoming,
-        counter: TokenCounter,
-        chunked: bool,
-        active: Active,
-        stats: Arc<Stats>,
-        conn: ConnInfo,
-        ended: bool,
-    }
-    let state = State {
-        upstream,
-        counter,
-        chunked,
-        active,
-        stats,
-        conn,
-        ended: false,
-    };
+    ended: bool,
+}
+
+fn relay_body(state: RelayState) -> Body {
     let frames = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if s.ended {

@@ -605,31 +605,12 @@ impl Encoder {
 
     /// The closing line(s), as one flush.
     fn done(&mut self, model: &str, s: &Summary) -> Bytes {
-        let created_at = api::rfc3339_nano(OffsetDateTime::now_utc());
         match self {
-            Encoder::Chat => gojson::to_line(&api::ChatResponse {
-                model,
-                created_at: &created_at,
-                message: api::OutMessage {
-                    role: "assistant",
-                    content: "",
-                },
-                done: true,
-                done_reason: s.reason.as_str(),
-                metrics: Self::metrics(s),
-            }),
-            Encoder::Generate { prompt } => {
-                let mut context = super::corpus::encode(prompt);
-                context.extend_from_slice(&s.ids);
-                gojson::to_line(&api::GenerateResponse {
-                    model,
-                    created_at: &created_at,
-                    response: "",
-                    done: true,
-                    done_reason: s.reason.as_str(),
-                    context: &context,
-                    metrics: Self::metrics(s),
-                })
+            // Ollama's final line is the non-streaming answer with empty content.
+            Encoder::Chat | Encoder::Generate { .. } => {
+                let mut line = self.whole(model, "", s);
+                line.push(b'\n');
+                line
             }
             Encoder::OpenAi {
                 id,

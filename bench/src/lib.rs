@@ -5,4 +5,7 @@ pub mod approach;
 pub mod client;
 pub mod prompts;
 pub mod record;
-pub mod summary;
+pub mod report;
+pub mod runner;
+pub mod server_info;
+pub mod workload;

@@ -8,16 +8,21 @@ use std::time::{Duration, Instant};
 pub struct RequestRecord {
     pub approach: Approach,
     pub prompt_index: usize,
-    /// Send (or connect, in fresh mode) to the first content token.
-    #[serde(with = "secs")]
+    /// Repetition of the prompt list (0-based).
+    pub round: usize,
+    /// When the request was due, seconds after the approach's run began (open loop: its
+    /// scheduled time; otherwise when it was sent).
+    pub start_offset_s: f64,
+    /// Due time (send, or connect in fresh mode) to the first content token.
+    #[serde(rename = "ttft_s", with = "secs")]
     pub ttft: Option<Duration>,
     /// Gaps between consecutive content tokens.
-    #[serde(skip)]
+    #[serde(rename = "gaps_s", with = "secs_vec")]
     pub gaps: Vec<Duration>,
-    #[serde(with = "secs")]
+    #[serde(rename = "total_s", with = "secs")]
     pub total: Option<Duration>,
-    /// Content tokens received.
-    pub tokens: u64,
+    /// Content tokens received (role-only and finish chunks are not tokens).
+    pub tokens_counted: u64,
     /// The server's own count, where the stream carries one (usage, eval_count).
     pub tokens_reported: Option<u64>,
     /// Application bytes received (response body or stream bytes).
@@ -33,6 +38,17 @@ impl RequestRecord {
     pub fn ok(&self) -> bool {
         self.error.is_none()
     }
+
+    /// The token count: the server's where the protocol carries it, else counted.
+    pub fn tokens(&self) -> u64 {
+        self.tokens_reported.unwrap_or(self.tokens_counted)
+    }
+
+    /// Mean gap between this request's tokens.
+    pub fn mean_gap(&self) -> Option<Duration> {
+        let n = u32::try_from(self.gaps.len()).ok().filter(|&n| n > 0)?;
+        Some(self.gaps.iter().sum::<Duration>() / n)
+    }
 }
 
 /// Builds a record while a stream arrives.
@@ -43,15 +59,18 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// `start` is when the request was due: TTFT and total count from it.
     pub fn new(approach: Approach, prompt_index: usize, start: Instant) -> Self {
         Self {
             rec: RequestRecord {
                 approach,
                 prompt_index,
+                round: 0,
+                start_offset_s: 0.0,
                 ttft: None,
                 gaps: Vec::new(),
                 total: None,
-                tokens: 0,
+                tokens_counted: 0,
                 tokens_reported: None,
                 app_bytes: 0,
                 text: String::new(),
@@ -76,7 +95,7 @@ impl Recorder {
             Some(prev) => self.rec.gaps.push(now - prev),
         }
         self.last = Some(now);
-        self.rec.tokens += 1;
+        self.rec.tokens_counted += 1;
         self.rec.text.push_str(text);
     }
 
@@ -105,5 +124,19 @@ mod secs {
             Some(d) => s.serialize_f64(d.as_secs_f64()),
             None => s.serialize_none(),
         }
+    }
+}
+
+mod secs_vec {
+    use serde::Serializer;
+    use serde::ser::SerializeSeq;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for d in v {
+            seq.serialize_element(&d.as_secs_f64())?;
+        }
+        seq.end()
     }
 }

@@ -121,8 +121,22 @@ impl ApproachClient {
         reuse: bool,
         timeout: Duration,
     ) -> RequestRecord {
+        self.stream_due(prompt, index, reuse, timeout, Instant::now())
+            .await
+    }
+
+    /// Like [`Self::stream`], with TTFT and total time counted from `due` (an open-loop
+    /// run's scheduled send time, so client-side queueing is included).
+    pub async fn stream_due(
+        &mut self,
+        prompt: &str,
+        index: usize,
+        reuse: bool,
+        timeout: Duration,
+        due: Instant,
+    ) -> RequestRecord {
         let approach = self.approach();
-        let mut rec = Recorder::new(approach, index, Instant::now());
+        let mut rec = Recorder::new(approach, index, due);
         let result = tokio::time::timeout(timeout, async {
             match self {
                 ApproachClient::Raw(c, model) => {

@@ -116,6 +116,8 @@ impl Model {
             ),
             (Method::GET, "/api/tags") => self.tags(),
             (Method::GET, "/v1/models") => self.models(),
+            // tokenwire's own: the pace and length settings, for benchmark reports.
+            (Method::GET, "/tokenwire/model") => self.settings(),
             (Method::POST, "/api/chat") => self.native(req, Native::Chat).await,
             (Method::POST, "/api/generate") => self.native(req, Native::Generate).await,
             (Method::POST, "/v1/chat/completions") => self.openai(req).await,
@@ -172,6 +174,24 @@ impl Model {
                 data,
             },
         )
+    }
+
+    fn settings(&self) -> Response<Body> {
+        let t = &self.cfg.timing;
+        let body = serde_json::json!({
+            "models": self.cfg.models,
+            "seed": self.cfg.seed,
+            "ttft_ms": t.ttft.as_secs_f64() * 1e3,
+            "tbt_ms": t.tbt.as_secs_f64() * 1e3,
+            "jitter": t.jitter,
+            "speed": t.speed,
+            "mean_tokens": t.mean_tokens,
+            "openai_format": match self.cfg.openai_format {
+                OpenAiFormat::Current => "current",
+                OpenAiFormat::Legacy => "legacy",
+            },
+        });
+        response(StatusCode::OK, JSON, body.to_string())
     }
 
     fn knows(&self, model: &str) -> bool {

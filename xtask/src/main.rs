@@ -21,6 +21,9 @@ enum Task {
     /// Install what the project needs (idempotent): Debian packages when root, rust-src
     /// for the nightly toolchain, bpf-linker, and the TLS certificate in certs/.
     Setup,
+    /// Build the probe's kernel side (probe-ebpf, nightly, bpfel-unknown-none) into
+    /// target/bpf; the probe embeds it. Installs the toolchain pieces first if missing.
+    BuildEbpf,
     /// Create certs/cert.pem and certs/key.pem if missing or expired; print the SHA-256.
     Certs {
         /// Replace a still valid pair.
@@ -65,6 +68,11 @@ fn real_main() -> Result<()> {
     std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
     match cli.command {
         Task::Setup => setup(),
+        Task::BuildEbpf => {
+            rust_src()?;
+            bpf_linker()?;
+            build_ebpf()
+        }
         Task::Certs { force } => certs(force),
         Task::Demo {
             prompts,
@@ -113,7 +121,29 @@ fn setup() -> Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
+    build_ebpf()?;
     certs(false)
+}
+
+/// The kernel object, where probe/build.rs looks for it.
+fn build_ebpf() -> Result<()> {
+    let target_dir = workspace_root().join("target/bpf");
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(workspace_root().join("probe-ebpf"))
+        // The workspace's stable settings must not leak into the nightly build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN"))
 }
 
 fn is_root() -> bool {

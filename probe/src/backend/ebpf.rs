@@ -1,0 +1,384 @@
+//! The eBPF backend: loads the embedded TC classifier, attaches it to each interface (egress
+//! only on loopback, where every packet passes egress exactly once; ingress and egress
+//! elsewhere), and reads the kernel's per-CPU counters and ring-buffer events.
+//!
+//! Attachment uses TCX links on kernels >= 6.6 (aya's default): they belong to this
+//! process, so they disappear with it even after `kill -9` and nothing stale can remain.
+//! Older kernels use a clsact qdisc and netlink filters; there, stale filters of ours are
+//! removed at start, and a qdisc we added is deleted on exit.
+
+use super::Health;
+use crate::flow::{Counters, PacketKey};
+use crate::table::{EventKind, FlowTable};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::tc::{self, SchedClassifier, TcAttachType};
+use std::time::Instant;
+use tokenwire_probe_common as common;
+
+/// The kernel object, built by `cargo xtask build-ebpf` and embedded by build.rs.
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenwire-probe-ebpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(
+        "eBPF needs privileges this process lacks ({0}): run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or use --backend pcap"
+    )]
+    Permission(String),
+    #[error("no such interface {0:?} (see `ip link`)")]
+    NoInterface(String),
+    #[error("loading the eBPF object: {0}")]
+    Load(String),
+    #[error("attaching to {iface} {hook}: {reason}")]
+    Attach {
+        iface: String,
+        hook: &'static str,
+        reason: String,
+    },
+    #[error("reading eBPF map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+/// What an interface carries before the IP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// Ethernet framing (Ethernet, veth, Linux loopback).
+    L2,
+    /// Packets start at the IP header (TUN, WireGuard).
+    L3,
+}
+
+/// How an interface is handled.
+#[derive(Debug, Clone)]
+pub struct Iface {
+    pub name: String,
+    pub index: u32,
+    pub link: LinkKind,
+    pub loopback: bool,
+}
+
+impl Iface {
+    /// Looks the interface up in /sys/class/net.
+    pub fn lookup(name: &str) -> Result<Self, EbpfError> {
+        let base = std::path::Path::new("/sys/class/net").join(name);
+        let read = |f: &str| std::fs::read_to_string(base.join(f)).map(|s| s.trim().to_owned());
+        let (Ok(kind), Ok(index)) = (read("type"), read("ifindex")) else {
+            return Err(EbpfError::NoInterface(name.to_owned()));
+        };
+        let kind: u32 = kind.parse().unwrap_or(0);
+        Ok(Self {
+            name: name.to_owned(),
+            index: index.parse().unwrap_or(0),
+            // ARPHRD_ETHER 1, ARPHRD_LOOPBACK 772 carry a 14-byte header; TUN (ARPHRD_NONE
+            // 65534) and other L3 devices carry none.
+            link: if matches!(kind, 1 | 772) {
+                LinkKind::L2
+            } else {
+                LinkKind::L3
+            },
+            loopback: kind == 772,
+        })
+    }
+
+    fn hooks(&self) -> &'static [TcAttachType] {
+        if self.loopback {
+            &[TcAttachType::Egress]
+        } else {
+            &[TcAttachType::Ingress, TcAttachType::Egress]
+        }
+    }
+}
+
+fn program_name(link: LinkKind, hook: TcAttachType) -> &'static str {
+    match (link, hook) {
+        (LinkKind::L2, TcAttachType::Ingress) => "tokenwire_l2_ingress",
+        (LinkKind::L3, TcAttachType::Ingress) => "tokenwire_l3_ingress",
+        (LinkKind::L3, _) => "tokenwire_l3_egress",
+        _ => "tokenwire_l2_egress",
+    }
+}
+
+const ALL_PROGRAMS: [&str; 4] = [
+    "tokenwire_l2_egress",
+    "tokenwire_l2_ingress",
+    "tokenwire_l3_egress",
+    "tokenwire_l3_ingress",
+];
+
+fn hook_name(h: TcAttachType) -> &'static str {
+    match h {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    }
+}
+
+fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
+    // The verifier rejects programs with EACCES too; its log says so.
+    if chain(e).contains("Verifier output") {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+        {
+            return true;
+        }
+        let s = err.to_string();
+        if s.contains("Operation not permitted") || s.contains("Permission denied") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The error chain, with a verifier log cut to its last lines (the reason is at the end).
+fn chain(e: &dyn std::error::Error) -> String {
+    let s = tokenwire_servers::upstream::error_chain(e);
+    match s.find("Verifier output:") {
+        Some(i) => {
+            let log: Vec<&str> = s[i..].lines().collect();
+            let tail = log[log.len().saturating_sub(8)..].join("\n");
+            format!("{}(verifier log, last lines)\n{tail}", &s[..i])
+        }
+        None => s,
+    }
+}
+
+pub struct EbpfBackend {
+    // Field order matters: maps and links go before the object is dropped.
+    flows: PerCpuHashMap<MapData, common::FlowKey, common::FlowCounters>,
+    events: RingBuf<MapData>,
+    unattributed: PerCpuArray<MapData, common::Unattributed>,
+    failures: PerCpuArray<MapData, u64>,
+    ifaces: Vec<Iface>,
+    /// Interfaces where this process added the clsact qdisc (netlink mode only).
+    added_qdisc: Vec<String>,
+    _ebpf: aya::Ebpf,
+}
+
+impl EbpfBackend {
+    /// Loads the object with room for `max_flows` keys and attaches it to `ifaces`.
+    pub fn start(ifaces: &[String], max_flows: u32) -> Result<Self, EbpfError> {
+        let ifaces: Vec<Iface> = ifaces
+            .iter()
+            .map(|n| Iface::lookup(n))
+            .collect::<Result<_, _>>()?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(common::FLOWS_MAP, max_flows.max(1))
+            .load(OBJECT)
+            .map_err(|e| {
+                if is_permission(&e) {
+                    EbpfError::Permission(chain(&e))
+                } else {
+                    EbpfError::Load(chain(&e))
+                }
+            })?;
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        let mut added_qdisc = Vec::new();
+        for name in ALL_PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| EbpfError::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| EbpfError::Load(chain(&e)))?;
+            prog.load().map_err(|e| {
+                if is_permission(&e) {
+                    EbpfError::Permission(chain(&e))
+                } else {
+                    EbpfError::Load(chain(&e))
+                }
+            })?;
+        }
+        for iface in &ifaces {
+            if !tcx {
+                match tc::qdisc_add_clsact(&iface.name) {
+                    Ok(()) => added_qdisc.push(iface.name.clone()),
+                    Err(e) if e.to_string().contains("exists") => {}
+                    Err(e) => {
+                        return Err(EbpfError::Attach {
+                            iface: iface.name.clone(),
+                            hook: "clsact",
+                            reason: chain(&e),
+                        });
+                    }
+                }
+            }
+            for &hook in iface.hooks() {
+                let name = program_name(iface.link, hook);
+                if !tcx {
+                    // Filters of ours left by a crashed run (netlink filters outlive processes).
+                    let _ = tc::qdisc_detach_program(&iface.name, hook, name);
+                }
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| {
+                        EbpfError::Load(format!("program {name} missing from the object"))
+                    })?;
+                prog.attach(&iface.name, hook).map_err(|e| {
+                    if is_permission(&e) {
+                        EbpfError::Permission(chain(&e))
+                    } else {
+                        EbpfError::Attach {
+                            iface: iface.name.clone(),
+                            hook: hook_name(hook),
+                            reason: chain(&e),
+                        }
+                    }
+                })?;
+                tracing::info!(iface = %iface.name, hook = hook_name(hook), program = name, tcx, "attached");
+            }
+        }
+        let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(EbpfError::Map {
+                map: name,
+                reason: "missing from the object".into(),
+            })
+        };
+        let map_err = |map: &'static str| {
+            move |e: aya::maps::MapError| EbpfError::Map {
+                map,
+                reason: chain(&e),
+            }
+        };
+        let flows = PerCpuHashMap::try_from(take(&mut ebpf, common::FLOWS_MAP)?)
+            .map_err(map_err(common::FLOWS_MAP))?;
+        let events = RingBuf::try_from(take(&mut ebpf, common::EVENTS_MAP)?)
+            .map_err(map_err(common::EVENTS_MAP))?;
+        let unattributed = PerCpuArray::try_from(take(&mut ebpf, common::UNATTRIBUTED_MAP)?)
+            .map_err(map_err(common::UNATTRIBUTED_MAP))?;
+        let failures = PerCpuArray::try_from(take(&mut ebpf, common::FAILURES_MAP)?)
+            .map_err(map_err(common::FAILURES_MAP))?;
+        Ok(Self {
+            flows,
+            events,
+            unattributed,
+            failures,
+            ifaces,
+            added_qdisc,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn ifaces(&self) -> &[Iface] {
+        &self.ifaces
+    }
+
+    /// Hands pending events to the table (classification, client/server, close).
+    pub fn drain_events(&mut self, table: &mut FlowTable) {
+        while let Some(item) = self.events.next() {
+            if item.len() < std::mem::size_of::<common::FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel writes whole FlowEvent records (checked length); FlowEvent
+            // is plain old data, and read_unaligned copes with any alignment.
+            let ev: common::FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let Some(key) = PacketKey::from_raw(&ev.key) else {
+                continue;
+            };
+            let kind = match ev.kind {
+                common::EVENT_PAYLOAD => EventKind::Payload,
+                common::EVENT_CLOSE => EventKind::Close,
+                _ => EventKind::Open,
+            };
+            let n = (ev.captured as usize).min(ev.data.len());
+            table.event(key, kind, ev.tcp_flags, &ev.data[..n]);
+        }
+    }
+
+    /// Reads every key's counters (summed over CPUs) into the table.
+    pub fn read_counters(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, EbpfError> {
+        let mut n = 0;
+        for entry in self.flows.iter() {
+            let (k, per_cpu) = entry.map_err(|e| EbpfError::Map {
+                map: common::FLOWS_MAP,
+                reason: chain(&e),
+            })?;
+            let Some(key) = PacketKey::from_raw(&k) else {
+                continue;
+            };
+            let mut total = Counters::default();
+            let mut flags = 0u8;
+            for v in per_cpu.iter() {
+                total += Counters {
+                    packets: v.packets,
+                    ip_bytes: v.ip_bytes,
+                    link_bytes: v.link_bytes,
+                };
+                flags |= v.tcp_flags;
+            }
+            table.set_counters(key, total, flags, now);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Events first (they classify), then counters.
+    pub fn poll(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, EbpfError> {
+        self.drain_events(table);
+        let n = self.read_counters(table, now)?;
+        self.drain_events(table);
+        Ok(n)
+    }
+
+    /// Deletes idle keys from the kernel map after a final read; their totals stay in
+    /// the table.
+    pub fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
+        let raw: Vec<common::FlowKey> = match self.flows.keys().collect::<Result<Vec<_>, _>>() {
+            Ok(k) => k,
+            Err(_) => return,
+        };
+        for k in raw {
+            if let Some(pk) = PacketKey::from_raw(&k)
+                && keys.contains(&pk)
+                && self.flows.remove(&k).is_ok()
+            {
+                table.evicted(&pk);
+            }
+        }
+    }
+
+    pub fn health(&self, flows_tracked: u64) -> Health {
+        let sum_u = |i: u32| {
+            let mut c = Counters::default();
+            if let Ok(v) = self.unattributed.get(&i, 0) {
+                for x in v.iter() {
+                    c += Counters {
+                        packets: x.packets,
+                        ip_bytes: x.ip_bytes,
+                        link_bytes: x.link_bytes,
+                    };
+                }
+            }
+            c
+        };
+        let sum_f = |i: u32| {
+            self.failures
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        Health {
+            not_ip: sum_u(common::unattributed::NOT_IP),
+            malformed: sum_u(common::unattributed::MALFORMED),
+            map_full: sum_u(common::unattributed::MAP_FULL),
+            event_drops: sum_f(common::failure::RINGBUF_FULL),
+            payload_copy_failures: sum_f(common::failure::PAYLOAD_COPY),
+            flows_tracked,
+        }
+    }
+}
+
+impl Drop for EbpfBackend {
+    fn drop(&mut self) {
+        // Links detach when the object drops; a qdisc we added goes too (netlink mode).
+        for iface in &self.added_qdisc {
+            let _ = std::process::Command::new("tc")
+                .args(["qdisc", "del", "dev", iface, "clsact"])
+                .status();
+        }
+    }
+}

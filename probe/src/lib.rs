@@ -1,0 +1,12 @@
+//! tokenwire-probe: attributes every packet on an interface to a flow, a transport and an
+//! approach. The parsing, classification and flow table are platform-free; capture
+//! backends (eBPF on Linux) feed them.
+
+pub mod backend;
+pub mod classify;
+pub mod flow;
+pub mod labels;
+pub mod output;
+pub mod packet;
+pub mod pcapfile;
+pub mod table;

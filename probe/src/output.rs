@@ -1,0 +1,68 @@
+//! The live table and JSON lines `tokenwire-probe run` prints.
+
+use crate::backend::Health;
+use crate::table::FlowRow;
+use std::fmt::Write as _;
+
+/// Interface index -> name, for display.
+pub fn iface_name(index: u32, names: &[(u32, String)]) -> String {
+    names
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map_or_else(|| index.to_string(), |(_, n)| n.clone())
+}
+
+/// A fixed-width table, one line per flow direction.
+pub fn table(rows: &[FlowRow], names: &[(u32, String)]) -> String {
+    let mut s = format!(
+        "{:<6} {:<13} {:<6} {:<44} {:<9} {:>9} {:>12}\n",
+        "iface", "approach", "proto", "client -> server", "direction", "packets", "ip_bytes"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<6} {:<13} {:<6} {:<44} {:<9} {:>9} {:>12}",
+            iface_name(r.ifindex, names),
+            r.approach,
+            r.transport.as_str(),
+            format!("{} -> {}", r.client, r.server),
+            r.direction.as_str(),
+            r.counters.packets,
+            r.counters.ip_bytes
+        );
+    }
+    s
+}
+
+/// One JSON object per row, tagged with the snapshot number; `final` on the last one.
+pub fn json_lines(
+    rows: &[FlowRow],
+    names: &[(u32, String)],
+    snapshot: u64,
+    is_final: bool,
+) -> String {
+    let mut s = String::new();
+    for r in rows {
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("iface".into(), iface_name(r.ifindex, names).into());
+            o.insert("snapshot".into(), snapshot.into());
+            o.insert("final".into(), is_final.into());
+        }
+        let _ = writeln!(s, "{v}");
+    }
+    s
+}
+
+/// The health line printed under each table.
+pub fn health_line(h: &Health) -> String {
+    format!(
+        "flows tracked {} | not IP {} pkts | malformed {} pkts | map full {} pkts | event drops {} | payload copy failures {}",
+        h.flows_tracked,
+        h.not_ip.packets,
+        h.malformed.packets,
+        h.map_full.packets,
+        h.event_drops,
+        h.payload_copy_failures
+    )
+}

@@ -1,0 +1,375 @@
+//! Parsing a captured packet down to its flow key: link header (Ethernet with VLAN tags,
+//! BSD null/loopback in either byte order, raw IP, Linux cooked v1 and v2), IPv4 or IPv6
+//! (extension headers followed, a bounded number), TCP or UDP ports. Pure and total: any
+//! bytes give a key or an error, never a panic. The same rules as the eBPF program.
+
+use crate::flow::{IPPROTO_TCP, IPPROTO_UDP};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Link-layer header types (the pcap LINKTYPE_ numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    /// 0: BSD loopback, 4-byte address family in the writer's byte order (macOS lo0).
+    Null,
+    /// 1: Ethernet (Linux lo too).
+    Ethernet,
+    /// 101 (and the historic 12 and 14): no link header.
+    Raw,
+    /// 108: OpenBSD loopback, 4-byte family in network order.
+    Loop,
+    /// 113: Linux cooked capture v1 (the `any` device).
+    LinuxSll,
+    /// 276: Linux cooked capture v2.
+    LinuxSll2,
+}
+
+impl LinkType {
+    pub fn from_pcap(linktype: u32) -> Option<Self> {
+        Some(match linktype {
+            0 => LinkType::Null,
+            1 => LinkType::Ethernet,
+            12 | 14 | 101 => LinkType::Raw,
+            108 => LinkType::Loop,
+            113 => LinkType::LinuxSll,
+            276 => LinkType::LinuxSll2,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("truncated link header")]
+    TruncatedLink,
+    #[error("not an IP packet (link protocol {0:#06x})")]
+    NotIp(u32),
+    #[error("truncated or malformed IP header")]
+    BadIp,
+    #[error("truncated or malformed transport header")]
+    BadTransport,
+    #[error("too many IPv6 extension headers")]
+    ExtensionLoop,
+}
+
+/// What a packet says about its flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketInfo<'a> {
+    pub proto: u8,
+    /// Ports are 0 for protocols without them and for non-first fragments.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Bytes of the link header, so IP bytes = original length - link_len.
+    pub link_len: usize,
+    pub tcp_flags: u8,
+    /// The captured part of the transport payload.
+    pub payload: &'a [u8],
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+
+/// Parses a captured packet (the captured bytes, which may be shorter than the packet).
+pub fn parse(link: LinkType, data: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
+    let (off, proto) = link_header(link, data)?;
+    let ip = data.get(off..).ok_or(PacketError::TruncatedLink)?;
+    let mut info = match proto {
+        ETH_P_IP => parse_v4(ip)?,
+        ETH_P_IPV6 => parse_v6(ip)?,
+        other => return Err(PacketError::NotIp(other)),
+    };
+    info.link_len = off;
+    Ok(info)
+}
+
+/// Offset of the IP header and the link's protocol number for it.
+fn link_header(link: LinkType, d: &[u8]) -> Result<(usize, u32), PacketError> {
+    let t = PacketError::TruncatedLink;
+    Ok(match link {
+        LinkType::Ethernet => {
+            let mut et = be16(d, 12).ok_or(t)?;
+            let mut off = 14;
+            // Up to two VLAN tags (802.1Q, 802.1ad).
+            for _ in 0..2 {
+                if et == 0x8100 || et == 0x88a8 {
+                    et = be16(d, off + 2).ok_or(t)?;
+                    off += 4;
+                }
+            }
+            (off, u32::from(et))
+        }
+        LinkType::Null | LinkType::Loop => {
+            let b: [u8; 4] = d.get(..4).ok_or(t)?.try_into().map_err(|_| t)?;
+            // The family is in the writer's byte order (null) or network order (loop): a
+            // small number read either way tells which.
+            let le = u32::from_le_bytes(b);
+            let family = if le < 256 { le } else { u32::from_be_bytes(b) };
+            let proto = match family {
+                2 => ETH_P_IP,
+                10 | 24 | 28 | 30 => ETH_P_IPV6,
+                f => f,
+            };
+            (4, proto)
+        }
+        LinkType::Raw => match d.first().map(|b| b >> 4) {
+            Some(4) => (0, ETH_P_IP),
+            Some(6) => (0, ETH_P_IPV6),
+            Some(v) => (0, u32::from(v)),
+            None => return Err(t),
+        },
+        LinkType::LinuxSll => (16, u32::from(be16(d, 14).ok_or(t)?)),
+        LinkType::LinuxSll2 => (20, u32::from(be16(d, 0).ok_or(t)?)),
+    })
+}
+
+fn parse_v4(ip: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
+    let vihl = *ip.first().ok_or(PacketError::BadIp)?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || ip.len() < 20 {
+        return Err(PacketError::BadIp);
+    }
+    let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
+    let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+    let proto = ip[9];
+    let frag = be16(ip, 6).ok_or(PacketError::BadIp)? & 0x1fff;
+    if frag != 0 {
+        return Ok(no_ports(proto, src, dst));
+    }
+    transport(proto, src, dst, ip.get(ihl..).ok_or(PacketError::BadIp)?)
+}
+
+fn parse_v6(ip: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
+    if ip.len() < 40 || ip[0] >> 4 != 6 {
+        return Err(PacketError::BadIp);
+    }
+    let addr = |at: usize| -> IpAddr {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&ip[at..at + 16]);
+        IpAddr::V6(Ipv6Addr::from(a))
+    };
+    let (src, dst) = (addr(8), addr(24));
+    let mut next = ip[6];
+    let mut off = 40;
+    for _ in 0..6 {
+        let h = ip.get(off..).ok_or(PacketError::BadIp)?;
+        match next {
+            0 | 43 | 60 => {
+                let len = (usize::from(*h.get(1).ok_or(PacketError::BadIp)?) + 1) * 8;
+                next = h[0];
+                off += len;
+            }
+            44 => {
+                let frag = be16(h, 2).ok_or(PacketError::BadIp)? >> 3;
+                next = h[0];
+                off += 8;
+                if frag != 0 {
+                    return Ok(no_ports(next, src, dst));
+                }
+            }
+            51 => {
+                let len = (usize::from(*h.get(1).ok_or(PacketError::BadIp)?) + 2) * 4;
+                next = h[0];
+                off += len;
+            }
+            _ => return transport(next, src, dst, ip.get(off..).ok_or(PacketError::BadIp)?),
+        }
+    }
+    if matches!(next, 0 | 43 | 60 | 44 | 51) {
+        return Err(PacketError::ExtensionLoop);
+    }
+    transport(next, src, dst, ip.get(off..).ok_or(PacketError::BadIp)?)
+}
+
+fn no_ports(proto: u8, src: IpAddr, dst: IpAddr) -> PacketInfo<'static> {
+    PacketInfo {
+        proto,
+        src: SocketAddr::new(src, 0),
+        dst: SocketAddr::new(dst, 0),
+        link_len: 0,
+        tcp_flags: 0,
+        payload: &[],
+    }
+}
+
+fn transport(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    l4: &[u8],
+) -> Result<PacketInfo<'_>, PacketError> {
+    let bad = PacketError::BadTransport;
+    match proto {
+        IPPROTO_TCP => {
+            let doff = usize::from(*l4.get(12).ok_or(bad)? >> 4) * 4;
+            if doff < 20 {
+                return Err(bad);
+            }
+            Ok(PacketInfo {
+                proto,
+                src: SocketAddr::new(src, be16(l4, 0).ok_or(bad)?),
+                dst: SocketAddr::new(dst, be16(l4, 2).ok_or(bad)?),
+                link_len: 0,
+                tcp_flags: *l4.get(13).ok_or(bad)?,
+                payload: l4.get(doff..).unwrap_or_default(),
+            })
+        }
+        IPPROTO_UDP => Ok(PacketInfo {
+            proto,
+            src: SocketAddr::new(src, be16(l4, 0).ok_or(bad)?),
+            dst: SocketAddr::new(dst, be16(l4, 2).ok_or(bad)?),
+            link_len: 0,
+            tcp_flags: 0,
+            payload: l4.get(8..).unwrap_or_default(),
+        }),
+        _ => Ok(no_ports(proto, src, dst)),
+    }
+}
+
+#[cfg(test)]
+pub mod build {
+    //! Hand-built packets for tests (in the manner of Retina's packet builders).
+
+    /// IPv4 + UDP with `payload`, checksums zero.
+    pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let total = 20 + 8 + payload.len();
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p.extend(src);
+        p.extend(dst);
+        p.extend(sport.to_be_bytes());
+        p.extend(dport.to_be_bytes());
+        p.extend(((8 + payload.len()) as u16).to_be_bytes());
+        p.extend([0, 0]);
+        p.extend(payload);
+        p
+    }
+
+    /// IPv6 + TCP (flags, no options) with `payload`.
+    pub fn tcp6(
+        src: [u8; 16],
+        sport: u16,
+        dst: [u8; 16],
+        dport: u16,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend(((20 + payload.len()) as u16).to_be_bytes());
+        p.extend([6, 64]);
+        p.extend(src);
+        p.extend(dst);
+        p.extend(sport.to_be_bytes());
+        p.extend(dport.to_be_bytes());
+        p.extend([0u8; 8]);
+        p.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        p.extend(payload);
+        p
+    }
+
+    pub fn ethernet(ethertype: u16, ip: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 12];
+        p.extend(ethertype.to_be_bytes());
+        p.extend(ip);
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::*;
+    use super::*;
+
+    #[test]
+    fn every_link_type() {
+        let ip = udp4([127, 0, 0, 1], 5000, [127, 0, 0, 1], 4433, b"hi");
+        let mut null_le = 2u32.to_le_bytes().to_vec();
+        null_le.extend(&ip);
+        let mut null_be = 2u32.to_be_bytes().to_vec();
+        null_be.extend(&ip);
+        let mut sll = vec![0u8; 14];
+        sll.extend(0x0800u16.to_be_bytes());
+        sll.extend(&ip);
+        let mut sll2 = 0x0800u16.to_be_bytes().to_vec();
+        sll2.extend([0u8; 18]);
+        sll2.extend(&ip);
+        for (link, data, link_len) in [
+            (LinkType::Ethernet, ethernet(0x0800, &ip), 14),
+            (LinkType::Null, null_le, 4),
+            (LinkType::Null, null_be.clone(), 4),
+            (LinkType::Loop, null_be, 4),
+            (LinkType::Raw, ip.clone(), 0),
+            (LinkType::LinuxSll, sll, 16),
+            (LinkType::LinuxSll2, sll2, 20),
+        ] {
+            let p = parse(link, &data).unwrap();
+            assert_eq!(
+                (p.proto, p.src.port(), p.dst.port(), p.link_len, p.payload),
+                (17, 5000, 4433, link_len, &b"hi"[..]),
+                "{link:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_with_extension_headers_and_loops() {
+        let a = [0u8; 15]
+            .iter()
+            .copied()
+            .chain([1])
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        let p = tcp6(a, 40000, a, 8080, 0x02, b"");
+        let info = parse(LinkType::Raw, &p).unwrap();
+        assert_eq!(
+            (info.proto, info.dst.port(), info.tcp_flags),
+            (6, 8080, 0x02)
+        );
+        // Insert a hop-by-hop header (8 bytes) before TCP.
+        let mut q = p[..40].to_vec();
+        q[6] = 0;
+        q.extend([6, 0, 0, 0, 0, 0, 0, 0]);
+        q.extend(&p[40..]);
+        assert_eq!(parse(LinkType::Raw, &q).unwrap().dst.port(), 8080);
+        // Seven hop-by-hop headers: more than we follow.
+        let mut r = p[..40].to_vec();
+        r[6] = 0;
+        for _ in 0..7 {
+            r.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        assert_eq!(parse(LinkType::Raw, &r), Err(PacketError::ExtensionLoop));
+    }
+
+    #[test]
+    fn malformed_never_panics() {
+        let ip = udp4([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, b"payload");
+        let eth = ethernet(0x0800, &ip);
+        for n in 0..eth.len() {
+            let _ = parse(LinkType::Ethernet, &eth[..n]);
+        }
+        let mut bad = eth.clone();
+        bad[14] = 0x41; // IHL 4 bytes
+        assert_eq!(parse(LinkType::Ethernet, &bad), Err(PacketError::BadIp));
+        assert_eq!(
+            parse(LinkType::Ethernet, &ethernet(0x0806, &[0; 28])),
+            Err(PacketError::NotIp(0x0806))
+        );
+        for seed in 0u32..5000 {
+            let mut g = eth.clone();
+            let i = (seed as usize * 31) % g.len();
+            g[i] ^= (seed >> 3) as u8 | 1;
+            for link in [
+                LinkType::Ethernet,
+                LinkType::Raw,
+                LinkType::Null,
+                LinkType::LinuxSll,
+                LinkType::LinuxSll2,
+            ] {
+                let _ = parse(link, &g);
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The flow table: joins the capture's per-key counters and events into connections with a
+//! transport, a client and a server, an approach, and per-direction counters. It is fed by
+//! any backend (cumulative counters per key plus rare events) and knows nothing of them.
+//!
+//! Counting is exact as long as keys are not evicted: a backend reports cumulative totals
+//! per key, the table keeps the latest. When a backend drops a key (bounded memory), its
+//! last totals move into the key's `base` and later packets of the key add on top.
+
+use crate::classify::{TcpPayload, classify_tcp, is_quic_long_header};
+use crate::flow::{Counters, Direction, IPPROTO_TCP, IPPROTO_UDP, PacketKey, Transport};
+use crate::labels::Labels;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokenwire_probe_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// A connection on one interface: both directions, both hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub proto: u8,
+    pub a: SocketAddr,
+    pub b: SocketAddr,
+    pub ifindex: u32,
+}
+
+impl ConnId {
+    pub fn of(k: &PacketKey) -> Self {
+        let (a, b) = if k.src <= k.dst {
+            (k.src, k.dst)
+        } else {
+            (k.dst, k.src)
+        };
+        Self {
+            proto: k.proto,
+            a,
+            b,
+            ifindex: k.ifindex,
+        }
+    }
+}
+
+/// A rare thing the capture reports about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The key's first packet (no payload).
+    Open,
+    /// The key's first payload, with its first bytes.
+    Payload,
+    /// FIN or RST.
+    Close,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    /// Totals of evicted generations of this key.
+    base: Counters,
+    /// The capture's current totals.
+    live: Counters,
+    last_change: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    /// Order of first sight, for stable output.
+    seq: u64,
+    /// The client, when a SYN (without ACK) said who it is.
+    syn_client: Option<SocketAddr>,
+    /// The sender of the first event seen.
+    first_sender: Option<SocketAddr>,
+    transport: Option<Transport>,
+    sni: Option<String>,
+    alpn: Vec<String>,
+    closed: bool,
+    keys: BTreeMap<PacketKey, KeyState>,
+}
+
+/// One row of output: a connection's direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowRow {
+    pub ifindex: u32,
+    pub approach: String,
+    pub transport: Transport,
+    pub proto: u8,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub direction: Direction,
+    #[serde(flatten)]
+    pub counters: Counters,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    pub closed: bool,
+}
+
+pub struct FlowTable {
+    labels: Labels,
+    conns: HashMap<ConnId, Conn>,
+    next_seq: u64,
+    /// Keys whose kernel entries were deleted to bound memory.
+    pub evictions: u64,
+}
+
+impl FlowTable {
+    pub fn new(labels: Labels) -> Self {
+        Self {
+            labels,
+            conns: HashMap::new(),
+            next_seq: 0,
+            evictions: 0,
+        }
+    }
+
+    fn conn(&mut self, key: &PacketKey) -> &mut Conn {
+        let seq = &mut self.next_seq;
+        self.conns.entry(ConnId::of(key)).or_insert_with(|| {
+            *seq += 1;
+            Conn {
+                seq: *seq,
+                syn_client: None,
+                first_sender: None,
+                transport: None,
+                sni: None,
+                alpn: Vec::new(),
+                closed: false,
+                keys: BTreeMap::new(),
+            }
+        })
+    }
+
+    /// The capture's cumulative totals for `key`.
+    pub fn set_counters(&mut self, key: PacketKey, totals: Counters, tcp_flags: u8, now: Instant) {
+        let c = self.conn(&key);
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            c.closed = true;
+        }
+        let ks = c.keys.entry(key).or_default();
+        if ks.live != totals {
+            ks.live = totals;
+            ks.last_change = Some(now);
+        }
+    }
+
+    /// An event about `key`; `payload` holds the first payload bytes for `Payload`.
+    pub fn event(&mut self, key: PacketKey, kind: EventKind, tcp_flags: u8, payload: &[u8]) {
+        let c = self.conn(&key);
+        c.first_sender.get_or_insert(key.src);
+        if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 {
+            c.syn_client = Some(key.src);
+        }
+        if kind == EventKind::Close || tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            c.closed = true;
+        }
+        if kind != EventKind::Payload || payload.is_empty() {
+            return;
+        }
+        match key.proto {
+            IPPROTO_TCP => match classify_tcp(payload) {
+                TcpPayload::Tls { sni, alpn } => {
+                    c.transport = Some(Transport::Tls);
+                    if sni.is_some() {
+                        c.sni = sni;
+                    }
+                    if !alpn.is_empty() {
+                        c.alpn = alpn;
+                    }
+                }
+                TcpPayload::Http if c.transport != Some(Transport::Tls) => {
+                    c.transport = Some(Transport::Http)
+                }
+                _ => {}
+            },
+            IPPROTO_UDP if is_quic_long_header(payload) => c.transport = Some(Transport::Quic),
+            _ => {}
+        }
+    }
+
+    /// The backend deleted `key`'s entry: keep its totals as the key's base.
+    pub fn evicted(&mut self, key: &PacketKey) {
+        if let Some(ks) = self
+            .conns
+            .get_mut(&ConnId::of(key))
+            .and_then(|c| c.keys.get_mut(key))
+        {
+            let live = std::mem::take(&mut ks.live);
+            ks.base += live;
+            self.evictions += 1;
+        }
+    }
+
+    /// Keys idle for `idle` (or `closed_idle` once their connection closed): the ones a
+    /// backend may delete to bound its memory.
+    pub fn idle_keys(&self, now: Instant, idle: Duration, closed_idle: Duration) -> Vec<PacketKey> {
+        let mut out = Vec::new();
+        for c in self.conns.values() {
+            let limit = if c.closed { closed_idle } else { idle };
+            for (k, ks) in &c.keys {
+                if ks.live != Counters::default()
+                    && ks
+                        .last_change
+                        .is_some_and(|t| now.duration_since(t) >= limit)
+                {
+                    out.push(*k);
+                }
+            }
+        }
+        out
+    }
+
+    /// Who serves the connection: a labelled port, else the receiver of a SYN, else the
+    /// receiver of the first packet seen, else the lower port.
+    fn server(&self, id: &ConnId, c: &Conn) -> SocketAddr {
+        let (a, b) = (id.a, id.b);
+        match (
+            self.labels.get(a.port()).is_some(),
+            self.labels.get(b.port()).is_some(),
+        ) {
+            (true, false) => return a,
+            (false, true) => return b,
+            _ => {}
+        }
+        if let Some(client) = c.syn_client.or(c.first_sender) {
+            return if client == a { b } else { a };
+        }
+        if a.port() <= b.port() { a } else { b }
+    }
+
+    /// All connections, a row per direction that carried packets, oldest first.
+    pub fn rows(&self) -> Vec<FlowRow> {
+        let mut conns: Vec<(&ConnId, &Conn)> = self.conns.iter().collect();
+        conns.sort_by_key(|(_, c)| c.seq);
+        let mut rows = Vec::new();
+        for (id, c) in conns {
+            let server = self.server(id, c);
+            let client = if server == id.a { id.b } else { id.a };
+            let transport = c.transport.unwrap_or(match id.proto {
+                IPPROTO_TCP => Transport::Tcp,
+                IPPROTO_UDP => Transport::Udp,
+                _ => Transport::Other,
+            });
+            let approach = self.labels.get(server.port()).unwrap_or("other").to_owned();
+            let mut dirs: BTreeMap<Direction, Counters> = BTreeMap::new();
+            for (k, ks) in &c.keys {
+                let d = if k.dst == server {
+                    Direction::ToServer
+                } else {
+                    Direction::ToClient
+                };
+                *dirs.entry(d).or_default() += ks.base + ks.live;
+            }
+            for (direction, counters) in dirs {
+                if counters.packets == 0 {
+                    continue;
+                }
+                rows.push(FlowRow {
+                    ifindex: id.ifindex,
+                    approach: approach.clone(),
+                    transport,
+                    proto: id.proto,
+                    client,
+                    server,
+                    direction,
+                    counters,
+                    sni: c.sni.clone(),
+                    alpn: c.alpn.clone(),
+                    closed: c.closed,
+                });
+            }
+        }
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: &str, dst: &str, proto: u8) -> PacketKey {
+        PacketKey {
+            proto,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            ifindex: 1,
+            ingress: false,
+        }
+    }
+
+    fn c(p: u64, b: u64) -> Counters {
+        Counters {
+            packets: p,
+            ip_bytes: b,
+            link_bytes: b + 14 * p,
+        }
+    }
+
+    #[test]
+    fn directions_from_labels_and_syn() {
+        let now = Instant::now();
+        let mut t = FlowTable::new(Labels::default());
+        let up = key("127.0.0.1:50000", "127.0.0.1:8080", IPPROTO_TCP);
+        let down = key("127.0.0.1:8080", "127.0.0.1:50000", IPPROTO_TCP);
+        t.set_counters(up, c(3, 200), TCP_SYN, now);
+        t.set_counters(down, c(2, 120), TCP_SYN | TCP_ACK, now);
+        // Unlabelled: the SYN sender is the client, whatever the ports.
+        let up2 = key("127.0.0.1:7000", "127.0.0.1:40000", IPPROTO_TCP);
+        t.event(up2, EventKind::Open, TCP_SYN, &[]);
+        t.set_counters(up2, c(1, 60), TCP_SYN, now);
+        let rows = t.rows();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            (
+                rows[0].approach.as_str(),
+                rows[0].direction,
+                rows[0].counters
+            ),
+            ("sse", Direction::ToServer, c(3, 200))
+        );
+        assert_eq!(
+            (rows[1].direction, rows[1].counters),
+            (Direction::ToClient, c(2, 120))
+        );
+        assert_eq!(rows[0].transport, Transport::Tcp);
+        assert_eq!(rows[2].server, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(rows[2].approach, "other");
+    }
+
+    #[test]
+    fn classification_from_first_payloads() {
+        let mut t = FlowTable::new(Labels::default());
+        let q = key("[::1]:5000", "[::1]:4433", IPPROTO_UDP);
+        t.event(q, EventKind::Payload, 0, &[0xc3, 0, 0, 0, 1, 8, 0, 0]);
+        t.set_counters(q, c(1, 1200), 0, Instant::now());
+        let u = key("127.0.0.1:5000", "127.0.0.1:9999", IPPROTO_UDP);
+        t.event(u, EventKind::Payload, 0, b"hello");
+        t.set_counters(u, c(1, 33), 0, Instant::now());
+        let h = key("127.0.0.1:5001", "127.0.0.1:11434", IPPROTO_TCP);
+        t.event(
+            h,
+            EventKind::Payload,
+            TCP_ACK,
+            b"POST /api/chat HTTP/1.1\r\n",
+        );
+        t.set_counters(h, c(1, 100), 0, Instant::now());
+        let rows = t.rows();
+        let tr: Vec<(&str, Transport)> = rows
+            .iter()
+            .map(|r| (r.approach.as_str(), r.transport))
+            .collect();
+        assert_eq!(
+            tr,
+            [
+                ("webtransport", Transport::Quic),
+                ("other", Transport::Udp),
+                ("upstream", Transport::Http)
+            ]
+        );
+    }
+
+    #[test]
+    fn eviction_keeps_the_totals() {
+        let t0 = Instant::now();
+        let mut t = FlowTable::new(Labels::default());
+        let k = key("127.0.0.1:50000", "127.0.0.1:8080", IPPROTO_TCP);
+        t.set_counters(k, c(10, 1000), TCP_FIN, t0);
+        assert!(
+            t.idle_keys(
+                t0 + Duration::from_secs(1),
+                Duration::from_secs(60),
+                Duration::from_secs(5)
+            )
+            .is_empty()
+        );
+        let idle = t.idle_keys(
+            t0 + Duration::from_secs(6),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        );
+        assert_eq!(idle, vec![k]);
+        t.evicted(&k);
+        // A late packet after eviction: the capture starts the key again from zero.
+        t.set_counters(k, c(1, 52), 0, t0 + Duration::from_secs(7));
+        assert_eq!(t.rows()[0].counters, c(11, 1052));
+        assert_eq!(t.evictions, 1);
+    }
+}

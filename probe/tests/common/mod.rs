@@ -1,0 +1,117 @@
+//! Helpers for the probe's privileged tests: tcpdump as ground truth, and the grouping of
+//! its capture by flow key.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use tokenwire_probe::flow::Counters;
+use tokenwire_probe::packet::{LinkType, parse};
+use tokenwire_probe::pcapfile::PcapReader;
+
+/// These tests attach real eBPF programs and run tcpdump: they need root (CI is root).
+pub fn require_root() {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    assert_eq!(
+        uid.as_deref().ok(),
+        Some("0"),
+        "the probe's tests need root (CAP_BPF, CAP_NET_ADMIN, raw capture)"
+    );
+}
+
+/// (proto, src, dst) -> counters.
+pub type Truth = BTreeMap<(u8, SocketAddr, SocketAddr), Counters>;
+
+pub struct Tcpdump {
+    child: Child,
+    path: PathBuf,
+    stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Tcpdump {
+    /// Starts `tcpdump -i IFACE -w FILE FILTER` and waits until it listens.
+    pub fn start(iface: &str, filter: &str, tag: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("tokenwire-{tag}-{}.pcap", std::process::id()));
+        let mut child = Command::new("tcpdump")
+            .args([
+                "-i",
+                iface,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-B",
+                "16384",
+                "-w",
+            ])
+            .arg(&path)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (Debian package tcpdump; `cargo xtask setup` installs it)");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "tcpdump exited before listening"
+            );
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        Self {
+            child,
+            path,
+            stderr,
+        }
+    }
+
+    /// Stops tcpdump (it flushes), checks it dropped nothing, and groups its packets.
+    pub fn stop(mut self, link: LinkType) -> Truth {
+        // Immediate mode delivers each packet at once; a moment more for the last writes.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stderr, &mut rest);
+        self.child.wait().unwrap();
+        assert!(
+            rest.lines()
+                .any(|l| l.trim() == "0 packets dropped by kernel"),
+            "tcpdump dropped packets: {rest}"
+        );
+        let file = std::fs::File::open(&self.path).unwrap();
+        let mut r = PcapReader::new(std::io::BufReader::new(file)).unwrap();
+        let mut truth = Truth::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            let p = parse(link, &rec.data).expect("tcpdump captured a packet we cannot parse");
+            let ip_bytes = u64::from(rec.orig_len) - p.link_len as u64;
+            *truth.entry((p.proto, p.src, p.dst)).or_default() += Counters {
+                packets: 1,
+                ip_bytes,
+                link_bytes: u64::from(rec.orig_len),
+            };
+        }
+        let _ = std::fs::remove_file(&self.path);
+        truth
+    }
+}
+
+/// A BPF filter for traffic on any of `ports`.
+pub fn port_filter(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("port {p}"))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}

@@ -74,8 +74,13 @@ impl Tcpdump {
         }
     }
 
-    /// Stops tcpdump (it flushes), checks it dropped nothing, and groups its packets.
-    pub fn stop(mut self, link: LinkType) -> Truth {
+    /// Stops tcpdump (it flushes), checks it dropped nothing, and groups its IP packets;
+    /// other packets (ARP, ...) are added up under `not_ip`.
+    pub fn stop(self, link: LinkType) -> Truth {
+        self.stop_all(link).0
+    }
+
+    pub fn stop_all(mut self, link: LinkType) -> (Truth, Counters) {
         // Immediate mode delivers each packet at once; a moment more for the last writes.
         std::thread::sleep(std::time::Duration::from_millis(200));
         Command::new("kill")
@@ -93,8 +98,20 @@ impl Tcpdump {
         let file = std::fs::File::open(&self.path).unwrap();
         let mut r = PcapReader::new(std::io::BufReader::new(file)).unwrap();
         let mut truth = Truth::new();
+        let mut not_ip = Counters::default();
         while let Some(rec) = r.next_record().unwrap() {
-            let p = parse(link, &rec.data).expect("tcpdump captured a packet we cannot parse");
+            let p = match parse(link, &rec.data) {
+                Ok(p) => p,
+                Err(tokenwire_probe::packet::PacketError::NotIp(_)) => {
+                    not_ip += Counters {
+                        packets: 1,
+                        ip_bytes: 0,
+                        link_bytes: u64::from(rec.orig_len),
+                    };
+                    continue;
+                }
+                Err(e) => panic!("tcpdump captured a packet we cannot parse: {e}"),
+            };
             let ip_bytes = u64::from(rec.orig_len) - p.link_len as u64;
             *truth.entry((p.proto, p.src, p.dst)).or_default() += Counters {
                 packets: 1,
@@ -103,7 +120,7 @@ impl Tcpdump {
             };
         }
         let _ = std::fs::remove_file(&self.path);
-        truth
+        (truth, not_ip)
     }
 }
 

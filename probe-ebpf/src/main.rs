@@ -74,14 +74,30 @@ struct Parsed {
     tcp_flags: u8,
 }
 
+/// Reads a `T` at `off`: straight from the packet's linear data when it is there (no
+/// helper call), else with bpf_skb_load_bytes (non-linear skbs).
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // One-byte reads go through the helper: LLVM turns `p + 1 <= end` into `p < end`,
+    // which the verifier does not accept as a bounds check.
+    if core::mem::size_of::<T>() >= 2 && start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: bounds checked against data_end just above (the verifier checks too).
+        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+    } else {
+        ctx.load::<T>(off).ok()
+    }
+}
+
 #[inline(always)]
 fn be16(ctx: &TcContext, off: usize) -> Option<u16> {
-    ctx.load::<u16>(off).ok().map(u16::from_be)
+    read::<[u8; 2]>(ctx, off).map(u16::from_be_bytes)
 }
 
 #[inline(always)]
 fn byte(ctx: &TcContext, off: usize) -> Option<u8> {
-    ctx.load::<u8>(off).ok()
+    read::<u8>(ctx, off)
 }
 
 #[inline(always)]
@@ -229,17 +245,19 @@ fn event(ctx: &TcContext, p: &Parsed, kind: u8, payload_len: u32) {
 fn ports(ctx: &TcContext, key: &mut FlowKey, l4: usize) -> Option<(usize, u8)> {
     match key.proto {
         IPPROTO_TCP => {
-            key.src_port = be16(ctx, l4)?;
-            key.dst_port = be16(ctx, l4 + 2)?;
-            let doff = (byte(ctx, l4 + 12)? >> 4) as usize * 4;
+            let h: [u8; 14] = read(ctx, l4)?;
+            key.src_port = u16::from_be_bytes([h[0], h[1]]);
+            key.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            let doff = (h[12] >> 4) as usize * 4;
             if doff < 20 {
                 return None;
             }
-            Some((l4 + doff, byte(ctx, l4 + 13)?))
+            Some((l4 + doff, h[13]))
         }
         IPPROTO_UDP => {
-            key.src_port = be16(ctx, l4)?;
-            key.dst_port = be16(ctx, l4 + 2)?;
+            let h: [u8; 4] = read(ctx, l4)?;
+            key.src_port = u16::from_be_bytes([h[0], h[1]]);
+            key.dst_port = u16::from_be_bytes([h[2], h[3]]);
             Some((l4 + 8, 0))
         }
         // Other protocols: keyed by addresses and protocol number, no payload.
@@ -249,19 +267,16 @@ fn ports(ctx: &TcContext, key: &mut FlowKey, l4: usize) -> Option<(usize, u8)> {
 
 #[inline(always)]
 fn parse_v4(ctx: &TcContext, off: usize) -> Option<Parsed> {
-    let vihl = byte(ctx, off)?;
-    let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < 20 {
+    let h: [u8; 20] = read(ctx, off)?;
+    let ihl = (h[0] & 0x0f) as usize * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
         return None;
     }
-    let mut key = FlowKey { family: FAMILY_V4, proto: byte(ctx, off + 9)?, ..FlowKey::default() };
-    let src: [u8; 4] = ctx.load(off + 12).ok()?;
-    let dst: [u8; 4] = ctx.load(off + 16).ok()?;
-    key.src[..4].copy_from_slice(&src);
-    key.dst[..4].copy_from_slice(&dst);
+    let mut key = FlowKey { family: FAMILY_V4, proto: h[9], ..FlowKey::default() };
+    key.src[..4].copy_from_slice(&h[12..16]);
+    key.dst[..4].copy_from_slice(&h[16..20]);
     // A fragment other than the first carries no transport header.
-    let frag = be16(ctx, off + 6)? & 0x1fff;
-    if frag != 0 {
+    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
         return Some(Parsed { key, payload_off: ctx.len() as usize, tcp_flags: 0 });
     }
     let (payload_off, tcp_flags) = ports(ctx, &mut key, off + ihl)?;
@@ -270,13 +285,14 @@ fn parse_v4(ctx: &TcContext, off: usize) -> Option<Parsed> {
 
 #[inline(always)]
 fn parse_v6(ctx: &TcContext, off: usize) -> Option<Parsed> {
-    if byte(ctx, off)? >> 4 != 6 {
+    let h: [u8; 40] = read(ctx, off)?;
+    if h[0] >> 4 != 6 {
         return None;
     }
     let mut key = FlowKey { family: FAMILY_V6, ..FlowKey::default() };
-    key.src = ctx.load(off + 8).ok()?;
-    key.dst = ctx.load(off + 24).ok()?;
-    let mut next = byte(ctx, off + 6)?;
+    key.src.copy_from_slice(&h[8..24]);
+    key.dst.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
     let mut l4 = off + 40;
     // Extension headers, a bounded number of them (a loop of them is malformed).
     let mut i = 0;

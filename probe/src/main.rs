@@ -60,6 +60,10 @@ struct RunArgs {
     /// The same once its connection closed (FIN/RST).
     #[arg(long, default_value_t = 30)]
     closed_timeout: u64,
+    /// Turn on the kernel's BPF run-time statistics while running and report the probe's
+    /// own cost in ns per packet.
+    #[arg(long)]
+    bpf_stats: bool,
     /// Server port to approach name, e.g. 9000=my-server (repeatable). Defaults:
     /// 11435=raw_api 8080=sse 4433=webtransport 11434=upstream.
     #[arg(long = "label")]
@@ -97,6 +101,11 @@ async fn run(args: RunArgs) -> Result<()> {
     let labels = Labels::with_overrides(args.labels.iter().map(String::as_str))?;
     let _ = args.backend; // auto and ebpf are the same until the pcap backend exists
     let mut backend = EbpfBackend::start(&args.ifaces, args.max_flows)?;
+    let _stats = if args.bpf_stats {
+        Some(EbpfBackend::enable_stats()?)
+    } else {
+        None
+    };
     eprintln!(
         "tokenwire-probe: backend ebpf on {}",
         backend
@@ -172,6 +181,10 @@ fn emit(
     let rows = table.rows();
     if args.json {
         print!("{}", output::json_lines(&rows, names, snapshot, is_final));
+        print!(
+            "{}",
+            output::health_json(health, table.evictions, snapshot, is_final)
+        );
     } else {
         println!(
             "{}{}  evictions {}\n",

@@ -56,7 +56,7 @@ pub fn json_lines(
 
 /// The health line printed under each table.
 pub fn health_line(h: &Health) -> String {
-    format!(
+    let mut s = format!(
         "flows tracked {} | not IP {} pkts | malformed {} pkts | map full {} pkts | event drops {} | payload copy failures {}",
         h.flows_tracked,
         h.not_ip.packets,
@@ -64,5 +64,17 @@ pub fn health_line(h: &Health) -> String {
         h.map_full.packets,
         h.event_drops,
         h.payload_copy_failures
-    )
+    );
+    if let Some(ns) = h.ns_per_packet() {
+        let _ = write!(s, " | {ns:.1} ns/packet over {} runs", h.bpf_run_count);
+    }
+    s
+}
+
+/// The health as one JSON line.
+pub fn health_json(h: &Health, evictions: u64, snapshot: u64, is_final: bool) -> String {
+    let v = serde_json::json!({
+        "health": h, "evictions": evictions, "snapshot": snapshot, "final": is_final,
+    });
+    format!("{v}\n")
 }

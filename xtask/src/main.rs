@@ -47,6 +47,18 @@ enum Task {
     },
     /// Set up, then check formatting and lints and run every test.
     Test,
+    /// Measure the probe's overhead on loopback (as root): iperf3 TCP throughput and UDP
+    /// packet rate with nothing attached, with the probe, and with tcpdump -w /dev/null,
+    /// interleaved over several rounds; the probe's kernel ns per packet; and whether it
+    /// counted every datagram. Prints a Markdown table for docs/performance.md.
+    BenchProbe {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Rounds of (none, probe, tcpdump).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
 }
 
 /// Debian packages the project needs: libpcap for the probe's pcap backend, tcpdump as
@@ -86,19 +98,29 @@ fn real_main() -> Result<()> {
             setup()?;
             test()
         }
+        Task::BenchProbe { seconds, rounds } => {
+            setup()?;
+            bench_probe::run(seconds, rounds)
+        }
     }
 }
+
+mod bench_probe;
 
 fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     here.parent().unwrap_or(here).to_path_buf()
 }
 
+pub(crate) fn cargo_cmd() -> Command {
+    cargo()
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {}", describe(cmd));
     let status = cmd
         .status()
@@ -118,7 +140,7 @@ fn describe(cmd: &Command) -> String {
 }
 
 fn setup() -> Result<()> {
-    apt_packages()?;
+    apt_install(&APT_PACKAGES)?;
     rust_src()?;
     bpf_linker()?;
     build_ebpf()?;
@@ -153,15 +175,15 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn apt_packages() -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     if !Path::new("/usr/bin/dpkg-query").exists() {
         eprintln!(
             "xtask: not a Debian system; install by hand: {}",
-            APT_PACKAGES.join(" ")
+            packages.join(" ")
         );
         return Ok(());
     }
-    let missing: Vec<&str> = APT_PACKAGES
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -172,7 +194,7 @@ fn apt_packages() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        eprintln!("xtask: Debian packages present: {}", APT_PACKAGES.join(" "));
+        eprintln!("xtask: Debian packages present: {}", packages.join(" "));
         return Ok(());
     }
     if !is_root() {
@@ -279,7 +301,7 @@ fn build_binaries() -> Result<()> {
     ]))
 }
 
-fn bin(name: &str) -> PathBuf {
+pub(crate) fn bin(name: &str) -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
     target.join("debug").join(name)

@@ -114,7 +114,7 @@ fn hook_name(h: TcAttachType) -> &'static str {
 
 fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
     // The verifier rejects programs with EACCES too; its log says so.
-    if chain(e).contains("Verifier output") {
+    if tokenwire_servers::upstream::error_chain(e).contains("Verifier output") {
         return false;
     }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -263,6 +263,13 @@ impl EbpfBackend {
         })
     }
 
+    /// Turns on the kernel's BPF run-time statistics for as long as the returned handle
+    /// lives (what `sysctl kernel.bpf_stats_enabled=1` does, scoped to this process).
+    pub fn enable_stats() -> Result<std::os::fd::OwnedFd, EbpfError> {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|e| EbpfError::Load(format!("enabling BPF statistics: {}", chain(&e))))
+    }
+
     pub fn ifaces(&self) -> &[Iface] {
         &self.ifaces
     }
@@ -361,6 +368,13 @@ impl EbpfBackend {
                 .map(|v| v.iter().sum())
                 .unwrap_or(0)
         };
+        let (mut bpf_run_count, mut bpf_run_time_ns) = (0, 0);
+        for (_, prog) in self._ebpf.programs() {
+            if let Ok(info) = prog.info() {
+                bpf_run_count += info.run_count();
+                bpf_run_time_ns += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            }
+        }
         Health {
             not_ip: sum_u(common::unattributed::NOT_IP),
             malformed: sum_u(common::unattributed::MALFORMED),
@@ -368,6 +382,8 @@ impl EbpfBackend {
             event_drops: sum_f(common::failure::RINGBUF_FULL),
             payload_copy_failures: sum_f(common::failure::PAYLOAD_COPY),
             flows_tracked,
+            bpf_run_count,
+            bpf_run_time_ns,
         }
     }
 }

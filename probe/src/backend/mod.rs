@@ -19,4 +19,15 @@ pub struct Health {
     pub payload_copy_failures: u64,
     /// Keys currently in the kernel map.
     pub flows_tracked: u64,
+    /// Runs of the probe's programs and their total time, from the kernel's BPF run-time
+    /// statistics (zero unless kernel.bpf_stats_enabled is on, e.g. with `--bpf-stats`).
+    pub bpf_run_count: u64,
+    pub bpf_run_time_ns: u64,
+}
+
+impl Health {
+    /// Mean kernel time per packet, when the kernel keeps BPF statistics.
+    pub fn ns_per_packet(&self) -> Option<f64> {
+        (self.bpf_run_count > 0).then(|| self.bpf_run_time_ns as f64 / self.bpf_run_count as f64)
+    }
 }

@@ -1,0 +1,218 @@
+//! `cargo xtask bench-probe`: the probe's overhead on loopback, measured side by side in
+//! one session (these machines are shared and noisy, so modes are interleaved per round
+//! and compared as ratios of medians).
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const PORT: &str = "5299";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Bare,
+    Probe,
+    Tcpdump,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Bare => "nothing attached",
+            Mode::Probe => "tokenwire-probe (eBPF)",
+            Mode::Tcpdump => "tcpdump -w /dev/null",
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Sample {
+    tcp_gbps: f64,
+    udp_pps: f64,
+    udp_sent: u64,
+    /// Datagrams to the iperf3 port the probe counted (probe mode).
+    probe_udp: Option<u64>,
+    ns_per_packet: Option<f64>,
+}
+
+fn iperf(args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new("iperf3")
+        .args(["-c", "127.0.0.1", "-p", PORT, "-J"])
+        .args(args)
+        .output()
+        .context("running iperf3")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
+    if let Some(e) = v.get("error") {
+        bail!("iperf3: {e}");
+    }
+    Ok(v)
+}
+
+/// Starts what a mode attaches; returns the process to stop afterwards.
+fn attach(mode: Mode) -> Result<Option<Child>> {
+    let mut cmd = match mode {
+        Mode::Bare => return Ok(None),
+        Mode::Probe => {
+            let mut c = Command::new(crate::bin("tokenwire-probe"));
+            c.args([
+                "run",
+                "--iface",
+                "lo",
+                "--json",
+                "--bpf-stats",
+                "--interval",
+                "3600",
+            ]);
+            c
+        }
+        Mode::Tcpdump => {
+            let mut c = Command::new("tcpdump");
+            c.args([
+                "-i",
+                "lo",
+                "-n",
+                "-w",
+                "/dev/null",
+                "-B",
+                "65536",
+                "port",
+                PORT,
+            ]);
+            c
+        }
+    };
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the capture")?;
+    let mut err = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    err.read_line(&mut line)?;
+    if !(line.contains("backend ebpf") || line.contains("listening on")) {
+        bail!("{mode:?} did not start: {line}");
+    }
+    // Keep reading stderr so the process never blocks on it; give it back at stop time.
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = err.read_to_string(&mut rest);
+        rest
+    });
+    Ok(Some(child))
+}
+
+fn stop(child: Option<Child>, sample: &mut Sample) -> Result<()> {
+    let Some(mut child) = child else {
+        return Ok(());
+    };
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut out)?;
+    }
+    child.wait()?;
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["final"] != true {
+            continue;
+        }
+        if let Some(h) = v.get("health") {
+            let (n, t) = (
+                h["bpf_run_count"].as_f64().unwrap_or(0.0),
+                h["bpf_run_time_ns"].as_f64().unwrap_or(0.0),
+            );
+            sample.ns_per_packet = (n > 0.0).then(|| t / n);
+        } else if v["proto"] == 17
+            && v["server"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(&format!(":{PORT}")))
+            && v["direction"] == "to_server"
+        {
+            *sample.probe_udp.get_or_insert(0) += v["packets"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+pub fn run(seconds: u32, rounds: u32) -> Result<()> {
+    crate::apt_install(&["iperf3"])?;
+    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-p", PORT])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = seconds.to_string();
+    let mut samples: Vec<(Mode, Sample)> = Vec::new();
+    let result = (|| -> Result<()> {
+        for round in 1..=rounds {
+            for mode in [Mode::Bare, Mode::Probe, Mode::Tcpdump] {
+                eprintln!("xtask: round {round}/{rounds}: {}", mode.name());
+                let child = attach(mode)?;
+                let mut s = Sample::default();
+                let tcp = iperf(&["-t", &secs])?;
+                s.tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    / 1e9;
+                let udp = iperf(&["-u", "-b", "0", "-l", "64", "-t", &secs])?;
+                let sum = &udp["end"]["sum"];
+                s.udp_sent = sum["packets"].as_u64().unwrap_or(0);
+                s.udp_pps = s.udp_sent as f64 / sum["seconds"].as_f64().unwrap_or(1.0).max(1e-9);
+                std::thread::sleep(Duration::from_millis(300));
+                stop(child, &mut s)?;
+                samples.push((mode, s));
+            }
+        }
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result?;
+
+    let of = |m: Mode| samples.iter().filter(move |(x, _)| *x == m).map(|(_, s)| s);
+    let bare_tcp = median(of(Mode::Bare).map(|s| s.tcp_gbps).collect());
+    let bare_udp = median(of(Mode::Bare).map(|s| s.udp_pps).collect());
+    println!(
+        "| mode | TCP Gbit/s (median) | vs bare | UDP 64 B pkt/s (median) | vs bare | kernel ns/packet | datagrams counted / sent |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for mode in [Mode::Bare, Mode::Probe, Mode::Tcpdump] {
+        let tcp = median(of(mode).map(|s| s.tcp_gbps).collect());
+        let udp = median(of(mode).map(|s| s.udp_pps).collect());
+        let ns: Vec<f64> = of(mode).filter_map(|s| s.ns_per_packet).collect();
+        let counted: Vec<String> = of(mode)
+            .filter_map(|s| s.probe_udp.map(|c| format!("{c}/{}", s.udp_sent)))
+            .collect();
+        println!(
+            "| {} | {tcp:.2} | {:.3} | {udp:.0} | {:.3} | {} | {} |",
+            mode.name(),
+            tcp / bare_tcp.max(1e-9),
+            udp / bare_udp.max(1e-9),
+            if ns.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", median(ns))
+            },
+            if counted.is_empty() {
+                "-".to_owned()
+            } else {
+                counted.join(", ")
+            },
+        );
+    }
+    Ok(())
+}

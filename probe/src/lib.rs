@@ -2,11 +2,15 @@
 //! approach. The parsing, classification and flow table are platform-free; capture
 //! backends (eBPF on Linux) feed them.
 
+pub mod accumulate;
+pub mod analyze;
 pub mod backend;
+pub mod capfile;
 pub mod classify;
 pub mod flow;
 pub mod labels;
 pub mod output;
 pub mod packet;
 pub mod pcapfile;
+pub mod pcapng;
 pub mod table;

@@ -4,6 +4,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::time::{Duration, Instant};
+use tokenwire_probe::backend::Health;
+use tokenwire_probe::backend::pcap::{PcapBackend, PcapOptions};
 use tokenwire_probe::labels::Labels;
 use tokenwire_probe::output;
 use tokenwire_probe::table::FlowTable;
@@ -22,21 +24,44 @@ enum Command {
     /// Capture live and print a table per flow and direction every --interval and on exit
     /// (SIGINT/SIGTERM or --duration).
     Run(RunArgs),
+    /// Read a capture file (pcap from tcpdump -w, or pcapng from tshark/Wireshark) and print
+    /// the same table (or JSON lines) as a live run. A truncated or corrupt file prints
+    /// the totals up to the broken packet, then says where it broke (exit status 1).
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// The capture file.
+    file: std::path::PathBuf,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Server port to approach name, e.g. 9000=my-server (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
-    /// eBPF where it can load and attach (the only backend so far).
+    /// eBPF where it can load and attach, else libpcap (says which, and why).
     Auto,
     /// A TC classifier counting in the kernel (Linux, root or CAP_BPF + CAP_NET_ADMIN).
     Ebpf,
+    /// libpcap: headers copied to user space and counted there (needs CAP_NET_RAW).
+    Pcap,
 }
+
+#[cfg(target_os = "macos")]
+const DEFAULT_IFACE: &str = "lo0";
+#[cfg(not(target_os = "macos"))]
+const DEFAULT_IFACE: &str = "lo";
 
 #[derive(clap::Args)]
 struct RunArgs {
     /// Interfaces to capture (repeatable). Loopback is counted on egress only (each packet
     /// passes it once); others on ingress and egress.
-    #[arg(long = "iface", default_value = "lo")]
+    #[arg(long = "iface", default_value = DEFAULT_IFACE)]
     ifaces: Vec<String>,
     #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
@@ -64,6 +89,18 @@ struct RunArgs {
     /// own cost in ns per packet.
     #[arg(long)]
     bpf_stats: bool,
+    /// pcap: bytes kept of each packet (headers and the first payload bytes suffice).
+    #[arg(long, default_value_t = tokenwire_probe::backend::pcap::DEFAULT_SNAPLEN)]
+    snaplen: i32,
+    /// pcap: kernel buffer size in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    buffer_size: i32,
+    /// pcap: a BPF capture filter (tcpdump syntax), e.g. "port 8080 or port 4433".
+    #[arg(long)]
+    filter: Option<String>,
+    /// pcap: capture only the labelled ports (a filter built from the labels).
+    #[arg(long, conflicts_with = "filter")]
+    filter_labelled: bool,
     /// Server port to approach name, e.g. 9000=my-server (repeatable). Defaults:
     /// 11435=raw_api 8080=sse 4433=webtransport 11434=upstream.
     #[arg(long = "label")]
@@ -79,7 +116,10 @@ fn main() {
 
 fn real_main() -> Result<()> {
     tokenwire_servers::logging::init("warn");
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Analyze(args) => return analyze(args),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -87,39 +127,140 @@ fn real_main() -> Result<()> {
     rt.block_on(run(args))
 }
 
-#[cfg(not(target_os = "linux"))]
-async fn run(_args: RunArgs) -> Result<()> {
-    bail!("the eBPF backend needs Linux; the pcap backend is not built yet")
+/// The backend a live run uses.
+enum Live {
+    #[cfg(target_os = "linux")]
+    Ebpf(Box<tokenwire_probe::backend::ebpf::EbpfBackend>),
+    Pcap(PcapBackend),
 }
 
-#[cfg(target_os = "linux")]
+impl Live {
+    fn name(&self) -> &'static str {
+        match self {
+            #[cfg(target_os = "linux")]
+            Live::Ebpf(_) => "ebpf",
+            Live::Pcap(_) => "pcap",
+        }
+    }
+
+    fn ifaces(&self) -> Vec<(u32, String)> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Live::Ebpf(b) => b
+                .ifaces()
+                .iter()
+                .map(|i| (i.index, i.name.clone()))
+                .collect(),
+            Live::Pcap(b) => b.ifaces.clone(),
+        }
+    }
+
+    fn drain(&mut self, table: &mut FlowTable) {
+        #[cfg(target_os = "linux")]
+        if let Live::Ebpf(b) = self {
+            b.drain_events(table);
+        }
+        let _ = table;
+    }
+
+    fn poll(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Live::Ebpf(b) => Ok(b.poll(table, now)?),
+            Live::Pcap(b) => {
+                if let Some(e) = b.error() {
+                    bail!("the capture stopped: {e}");
+                }
+                Ok(b.poll(table, now))
+            }
+        }
+    }
+
+    fn evict(&mut self, table: &mut FlowTable, keys: &[tokenwire_probe::flow::PacketKey]) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Live::Ebpf(b) => b.evict(table, keys),
+            Live::Pcap(b) => b.evict(table, keys),
+        }
+    }
+
+    fn health(&self, tracked: u64) -> Health {
+        match self {
+            #[cfg(target_os = "linux")]
+            Live::Ebpf(b) => b.health(tracked),
+            Live::Pcap(b) => b.health(),
+        }
+    }
+}
+
+fn start_pcap(args: &RunArgs, labels: &Labels) -> Result<Live> {
+    let filter = if args.filter_labelled {
+        Some(
+            labels
+                .ports()
+                .map(|p| format!("port {p}"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+        )
+    } else {
+        args.filter.clone()
+    };
+    let opts = PcapOptions {
+        snaplen: args.snaplen,
+        buffer_size: args.buffer_size,
+        filter,
+    };
+    Ok(Live::Pcap(PcapBackend::start(&args.ifaces, &opts)?))
+}
+
+fn start(args: &RunArgs, labels: &Labels) -> Result<Live> {
+    match args.backend {
+        Backend::Pcap => start_pcap(args, labels),
+        #[cfg(target_os = "linux")]
+        Backend::Ebpf => Ok(Live::Ebpf(Box::new(
+            tokenwire_probe::backend::ebpf::EbpfBackend::start(&args.ifaces, args.max_flows)?,
+        ))),
+        #[cfg(not(target_os = "linux"))]
+        Backend::Ebpf => bail!("the eBPF backend needs Linux; use --backend pcap"),
+        #[cfg(target_os = "linux")]
+        Backend::Auto => {
+            match tokenwire_probe::backend::ebpf::EbpfBackend::start(&args.ifaces, args.max_flows) {
+                Ok(b) => Ok(Live::Ebpf(Box::new(b))),
+                Err(e @ tokenwire_probe::backend::ebpf::EbpfError::NoInterface(_)) => Err(e.into()),
+                Err(e) => {
+                    eprintln!(
+                        "tokenwire-probe: eBPF unavailable ({e}); falling back to the pcap backend"
+                    );
+                    start_pcap(args, labels)
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        Backend::Auto => start_pcap(args, labels),
+    }
+}
+
 async fn run(args: RunArgs) -> Result<()> {
-    use tokenwire_probe::backend::ebpf::EbpfBackend;
     if !(args.interval.is_finite() && args.interval > 0.0) {
         bail!("--interval must be a positive number of seconds");
     }
     let labels = Labels::with_overrides(args.labels.iter().map(String::as_str))?;
-    let _ = args.backend; // auto and ebpf are the same until the pcap backend exists
-    let mut backend = EbpfBackend::start(&args.ifaces, args.max_flows)?;
-    let _stats = if args.bpf_stats {
-        Some(EbpfBackend::enable_stats()?)
-    } else {
-        None
+    let mut backend = start(&args, &labels)?;
+    #[cfg(target_os = "linux")]
+    let _stats = match (&backend, args.bpf_stats) {
+        (Live::Ebpf(_), true) => Some(tokenwire_probe::backend::ebpf::EbpfBackend::enable_stats()?),
+        _ => None,
     };
+    let names = backend.ifaces();
     eprintln!(
-        "tokenwire-probe: backend ebpf on {}",
-        backend
-            .ifaces()
+        "tokenwire-probe: backend {} on {}",
+        backend.name(),
+        names
             .iter()
-            .map(|i| i.name.as_str())
+            .map(|(_, n)| n.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let names: Vec<(u32, String)> = backend
-        .ifaces()
-        .iter()
-        .map(|i| (i.index, i.name.clone()))
-        .collect();
     let mut table = FlowTable::new(labels);
     let started = Instant::now();
     let deadline = args
@@ -128,7 +269,6 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut print = tokio::time::interval(Duration::from_secs_f64(args.interval));
     print.tick().await;
     let mut drain = tokio::time::interval(Duration::from_millis(100));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut snapshot = 0u64;
     let idle = Duration::from_secs(args.idle_timeout);
     let closed = Duration::from_secs(args.closed_timeout);
@@ -139,9 +279,11 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     };
     tokio::pin!(until);
+    let terminated = terminate_signal();
+    tokio::pin!(terminated);
     loop {
         tokio::select! {
-            _ = drain.tick() => backend.drain_events(&mut table),
+            _ = drain.tick() => backend.drain(&mut table),
             _ = print.tick() => {
                 let now = Instant::now();
                 let tracked = backend.poll(&mut table, now)?;
@@ -152,8 +294,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 snapshot += 1;
                 emit(&args, &table, &names, snapshot, false, &backend.health(tracked));
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = &mut terminated => break,
             _ = &mut until => break,
         }
     }
@@ -170,13 +311,58 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// SIGINT or SIGTERM.
+async fn terminate_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn analyze(args: AnalyzeArgs) -> Result<()> {
+    let labels = Labels::with_overrides(args.labels.iter().map(String::as_str))?;
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("opening {}", args.file.display()))?;
+    let a = tokenwire_probe::analyze::analyze(std::io::BufReader::new(file), labels)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let rows = a.table.rows();
+    if args.json {
+        print!("{}", output::json_lines(&rows, &[], 1, true));
+        print!("{}", output::health_json(&a.acc.health, 0, 1, true));
+    } else {
+        println!(
+            "{}{}  packets {}",
+            output::table(&rows, &[]),
+            output::health_line(&a.acc.health),
+            a.packets
+        );
+    }
+    if let Some(e) = a.error {
+        bail!(
+            "{}: {e} (the totals above count the {} packets before it)",
+            args.file.display(),
+            a.packets
+        );
+    }
+    Ok(())
+}
+
 fn emit(
     args: &RunArgs,
     table: &FlowTable,
     names: &[(u32, String)],
     snapshot: u64,
     is_final: bool,
-    health: &tokenwire_probe::backend::Health,
+    health: &Health,
 ) {
     let rows = table.rows();
     if args.json {

@@ -57,13 +57,14 @@ pub fn json_lines(
 /// The health line printed under each table.
 pub fn health_line(h: &Health) -> String {
     let mut s = format!(
-        "flows tracked {} | not IP {} pkts | malformed {} pkts | map full {} pkts | event drops {} | payload copy failures {}",
+        "flows tracked {} | not IP {} pkts | malformed {} pkts | map full {} pkts | event drops {} | payload copy failures {} | kernel drops {}",
         h.flows_tracked,
         h.not_ip.packets,
         h.malformed.packets,
         h.map_full.packets,
         h.event_drops,
-        h.payload_copy_failures
+        h.payload_copy_failures,
+        h.kernel_drops
     );
     if let Some(ns) = h.ns_per_packet() {
         let _ = write!(s, " | {ns:.1} ns/packet over {} runs", h.bpf_run_count);

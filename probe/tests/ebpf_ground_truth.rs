@@ -13,6 +13,7 @@ use tokenwire_bench::approach::Approach;
 use tokenwire_bench::client::tls::Trust;
 use tokenwire_bench::client::{ApproachClient, Targets};
 use tokenwire_probe::backend::ebpf::EbpfBackend;
+use tokenwire_probe::backend::pcap::{PcapBackend, PcapOptions};
 use tokenwire_probe::flow::{Counters, Direction, Transport};
 use tokenwire_probe::labels::Labels;
 use tokenwire_probe::packet::LinkType;
@@ -94,6 +95,8 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
     .unwrap();
     let dump = Tcpdump::start("lo", &port_filter(&ports), "lo");
     let mut probe = EbpfBackend::start(&["lo".to_owned()], 65_536).unwrap();
+    // The libpcap backend on the same traffic, side by side.
+    let mut pcap = PcapBackend::start(&["lo".to_owned()], &PcapOptions::default()).unwrap();
 
     // --- traffic ---
     let trust = Trust::Pinned(id.cert_der.clone());
@@ -140,10 +143,19 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut table = FlowTable::new(labels);
+    let mut table = FlowTable::new(labels.clone());
     probe.poll(&mut table, Instant::now()).unwrap();
-    let truth = dump.stop(LinkType::Ethernet);
+    let mut pcap_table = FlowTable::new(labels.clone());
+    pcap.poll(&mut pcap_table, Instant::now());
+    assert_eq!(pcap.health().kernel_drops, 0, "libpcap dropped packets");
+    let (truth, file) = dump.stop_keep(LinkType::Ethernet);
     drop(probe);
+    drop(pcap);
+    // analyze on tcpdump's file.
+    let analysis =
+        tokenwire_probe::analyze::analyze(std::fs::File::open(&file).unwrap(), labels).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(analysis.error.is_none());
 
     // --- compare per (proto, src, dst) ---
     let rows = table.rows();

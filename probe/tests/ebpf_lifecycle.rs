@@ -84,17 +84,20 @@ fn restart_after_kill_9_leaves_one_program_and_sigterm_leaves_none() {
 #[test]
 fn without_privileges_it_names_them_and_points_at_pcap() {
     common::require_root();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .args([BIN, "run", "--duration", "1"])
-        .output()
-        .unwrap();
+    let unprivileged = |backend: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ])
+            .args([BIN, "run", "--backend", backend, "--duration", "1"])
+            .output()
+            .unwrap()
+    };
+    let out = unprivileged("ebpf");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -102,4 +105,37 @@ fn without_privileges_it_names_them_and_points_at_pcap() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    // auto tries eBPF, says why it falls back, then libpcap says what it lacks.
+    let out = unprivileged("auto");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("falling back to the pcap backend") && err.contains("CAP_NET_RAW"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_falls_back_to_pcap_when_ebpf_cannot_load_and_says_so() {
+    common::require_root();
+    // Root without CAP_BPF, CAP_SYS_ADMIN and CAP_PERFMON: no eBPF; CAP_NET_RAW keeps libpcap.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-bpf,-sys_admin,-perfmon", "--inh-caps=-all"])
+        .args([BIN, "run", "--iface", "lo", "--duration", "1", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("eBPF unavailable") && err.contains("falling back to the pcap backend"),
+        "{err}"
+    );
+    assert!(err.contains("backend pcap on lo"), "{err}");
+    // And --backend ebpf refuses rather than falling back.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-bpf,-sys_admin,-perfmon", "--inh-caps=-all"])
+        .args([BIN, "run", "--backend", "ebpf", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }

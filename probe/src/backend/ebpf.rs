@@ -382,6 +382,7 @@ impl EbpfBackend {
             event_drops: sum_f(common::failure::RINGBUF_FULL),
             payload_copy_failures: sum_f(common::failure::PAYLOAD_COPY),
             flows_tracked,
+            kernel_drops: 0,
             bpf_run_count,
             bpf_run_time_ns,
         }

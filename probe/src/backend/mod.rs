@@ -3,6 +3,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod ebpf;
+pub mod pcap;
 
 /// The backend's own health figures.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -17,8 +18,10 @@ pub struct Health {
     pub event_drops: u64,
     /// First-payload copies that failed.
     pub payload_copy_failures: u64,
-    /// Keys currently in the kernel map.
+    /// Keys currently held (in the kernel map, for eBPF).
     pub flows_tracked: u64,
+    /// Packets the kernel dropped before libpcap read them (pcap backend).
+    pub kernel_drops: u64,
     /// Runs of the probe's programs and their total time, from the kernel's BPF run-time
     /// statistics (zero unless kernel.bpf_stats_enabled is on, e.g. with `--bpf-stats`).
     pub bpf_run_count: u64,

@@ -30,6 +30,7 @@ pub type Truth = BTreeMap<(u8, SocketAddr, SocketAddr), Counters>;
 pub struct Tcpdump {
     child: Child,
     path: PathBuf,
+    keep: bool,
     stderr: BufReader<std::process::ChildStderr>,
 }
 
@@ -71,6 +72,7 @@ impl Tcpdump {
             child,
             path,
             stderr,
+            keep: false,
         }
     }
 
@@ -78,6 +80,13 @@ impl Tcpdump {
     /// other packets (ARP, ...) are added up under `not_ip`.
     pub fn stop(self, link: LinkType) -> Truth {
         self.stop_all(link).0
+    }
+
+    /// Like `stop`, keeping the file for the caller (who removes it).
+    pub fn stop_keep(mut self, link: LinkType) -> (Truth, PathBuf) {
+        self.keep = true;
+        let path = self.path.clone();
+        (self.stop_all(link).0, path)
     }
 
     pub fn stop_all(mut self, link: LinkType) -> (Truth, Counters) {
@@ -119,7 +128,9 @@ impl Tcpdump {
                 link_bytes: u64::from(rec.orig_len),
             };
         }
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
         (truth, not_ip)
     }
 }

@@ -1,0 +1,131 @@
+//! Counting in user space, for the backends that see whole packets (libpcap live capture,
+//! capture files): per key counters and the same rare events the eBPF program sends, fed
+//! into the flow table. Platform-free.
+
+use crate::backend::Health;
+use crate::flow::{Counters, PacketKey};
+use crate::packet::{LinkType, PacketError, parse};
+use crate::table::{EventKind, FlowTable};
+use std::collections::HashMap;
+use std::time::Instant;
+use tokenwire_probe_common::{TCP_FIN, TCP_RST};
+
+#[derive(Debug, Default)]
+struct KeyAcc {
+    counters: Counters,
+    tcp_flags: u8,
+    sent_payload: bool,
+    sent_close: bool,
+}
+
+/// An event waiting for the next flush (the table is not always at hand: live capture
+/// counts on its own thread).
+#[derive(Debug)]
+struct PendingEvent {
+    key: PacketKey,
+    kind: EventKind,
+    tcp_flags: u8,
+    payload: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+pub struct Accumulator {
+    keys: HashMap<PacketKey, KeyAcc>,
+    events: Vec<PendingEvent>,
+    pub health: Health,
+}
+
+impl Accumulator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one packet: `data` is what was captured, `orig_len` its length on the wire.
+    pub fn packet(&mut self, link: LinkType, data: &[u8], orig_len: u32, ifindex: u32) {
+        let link_bytes = u64::from(orig_len);
+        let p = match parse(link, data) {
+            Ok(p) => p,
+            Err(PacketError::NotIp(_)) => {
+                self.health.not_ip += Counters {
+                    packets: 1,
+                    ip_bytes: 0,
+                    link_bytes,
+                };
+                return;
+            }
+            Err(_) => {
+                // Without a readable link header the IP bytes are unknown; count the packet.
+                self.health.malformed += Counters {
+                    packets: 1,
+                    ip_bytes: 0,
+                    link_bytes,
+                };
+                return;
+            }
+        };
+        let ip_bytes = link_bytes.saturating_sub(p.link_len as u64);
+        let key = PacketKey {
+            proto: p.proto,
+            src: p.src,
+            dst: p.dst,
+            ifindex,
+            ingress: false,
+        };
+        let acc = self.keys.entry(key).or_default();
+        let first = acc.counters.packets == 0;
+        acc.counters += Counters {
+            packets: 1,
+            ip_bytes,
+            link_bytes,
+        };
+        acc.tcp_flags |= p.tcp_flags;
+        // The same events as the kernel side: first packet, first payload, FIN/RST.
+        if !p.payload.is_empty() && !acc.sent_payload {
+            acc.sent_payload = true;
+            let n = p.payload.len().min(tokenwire_probe_common::PAYLOAD_CAPTURE);
+            let payload = p.payload[..n].to_vec();
+            self.events.push(PendingEvent {
+                key,
+                kind: EventKind::Payload,
+                tcp_flags: p.tcp_flags,
+                payload,
+            });
+        } else if first {
+            self.events.push(PendingEvent {
+                key,
+                kind: EventKind::Open,
+                tcp_flags: p.tcp_flags,
+                payload: Vec::new(),
+            });
+        }
+        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && !acc.sent_close {
+            acc.sent_close = true;
+            self.events.push(PendingEvent {
+                key,
+                kind: EventKind::Close,
+                tcp_flags: p.tcp_flags,
+                payload: Vec::new(),
+            });
+        }
+    }
+
+    /// Hands pending events, then every key's totals, to the table.
+    pub fn flush(&mut self, table: &mut FlowTable, now: Instant) {
+        for e in self.events.drain(..) {
+            table.event(e.key, e.kind, e.tcp_flags, &e.payload);
+        }
+        for (k, acc) in &self.keys {
+            table.set_counters(*k, acc.counters, acc.tcp_flags, now);
+        }
+        self.health.flows_tracked = self.keys.len() as u64;
+    }
+
+    /// Forgets idle keys (the table keeps their totals as its base).
+    pub fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
+        for k in keys {
+            if self.keys.remove(k).is_some() {
+                table.evicted(k);
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The libpcap backend: live capture where eBPF cannot run (macOS, no BPF privileges).
+//! One thread per interface reads packets (headers only: a short snap length) and counts
+//! them in user space with the same rules as the kernel side; kernel drops are read from
+//! libpcap's statistics and reported, never hidden.
+
+use super::Health;
+use crate::accumulate::Accumulator;
+use crate::flow::PacketKey;
+use crate::packet::LinkType;
+use crate::table::FlowTable;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Enough for Ethernet + VLAN + IPv6 with extension headers + TCP options + the first
+/// payload bytes the classifier reads (a TLS ClientHello's SNI and ALPN).
+pub const DEFAULT_SNAPLEN: i32 = 600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PcapBackendError {
+    #[error("opening {iface} with libpcap: {reason}")]
+    Open { iface: String, reason: String },
+    #[error(
+        "{iface}: link type {linktype} is not one tokenwire reads (Ethernet, null, loop, raw, Linux cooked v1/v2)"
+    )]
+    LinkType { iface: String, linktype: i32 },
+    #[error("capture filter {filter:?}: {reason}")]
+    Filter { filter: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct PcapOptions {
+    pub snaplen: i32,
+    /// Kernel buffer, bytes.
+    pub buffer_size: i32,
+    /// A BPF capture filter, e.g. "port 8080 or port 4433".
+    pub filter: Option<String>,
+}
+
+impl Default for PcapOptions {
+    fn default() -> Self {
+        Self {
+            snaplen: DEFAULT_SNAPLEN,
+            buffer_size: 8 << 20,
+            filter: None,
+        }
+    }
+}
+
+struct Shared {
+    acc: Accumulator,
+    /// Kernel drops per interface (libpcap's ps_drop + ps_ifdrop).
+    drops: Vec<u64>,
+    error: Option<String>,
+}
+
+pub struct PcapBackend {
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    /// Wakes a capture thread blocked in libpcap (pcap_breakloop).
+    breakers: Vec<pcap::BreakLoop>,
+    threads: Vec<JoinHandle<()>>,
+    pub ifaces: Vec<(u32, String)>,
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl PcapBackend {
+    pub fn start(ifaces: &[String], opts: &PcapOptions) -> Result<Self, PcapBackendError> {
+        let shared = Arc::new(Mutex::new(Shared {
+            acc: Accumulator::new(),
+            drops: vec![0; ifaces.len()],
+            error: None,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut breakers = Vec::new();
+        let mut names = Vec::new();
+        for (i, name) in ifaces.iter().enumerate() {
+            let open_err = |e: pcap::Error| {
+                let mut reason = e.to_string();
+                if reason.contains("not permitted") || reason.contains("ermission denied") {
+                    reason.push_str(": capturing needs CAP_NET_RAW (or root)");
+                }
+                PcapBackendError::Open {
+                    iface: name.clone(),
+                    reason,
+                }
+            };
+            let mut cap = pcap::Capture::from_device(name.as_str())
+                .map_err(open_err)?
+                .snaplen(opts.snaplen)
+                .buffer_size(opts.buffer_size)
+                .immediate_mode(true)
+                .timeout(100)
+                .open()
+                .map_err(open_err)?;
+            if let Some(f) = &opts.filter {
+                cap.filter(f, true).map_err(|e| PcapBackendError::Filter {
+                    filter: f.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let linktype = cap.get_datalink().0;
+            let link = u32::try_from(linktype)
+                .ok()
+                .and_then(LinkType::from_pcap)
+                .ok_or(PcapBackendError::LinkType {
+                    iface: name.clone(),
+                    linktype,
+                })?;
+            // Interfaces are numbered by position: pcap has no ifindex on every platform.
+            let index = i as u32 + 1;
+            names.push((index, name.clone()));
+            breakers.push(cap.breakloop_handle());
+            let (shared, stop) = (shared.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                capture_loop(cap, link, index, i, &shared, &stop)
+            }));
+        }
+        Ok(Self {
+            shared,
+            stop,
+            breakers,
+            threads,
+            ifaces: names,
+        })
+    }
+
+    /// Hands what the capture threads counted to the table; returns the keys held.
+    pub fn poll(&mut self, table: &mut FlowTable, now: Instant) -> u64 {
+        let mut s = lock(&self.shared);
+        s.acc.flush(table, now);
+        s.acc.health.flows_tracked
+    }
+
+    pub fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
+        lock(&self.shared).acc.evict(table, keys);
+    }
+
+    pub fn health(&self) -> Health {
+        let s = lock(&self.shared);
+        Health {
+            kernel_drops: s.drops.iter().sum(),
+            ..s.acc.health
+        }
+    }
+
+    /// A capture thread's fatal error, if one stopped.
+    pub fn error(&self) -> Option<String> {
+        lock(&self.shared).error.clone()
+    }
+}
+
+fn capture_loop(
+    mut cap: pcap::Capture<pcap::Active>,
+    link: LinkType,
+    ifindex: u32,
+    slot: usize,
+    shared: &Mutex<Shared>,
+    stop: &AtomicBool,
+) {
+    let mut last_stats = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        match cap.next_packet() {
+            Ok(p) => lock(shared).acc.packet(link, p.data, p.header.len, ifindex),
+            Err(pcap::Error::TimeoutExpired) => {}
+            Err(_) if stop.load(Ordering::Relaxed) => break,
+            Err(e) => {
+                lock(shared).error = Some(e.to_string());
+                return;
+            }
+        }
+        if last_stats.elapsed().as_millis() >= 500 {
+            last_stats = Instant::now();
+            if let Ok(st) = cap.stats() {
+                lock(shared).drops[slot] = u64::from(st.dropped) + u64::from(st.if_dropped);
+            }
+        }
+    }
+    if let Ok(st) = cap.stats() {
+        lock(shared).drops[slot] = u64::from(st.dropped) + u64::from(st.if_dropped);
+    }
+}
+
+impl Drop for PcapBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for b in &self.breakers {
+            b.breakloop();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -13,14 +13,18 @@ const PORT: &str = "5299";
 enum Mode {
     Bare,
     Probe,
+    Pcap,
     Tcpdump,
 }
+
+const MODES: [Mode; 4] = [Mode::Bare, Mode::Probe, Mode::Pcap, Mode::Tcpdump];
 
 impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Bare => "nothing attached",
             Mode::Probe => "tokenwire-probe (eBPF)",
+            Mode::Pcap => "tokenwire-probe --backend pcap",
             Mode::Tcpdump => "tcpdump -w /dev/null",
         }
     }
@@ -34,6 +38,8 @@ struct Sample {
     /// Datagrams to the iperf3 port the probe counted (probe mode).
     probe_udp: Option<u64>,
     ns_per_packet: Option<f64>,
+    /// Kernel drops the capture reported (pcap, tcpdump).
+    drops: Option<u64>,
 }
 
 fn iperf(args: &[&str]) -> Result<serde_json::Value> {
@@ -50,8 +56,14 @@ fn iperf(args: &[&str]) -> Result<serde_json::Value> {
     Ok(v)
 }
 
+/// A started capture and the thread collecting its stderr.
+struct Attached {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
 /// Starts what a mode attaches; returns the process to stop afterwards.
-fn attach(mode: Mode) -> Result<Option<Child>> {
+fn attach(mode: Mode) -> Result<Option<Attached>> {
     let mut cmd = match mode {
         Mode::Bare => return Ok(None),
         Mode::Probe => {
@@ -62,6 +74,20 @@ fn attach(mode: Mode) -> Result<Option<Child>> {
                 "lo",
                 "--json",
                 "--bpf-stats",
+                "--interval",
+                "3600",
+            ]);
+            c
+        }
+        Mode::Pcap => {
+            let mut c = Command::new(crate::bin("tokenwire-probe"));
+            c.args([
+                "run",
+                "--backend",
+                "pcap",
+                "--iface",
+                "lo",
+                "--json",
                 "--interval",
                 "3600",
             ]);
@@ -91,20 +117,20 @@ fn attach(mode: Mode) -> Result<Option<Child>> {
     let mut err = BufReader::new(child.stderr.take().context("stderr")?);
     let mut line = String::new();
     err.read_line(&mut line)?;
-    if !(line.contains("backend ebpf") || line.contains("listening on")) {
+    if !(line.contains("backend ") || line.contains("listening on")) {
         bail!("{mode:?} did not start: {line}");
     }
     // Keep reading stderr so the process never blocks on it; give it back at stop time.
-    std::thread::spawn(move || {
+    let stderr = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = err.read_to_string(&mut rest);
         rest
     });
-    Ok(Some(child))
+    Ok(Some(Attached { child, stderr }))
 }
 
-fn stop(child: Option<Child>, sample: &mut Sample) -> Result<()> {
-    let Some(mut child) = child else {
+fn stop(attached: Option<Attached>, sample: &mut Sample) -> Result<()> {
+    let Some(Attached { mut child, stderr }) = attached else {
         return Ok(());
     };
     Command::new("kill")
@@ -115,6 +141,14 @@ fn stop(child: Option<Child>, sample: &mut Sample) -> Result<()> {
         o.read_to_string(&mut out)?;
     }
     child.wait()?;
+    let err = stderr.join().unwrap_or_default();
+    // tcpdump: "N packets dropped by kernel" on exit.
+    if let Some(n) = err
+        .lines()
+        .find_map(|l| l.trim().strip_suffix(" packets dropped by kernel"))
+    {
+        sample.drops = n.trim().parse().ok();
+    }
     for line in out.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -128,6 +162,7 @@ fn stop(child: Option<Child>, sample: &mut Sample) -> Result<()> {
                 h["bpf_run_time_ns"].as_f64().unwrap_or(0.0),
             );
             sample.ns_per_packet = (n > 0.0).then(|| t / n);
+            sample.drops = h["kernel_drops"].as_u64();
         } else if v["proto"] == 17
             && v["server"]
                 .as_str()
@@ -159,7 +194,7 @@ pub fn run(seconds: u32, rounds: u32) -> Result<()> {
     let mut samples: Vec<(Mode, Sample)> = Vec::new();
     let result = (|| -> Result<()> {
         for round in 1..=rounds {
-            for mode in [Mode::Bare, Mode::Probe, Mode::Tcpdump] {
+            for mode in MODES {
                 eprintln!("xtask: round {round}/{rounds}: {}", mode.name());
                 let child = attach(mode)?;
                 let mut s = Sample::default();
@@ -187,18 +222,21 @@ pub fn run(seconds: u32, rounds: u32) -> Result<()> {
     let bare_tcp = median(of(Mode::Bare).map(|s| s.tcp_gbps).collect());
     let bare_udp = median(of(Mode::Bare).map(|s| s.udp_pps).collect());
     println!(
-        "| mode | TCP Gbit/s (median) | vs bare | UDP 64 B pkt/s (median) | vs bare | kernel ns/packet | datagrams counted / sent |"
+        "| mode | TCP Gbit/s (median) | vs bare | UDP 64 B pkt/s (median) | vs bare | kernel ns/packet | datagrams counted / sent | kernel drops |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for mode in [Mode::Bare, Mode::Probe, Mode::Tcpdump] {
+    println!("|---|---|---|---|---|---|---|---|");
+    for mode in MODES {
         let tcp = median(of(mode).map(|s| s.tcp_gbps).collect());
         let udp = median(of(mode).map(|s| s.udp_pps).collect());
         let ns: Vec<f64> = of(mode).filter_map(|s| s.ns_per_packet).collect();
         let counted: Vec<String> = of(mode)
             .filter_map(|s| s.probe_udp.map(|c| format!("{c}/{}", s.udp_sent)))
             .collect();
+        let drops: Vec<String> = of(mode)
+            .filter_map(|s| s.drops.map(|d| d.to_string()))
+            .collect();
         println!(
-            "| {} | {tcp:.2} | {:.3} | {udp:.0} | {:.3} | {} | {} |",
+            "| {} | {tcp:.2} | {:.3} | {udp:.0} | {:.3} | {} | {} | {} |",
             mode.name(),
             tcp / bare_tcp.max(1e-9),
             udp / bare_udp.max(1e-9),
@@ -211,6 +249,11 @@ pub fn run(seconds: u32, rounds: u32) -> Result<()> {
                 "-".to_owned()
             } else {
                 counted.join(", ")
+            },
+            if drops.is_empty() {
+                "-".to_owned()
+            } else {
+                drops.join(", ")
             },
         );
     }

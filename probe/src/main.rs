@@ -115,7 +115,12 @@ fn main() {
 }
 
 fn real_main() -> Result<()> {
-    tokenwire_servers::logging::init("warn");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
     let args = match Cli::parse().command {
         Command::Run(args) => args,
         Command::Analyze(args) => return analyze(args),

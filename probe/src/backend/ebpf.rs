@@ -114,7 +114,7 @@ fn hook_name(h: TcAttachType) -> &'static str {
 
 fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
     // The verifier rejects programs with EACCES too; its log says so.
-    if tokenwire_servers::upstream::error_chain(e).contains("Verifier output") {
+    if error_chain(e).contains("Verifier output") {
         return false;
     }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -133,9 +133,21 @@ fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// An error and all its sources, one after the other.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// The error chain, with a verifier log cut to its last lines (the reason is at the end).
 fn chain(e: &dyn std::error::Error) -> String {
-    let s = tokenwire_servers::upstream::error_chain(e);
+    let s = error_chain(e);
     match s.find("Verifier output:") {
         Some(i) => {
             let log: Vec<&str> = s[i..].lines().collect();

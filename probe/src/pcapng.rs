@@ -3,7 +3,7 @@
 //! obsolete packet blocks; other blocks are skipped.
 
 use crate::capfile::CapturedPacket;
-use crate::pcapfile::PcapError;
+use crate::pcapfile::{PcapError, read_full};
 use std::io::Read;
 
 /// Largest block accepted, whatever the file claims.
@@ -203,19 +203,6 @@ impl<R: Read> PcapngReader<R> {
             }));
         }
     }
-}
-
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

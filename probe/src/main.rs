@@ -71,8 +71,8 @@ struct RunArgs {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
-    /// Print JSON lines instead of tables (one object per flow direction, with the
-    /// snapshot number and `final` on the last snapshot).
+    /// Print JSON lines instead of tables: one object per flow direction and one `health`
+    /// object per snapshot, each with the snapshot number and `final` on the last one.
     #[arg(long)]
     json: bool,
     /// Most flow keys the kernel map holds; packets of flows beyond it are counted as

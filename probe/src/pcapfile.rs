@@ -61,14 +61,7 @@ impl<R: Read> PcapReader<R> {
         if n < 24 {
             return Err(PcapError::ShortHeader(24));
         }
-        let u32_at = |i: usize| {
-            let b = [h[i], h[i + 1], h[i + 2], h[i + 3]];
-            if big_endian {
-                u32::from_be_bytes(b)
-            } else {
-                u32::from_le_bytes(b)
-            }
-        };
+        let u32_at = |i: usize| u32_in(&h[i..], big_endian);
         Ok(Self {
             big_endian,
             nanos,
@@ -81,12 +74,7 @@ impl<R: Read> PcapReader<R> {
     }
 
     fn u32(&self, b: &[u8]) -> u32 {
-        let b = [b[0], b[1], b[2], b[3]];
-        if self.big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        }
+        u32_in(b, self.big_endian)
     }
 
     /// The next record; `Ok(None)` at a clean end of file.
@@ -146,6 +134,26 @@ impl<R: Read> PcapReader<R> {
     /// Records read so far.
     pub fn index(&self) -> u64 {
         self.index
+    }
+}
+
+/// The first four bytes of `b` in the file's byte order (callers check the length).
+pub(crate) fn u32_in(b: &[u8], big_endian: bool) -> u32 {
+    let b = [b[0], b[1], b[2], b[3]];
+    if big_endian {
+        u32::from_be_bytes(b)
+    } else {
+        u32::from_le_bytes(b)
+    }
+}
+
+/// The first two bytes of `b` in the file's byte order.
+pub(crate) fn u16_in(b: &[u8], big_endian: bool) -> u16 {
+    let b = [b[0], b[1]];
+    if big_endian {
+        u16::from_be_bytes(b)
+    } else {
+        u16::from_le_bytes(b)
     }
 }
 

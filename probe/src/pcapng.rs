@@ -3,7 +3,7 @@
 //! obsolete packet blocks; other blocks are skipped.
 
 use crate::capfile::CapturedPacket;
-use crate::pcapfile::{PcapError, read_full};
+use crate::pcapfile::{PcapError, read_full, u16_in, u32_in};
 use std::io::Read;
 
 /// Largest block accepted, whatever the file claims.
@@ -43,12 +43,7 @@ impl<R: Read> PcapngReader<R> {
     }
 
     fn u32(&self, b: &[u8]) -> u32 {
-        let b = [b[0], b[1], b[2], b[3]];
-        if self.big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        }
+        u32_in(b, self.big_endian)
     }
 
     fn err(&self, reason: impl Into<String>) -> PcapError {
@@ -135,11 +130,7 @@ impl<R: Read> PcapngReader<R> {
                     if body.len() < 8 {
                         return Err(short(self));
                     }
-                    let link = u32::from(if self.big_endian {
-                        u16::from_be_bytes([body[0], body[1]])
-                    } else {
-                        u16::from_le_bytes([body[0], body[1]])
-                    });
+                    let link = u32::from(u16_in(&body, self.big_endian));
                     let snap = self.u32(&body[4..]);
                     self.ifaces.push((link, snap));
                     continue;
@@ -168,11 +159,7 @@ impl<R: Read> PcapngReader<R> {
                     if body.len() < 20 {
                         return Err(short(self));
                     }
-                    let iface = u32::from(if self.big_endian {
-                        u16::from_be_bytes([body[0], body[1]])
-                    } else {
-                        u16::from_le_bytes([body[0], body[1]])
-                    });
+                    let iface = u32::from(u16_in(&body, self.big_endian));
                     (iface, self.u32(&body[12..]), self.u32(&body[16..]), 20)
                 }
                 _ => continue, // statistics, name resolution, custom blocks...

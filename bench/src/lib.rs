@@ -8,4 +8,5 @@ pub mod record;
 pub mod report;
 pub mod runner;
 pub mod server_info;
+pub mod wire;
 pub mod workload;

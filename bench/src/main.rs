@@ -12,7 +12,7 @@ use tokenwire_bench::client::https::HttpsClient;
 use tokenwire_bench::client::tls::Trust;
 use tokenwire_bench::report::{self, Summary};
 use tokenwire_bench::runner::{self, ApproachRun, RunConfig};
-use tokenwire_bench::{server_info, workload};
+use tokenwire_bench::{server_info, wire, workload};
 
 /// Streams prompts through the three approaches — raw (the Ollama API through the TLS
 /// proxy), sse (HTTPS SSE relay), wt (WebTransport) — and reports time to first token,
@@ -96,6 +96,14 @@ struct RunArgs {
     /// Seconds one request may take before it counts as failed.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// The probe's API address (`tokenwire-probe run --listen`): its per-request records
+    /// add the wire table (bytes, packets, bytes per token). Without a probe there, the
+    /// run says so and reports application figures only.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    probe: SocketAddr,
+    /// Do not ask a probe for wire figures.
+    #[arg(long, conflicts_with = "probe")]
+    no_probe: bool,
 }
 
 /// The JSON document: what ran, against what, and every request.
@@ -116,6 +124,8 @@ struct JsonReport<'a> {
     targets: serde_json::Value,
     server: server_info::ServerInfo,
     summaries: &'a [Summary],
+    /// From the probe's records; absent without a probe.
+    wire: Option<&'a [wire::WireSummary]>,
     runs: &'a [ApproachRun],
 }
 
@@ -167,6 +177,20 @@ async fn run(args: RunArgs) -> Result<()> {
         model: args.model.clone(),
     };
     let show = !args.quiet && std::io::stdout().is_terminal();
+    // Ask the probe first: a run of minutes should not end in "no probe".
+    let probe = if args.no_probe {
+        None
+    } else {
+        match wire::check(args.probe).await {
+            Ok(()) => Some(args.probe),
+            Err(e) => {
+                eprintln!(
+                    "tokenwire-bench: {e}; wire figures left out (start `tokenwire-probe run`, or pass --no-probe)"
+                );
+                None
+            }
+        }
+    };
     let cfg = RunConfig {
         approaches: approaches.clone(),
         reuse: args.reuse,
@@ -229,6 +253,29 @@ async fn run(args: RunArgs) -> Result<()> {
         .map(|r| report::summarise(r.approach, &all, r.connections))
         .collect();
     println!("\n{}", report::markdown(&summaries));
+    let wire_figures = match probe {
+        Some(addr) => {
+            let mut out = Vec::new();
+            for run in runs.iter().filter(|r| r.unreachable.is_none()) {
+                match wire::collect(addr, run, Duration::from_secs(10)).await {
+                    Ok(w) => out.push(w),
+                    Err(e) => eprintln!("{}: wire figures left out: {e}", run.approach),
+                }
+            }
+            let app: Vec<_> = summaries
+                .iter()
+                .map(|s| (s.approach, s.app_bytes_per_token))
+                .collect();
+            if !out.is_empty() {
+                println!(
+                    "Wire (from tokenwire-probe at {addr}: IP bytes incl. handshakes)\n\n{}",
+                    wire::markdown(&out, &app)
+                );
+            }
+            Some(out)
+        }
+        None => None,
+    };
 
     if let Some(path) = &args.csv {
         std::fs::write(path, report::csv(&all))
@@ -264,6 +311,7 @@ async fn run(args: RunArgs) -> Result<()> {
             }),
             server,
             summaries: &summaries,
+            wire: wire_figures.as_deref(),
             runs: &runs,
         };
         let text = serde_json::to_string_pretty(&doc).context("serialising the JSON report")?;

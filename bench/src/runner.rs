@@ -48,6 +48,16 @@ pub struct ApproachRun {
     /// Set when the warm-up failed and the approach was skipped.
     pub unreachable: Option<String>,
     pub records: Vec<RequestRecord>,
+    /// Wall clock (Unix ns) when the measured requests began (after the warm-up) and
+    /// when the last one ended: the window in which the probe's records are this run's.
+    pub measured_from_unix_ns: u64,
+    pub measured_to_unix_ns: u64,
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 pub async fn run(cfg: &RunConfig) -> Vec<ApproachRun> {
@@ -88,6 +98,7 @@ async fn run_approach(cfg: &RunConfig, approach: Approach) -> ApproachRun {
     }
     let warm_connections = first.connections();
     let pb = bar(cfg, approach);
+    let measured_from_unix_ns = unix_ns();
     let started = Instant::now();
     let (tx, mut rx) = mpsc::unbounded_channel::<RequestRecord>();
     let pool = Arc::new(Mutex::new(vec![first]));
@@ -112,6 +123,7 @@ async fn run_approach(cfg: &RunConfig, approach: Approach) -> ApproachRun {
         records
     };
     let ((), mut records) = tokio::join!(runner, collect);
+    let measured_to_unix_ns = unix_ns();
     pb.finish_and_clear();
     records.sort_by_key(|r| (r.round, r.prompt_index));
     let clients: Vec<ApproachClient> = std::mem::take(&mut *lock(&pool));
@@ -131,6 +143,8 @@ async fn run_approach(cfg: &RunConfig, approach: Approach) -> ApproachRun {
         connections,
         unreachable: None,
         records,
+        measured_from_unix_ns,
+        measured_to_unix_ns,
     }
 }
 
@@ -155,6 +169,8 @@ fn skipped(cfg: &RunConfig, approach: Approach, reason: String) -> ApproachRun {
         connections: 0,
         unreachable: Some(reason),
         records,
+        measured_from_unix_ns: 0,
+        measured_to_unix_ns: 0,
     }
 }
 

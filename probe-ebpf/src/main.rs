@@ -3,11 +3,14 @@
 //! bytes — and sends user space an event only for rare things: a key's first packet on a
 //! CPU, its first payload (with up to 512 bytes for classification), its FIN/RST.
 //! Packets it cannot key (not IP, malformed, map full) are counted by reason, never lost.
-//! It always returns TC_ACT_PIPE: it observes, it never changes a verdict.
+//! It always returns TC_ACT_UNSPEC (TCX_NEXT): it observes, it never changes a verdict, and
+//! the programs after it (another probe, a CNI's) still run. TCX stops at the first program
+//! that returns anything else, TC_ACT_PIPE included; clsact's direct-action filters treat
+//! UNSPEC as "next filter" too.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::bindings::TC_ACT_PIPE;
+use aya_ebpf::bindings::TC_ACT_UNSPEC;
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::{PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
@@ -42,28 +45,28 @@ const IPPROTO_UDP: u8 = 17;
 #[classifier]
 pub fn tokenwire_l2_egress(ctx: TcContext) -> i32 {
     count(&ctx, true, 0);
-    TC_ACT_PIPE
+    TC_ACT_UNSPEC
 }
 
 /// Ingress of devices with an Ethernet header.
 #[classifier]
 pub fn tokenwire_l2_ingress(ctx: TcContext) -> i32 {
     count(&ctx, true, 1);
-    TC_ACT_PIPE
+    TC_ACT_UNSPEC
 }
 
 /// Egress of devices without a link header (TUN, WireGuard): packets start at the IP header.
 #[classifier]
 pub fn tokenwire_l3_egress(ctx: TcContext) -> i32 {
     count(&ctx, false, 0);
-    TC_ACT_PIPE
+    TC_ACT_UNSPEC
 }
 
 /// Ingress of devices without a link header.
 #[classifier]
 pub fn tokenwire_l3_ingress(ctx: TcContext) -> i32 {
     count(&ctx, false, 1);
-    TC_ACT_PIPE
+    TC_ACT_UNSPEC
 }
 
 /// What parsing found.

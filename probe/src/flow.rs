@@ -36,6 +36,33 @@ impl PacketKey {
     }
 }
 
+impl PacketKey {
+    /// The kernel's key for this packet key (the inverse of [`PacketKey::from_raw`]).
+    pub fn to_raw(&self) -> tokenwire_probe_common::FlowKey {
+        let mut k = tokenwire_probe_common::FlowKey {
+            src_port: self.src.port(),
+            dst_port: self.dst.port(),
+            proto: self.proto,
+            ingress: u8::from(self.ingress),
+            ifindex: self.ifindex,
+            ..Default::default()
+        };
+        let put = |ip: IpAddr, out: &mut [u8; 16]| match ip {
+            IpAddr::V4(v4) => {
+                out[..4].copy_from_slice(&v4.octets());
+                tokenwire_probe_common::FAMILY_V4
+            }
+            IpAddr::V6(v6) => {
+                *out = v6.octets();
+                tokenwire_probe_common::FAMILY_V6
+            }
+        };
+        k.family = put(self.src.ip(), &mut k.src);
+        put(self.dst.ip(), &mut k.dst);
+        k
+    }
+}
+
 /// Packets and bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {

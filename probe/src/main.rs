@@ -1,9 +1,14 @@
 //! tokenwire-probe: count every packet on an interface per flow and direction, classified
-//! by transport and approach.
+//! by transport and approach; charge them to requests from the servers' spans; export it
+//! all on /metrics and /api/*.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokenwire_probe::api::{self, Answer, Ask, Query};
+use tokenwire_probe::attribution::Attributor;
 use tokenwire_probe::backend::Health;
 use tokenwire_probe::backend::pcap::{PcapBackend, PcapOptions};
 use tokenwire_probe::labels::Labels;
@@ -12,6 +17,8 @@ use tokenwire_probe::table::FlowTable;
 
 /// Attributes every packet on an interface to a flow, a transport (tls, http, tcp, quic,
 /// udp) and an approach (by server port), and prints live per-flow packet and byte counts.
+/// With the servers' spans (docs/spans.md) it charges packets to requests, and it serves
+/// Prometheus metrics and JSON on --listen (docs/metrics.md).
 #[derive(Parser)]
 #[command(name = "tokenwire-probe", version)]
 struct Cli {
@@ -105,6 +112,27 @@ struct RunArgs {
     /// 11435=raw_api 8080=sse 4433=webtransport 11434=upstream.
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// Where to serve GET /metrics, /api/requests, /api/connections, /api/flows and
+    /// /healthz; port 0 picks a free one (printed). The probe's own connections on it are
+    /// never counted.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: SocketAddr,
+    /// Serve no HTTP endpoints.
+    #[arg(long, conflicts_with = "listen")]
+    no_listen: bool,
+    /// The Unix datagram socket servers send spans to (docs/spans.md). A stale socket file
+    /// is replaced; one another process receives on is an error.
+    #[arg(long, env = tokenwire_probe::spans::SOCKET_ENV, default_value = tokenwire_probe::spans::DEFAULT_SOCKET)]
+    spans: PathBuf,
+    /// Receive no spans (flows are still counted; no per-request records).
+    #[arg(long, conflicts_with = "spans")]
+    no_spans: bool,
+    /// Finished requests (and connections) kept for /api/requests.
+    #[arg(long, default_value_t = 10_000)]
+    keep_requests: usize,
+    /// Print no tables (serve the endpoints only).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 fn main() {
@@ -181,6 +209,23 @@ impl Live {
         }
     }
 
+    /// Brings the table's counters for `keys` up to now (a span's cut).
+    fn refresh(
+        &mut self,
+        table: &mut FlowTable,
+        keys: &[tokenwire_probe::flow::PacketKey],
+        now: Instant,
+    ) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Live::Ebpf(b) => b.refresh(table, keys, now),
+            // Counted in user space: hand over everything counted so far.
+            Live::Pcap(b) => {
+                b.poll(table, now);
+            }
+        }
+    }
+
     fn evict(&mut self, table: &mut FlowTable, keys: &[tokenwire_probe::flow::PacketKey]) {
         match self {
             #[cfg(target_os = "linux")]
@@ -245,12 +290,209 @@ fn start(args: &RunArgs, labels: &Labels) -> Result<Live> {
     }
 }
 
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Everything the capture loop owns.
+struct State {
+    backend: Live,
+    table: FlowTable,
+    attributor: Attributor,
+    names: Vec<(u32, String)>,
+    idle: Duration,
+    closed: Duration,
+    tracked: u64,
+    /// Rejected spans not yet logged (the log is rate-limited).
+    unlogged_rejects: u64,
+    last_reject_log: Option<Instant>,
+}
+
+impl State {
+    /// Reads every counter, evicts idle keys, retires finished connections.
+    fn poll(&mut self) -> Result<()> {
+        let now = Instant::now();
+        self.tracked = self.backend.poll(&mut self.table, now)?;
+        let stale = self.table.idle_keys(now, self.idle, self.closed);
+        if !stale.is_empty() {
+            self.backend.evict(&mut self.table, &stale);
+            self.table.retire();
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        self.backend.health(self.tracked)
+    }
+
+    fn on_span(&mut self, bytes: &[u8]) {
+        let span = match tokenwire_probe::spans::parse(bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                self.attributor.reject(e.reason());
+                self.unlogged_rejects += 1;
+                let now = Instant::now();
+                if self
+                    .last_reject_log
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+                {
+                    tracing::warn!(
+                        rejected = self.unlogged_rejects,
+                        "dropped span message(s); the latest: {e}"
+                    );
+                    self.unlogged_rejects = 0;
+                    self.last_reject_log = Some(now);
+                }
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut cut_ns = unix_ns();
+        if let Some(conn) = self.attributor.conn_of(&span) {
+            self.backend.drain(&mut self.table);
+            let keys = self.table.keys_of(&conn);
+            // The cut's time is taken right before the counters are read (a lookup per
+            // key, microseconds): a capture cut at this time agrees with the read but for
+            // a packet counted within those microseconds.
+            cut_ns = unix_ns();
+            self.backend.refresh(&mut self.table, &keys, now);
+            tracing::debug!(?conn, keys = keys.len(), conns = self.table.len(), snapshot = ?tokenwire_probe::attribution::Counts::snapshot(&self.table, &conn), "span cut");
+        }
+        self.attributor.apply(span, &self.table, cut_ns, now);
+    }
+
+    /// Finishes connections that closed (or went silent), with their final counters.
+    fn settle(&mut self) {
+        let now = Instant::now();
+        for conn in self.attributor.due(&self.table, now) {
+            let keys = self.table.keys_of(&conn);
+            self.backend.refresh(&mut self.table, &keys, now);
+            self.attributor.finish(&conn, &self.table);
+        }
+    }
+
+    fn answer(&mut self, q: Query) -> Answer {
+        let started = Instant::now();
+        if let Err(e) = self.poll() {
+            return (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                api::JSON_TYPE,
+                serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+            );
+        }
+        self.settle();
+        let json = |v: serde_json::Value| (http::StatusCode::OK, api::JSON_TYPE, v.to_string());
+        let wanted = |a: &str, r: &Option<String>| r.as_deref().is_none_or(|w| w == a);
+        match q {
+            Query::Metrics => {
+                let wire = self.table.wire_totals();
+                let health = self.health();
+                let interfaces = self
+                    .names
+                    .iter()
+                    .map(|(_, n)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let text =
+                    tokenwire_probe::metrics::render(&tokenwire_probe::metrics::Exposition {
+                        wire: &wire,
+                        approaches: &self.attributor.metrics,
+                        spans: &self.attributor.spans,
+                        health: &health,
+                        backend: self.backend.name(),
+                        interfaces: &interfaces,
+                        connections: self.table.len() as u64,
+                        evictions: self.table.evictions,
+                        scrape_seconds: started.elapsed().as_secs_f64(),
+                    });
+                (http::StatusCode::OK, api::METRICS_TYPE, text)
+            }
+            Query::Requests {
+                limit,
+                approach,
+                since_unix_ns,
+            } => {
+                let mut recs: Vec<_> = self
+                    .attributor
+                    .requests(&self.table)
+                    .into_iter()
+                    .filter(|r| wanted(&r.approach, &approach))
+                    .filter(|r| since_unix_ns.is_none_or(|s| r.start_unix_ns >= s))
+                    .collect();
+                let skip = recs.len().saturating_sub(limit);
+                recs.drain(..skip);
+                json(serde_json::json!({ "requests": recs }))
+            }
+            Query::Connections {
+                approach,
+                since_unix_ns,
+            } => {
+                let conns: Vec<_> = self
+                    .attributor
+                    .connections(&self.table)
+                    .into_iter()
+                    .filter(|c| wanted(&c.approach, &approach))
+                    .filter(|c| since_unix_ns.is_none_or(|s| c.first_start_unix_ns >= s))
+                    .collect();
+                json(serde_json::json!({ "connections": conns }))
+            }
+            Query::Flows => {
+                let rows: Vec<serde_json::Value> = self
+                    .table
+                    .rows()
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r).unwrap_or_default();
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert(
+                                "iface".into(),
+                                output::iface_name(r.ifindex, &self.names).into(),
+                            );
+                        }
+                        v
+                    })
+                    .collect();
+                json(serde_json::json!({ "flows": rows }))
+            }
+            Query::Health => json(serde_json::json!({
+                "status": "ok",
+                "backend": self.backend.name(),
+                "interfaces": self.names.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>(),
+                "health": self.health(),
+                "evictions": self.table.evictions,
+                "connections": self.table.len(),
+                "spans_accepted": self.attributor.spans.accepted,
+                "spans_rejected": self.attributor.spans.rejected,
+            })),
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     if !(args.interval.is_finite() && args.interval > 0.0) {
         bail!("--interval must be a positive number of seconds");
     }
     let labels = Labels::with_overrides(args.labels.iter().map(String::as_str))?;
-    let mut backend = start(&args, &labels)?;
+    let terminated = terminate_signal();
+    // Bind what can fail for ordinary reasons before attaching anything.
+    let listener = if args.no_listen {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?,
+        )
+    };
+    #[cfg(unix)]
+    let span_socket = if args.no_spans {
+        None
+    } else {
+        Some(tokenwire_probe::span_socket::SpanSocket::bind(&args.spans)?)
+    };
+    let backend = start(&args, &labels)?;
     #[cfg(target_os = "linux")]
     let _stats = match (&backend, args.bpf_stats) {
         (Live::Ebpf(_), true) => Some(tokenwire_probe::backend::ebpf::EbpfBackend::enable_stats()?),
@@ -267,6 +509,36 @@ async fn run(args: RunArgs) -> Result<()> {
             .join(", ")
     );
     let mut table = FlowTable::new(labels);
+    let (ask_tx, mut ask_rx) = tokio::sync::mpsc::channel::<Ask>(16);
+    let _api = match listener {
+        Some(l) => {
+            let addr = l.local_addr().context("reading the listen address")?;
+            table.exclude(addr);
+            eprintln!("tokenwire-probe: serving http://{addr}/metrics and /api/requests");
+            Some(AbortOnDrop(tokio::spawn(api::serve(l, ask_tx))))
+        }
+        None => {
+            drop(ask_tx);
+            None
+        }
+    };
+    #[cfg(unix)]
+    if let Some(s) = &span_socket {
+        eprintln!("tokenwire-probe: receiving spans on {}", s.path().display());
+    }
+    let mut attributor = Attributor::new(args.keep_requests);
+    attributor.idle_limit = Duration::from_secs(args.idle_timeout);
+    let mut st = State {
+        backend,
+        table,
+        attributor,
+        names,
+        idle: Duration::from_secs(args.idle_timeout),
+        closed: Duration::from_secs(args.closed_timeout),
+        tracked: 0,
+        unlogged_rejects: 0,
+        last_reject_log: None,
+    };
     let started = Instant::now();
     let deadline = args
         .duration
@@ -274,9 +546,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut print = tokio::time::interval(Duration::from_secs_f64(args.interval));
     print.tick().await;
     let mut drain = tokio::time::interval(Duration::from_millis(100));
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
     let mut snapshot = 0u64;
-    let idle = Duration::from_secs(args.idle_timeout);
-    let closed = Duration::from_secs(args.closed_timeout);
     let until = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -284,53 +555,85 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     };
     tokio::pin!(until);
-    let terminated = terminate_signal();
     tokio::pin!(terminated);
+    let mut buf = vec![0u8; tokenwire_probe::spans::MAX_SPAN_BYTES + 1];
     loop {
+        #[cfg(unix)]
+        let span = async {
+            match &span_socket {
+                Some(s) => s.socket.recv(&mut buf).await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let span = std::future::pending::<std::io::Result<usize>>();
         tokio::select! {
-            _ = drain.tick() => backend.drain(&mut table),
+            r = span => match r {
+                // A datagram that filled the buffer was longer than the limit.
+                Ok(n) => st.on_span(&buf[..n]),
+                Err(e) => tracing::warn!(error = %e, "receiving spans"),
+            },
+            Some(ask) = ask_rx.recv() => {
+                let answer = st.answer(ask.query);
+                let _ = ask.reply.send(answer);
+            }
+            _ = drain.tick() => {
+                st.backend.drain(&mut st.table);
+                st.settle();
+            }
+            _ = refresh.tick() => st.poll()?,
             _ = print.tick() => {
-                let now = Instant::now();
-                let tracked = backend.poll(&mut table, now)?;
-                let stale = table.idle_keys(now, idle, closed);
-                if !stale.is_empty() {
-                    backend.evict(&mut table, &stale);
-                }
+                st.poll()?;
                 snapshot += 1;
-                emit(&args, &table, &names, snapshot, false, &backend.health(tracked));
+                if !args.quiet {
+                    emit(&args, &st.table, &st.names, snapshot, false, &st.health());
+                }
             }
             _ = &mut terminated => break,
             _ = &mut until => break,
         }
     }
-    let tracked = backend.poll(&mut table, Instant::now())?;
+    st.poll()?;
     snapshot += 1;
-    emit(
-        &args,
-        &table,
-        &names,
-        snapshot,
-        true,
-        &backend.health(tracked),
-    );
+    emit(&args, &st.table, &st.names, snapshot, true, &st.health());
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-async fn terminate_signal() {
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future
+/// is first polled: a signal right after start-up must stop the probe cleanly too.
+fn terminate_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut t), Some(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn analyze(args: AnalyzeArgs) -> Result<()> {

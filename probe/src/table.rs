@@ -6,11 +6,14 @@
 //! per key, the table keeps the latest. When a backend drops a key (bounded memory), its
 //! last totals move into the key's `base` and later packets of the key add on top.
 
+use crate::attribution::{Counts, Snapshot};
 use crate::classify::{TcpPayload, classify_tcp, is_quic_long_header};
 use crate::flow::{Counters, Direction, IPPROTO_TCP, IPPROTO_UDP, PacketKey, Transport};
 use crate::labels::Labels;
+use crate::metrics::WireKey;
+use crate::spans::ConnRef;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokenwire_probe_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -100,6 +103,14 @@ pub struct FlowTable {
     next_seq: u64,
     /// Keys whose kernel entries were deleted to bound memory.
     pub evictions: u64,
+    /// Interfaces seen, for finding a connection by its addresses.
+    ifindexes: BTreeSet<u32>,
+    /// Endpoints whose connections are the probe's own (its HTTP listener): never shown or
+    /// counted. An unspecified IP matches any address with the port.
+    excluded: Vec<SocketAddr>,
+    /// Totals of connections retired from the table (all keys evicted), so counters stay
+    /// monotonic while memory stays bounded.
+    retired: BTreeMap<WireKey, Counters>,
 }
 
 impl FlowTable {
@@ -109,6 +120,112 @@ impl FlowTable {
             conns: HashMap::new(),
             next_seq: 0,
             evictions: 0,
+            ifindexes: BTreeSet::new(),
+            excluded: Vec::new(),
+            retired: BTreeMap::new(),
+        }
+    }
+
+    /// Never show or count connections with an endpoint at `addr` (the probe's own).
+    pub fn exclude(&mut self, addr: SocketAddr) {
+        self.excluded.push(addr);
+    }
+
+    fn is_excluded(&self, id: &ConnId) -> bool {
+        self.excluded.iter().any(|x| {
+            [id.a, id.b]
+                .iter()
+                .any(|e| e.port() == x.port() && (x.ip().is_unspecified() || x.ip() == e.ip()))
+        })
+    }
+
+    /// Connections in the table.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The table's connections that `c` names, on every interface.
+    fn matching(&self, c: &ConnRef) -> Vec<(&ConnId, &Conn)> {
+        let proto = c.transport.proto();
+        if c.server.ip().is_unspecified() {
+            return self
+                .conns
+                .iter()
+                .filter(|(id, _)| {
+                    id.proto == proto
+                        && ((id.a == c.client && id.b.port() == c.server.port())
+                            || (id.b == c.client && id.a.port() == c.server.port()))
+                })
+                .collect();
+        }
+        let (a, b) = if c.client <= c.server {
+            (c.client, c.server)
+        } else {
+            (c.server, c.client)
+        };
+        self.ifindexes
+            .iter()
+            .filter_map(|&ifindex| {
+                let id = ConnId {
+                    proto,
+                    a,
+                    b,
+                    ifindex,
+                };
+                self.conns.get_key_value(&id)
+            })
+            .collect()
+    }
+
+    /// The keys of the connections `c` names (for a backend to refresh just those).
+    pub fn keys_of(&self, c: &ConnRef) -> Vec<PacketKey> {
+        self.matching(c)
+            .into_iter()
+            .flat_map(|(_, conn)| conn.keys.keys().copied())
+            .collect()
+    }
+
+    /// Wire totals by approach, transport and direction, retired connections included;
+    /// the probe's own connections left out.
+    pub fn wire_totals(&self) -> BTreeMap<WireKey, Counters> {
+        let mut out = self.retired.clone();
+        for row in self.rows() {
+            *out.entry(wire_key(&row)).or_default() += row.counters;
+        }
+        out
+    }
+
+    /// Folds connections whose keys were all evicted into the retired totals.
+    pub fn retire(&mut self) {
+        let gone: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.keys
+                    .values()
+                    .all(|k| k.live == Counters::default() && k.base != Counters::default())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in &gone {
+            if self.is_excluded(id) {
+                continue;
+            }
+            if let Some(c) = self.conns.get(id) {
+                for row in self.conn_rows(id, c) {
+                    *self.retired.entry(wire_key(&row)).or_default() += row.counters;
+                }
+            }
+        }
+        for id in gone {
+            self.conns.remove(&id);
         }
     }
 
@@ -131,6 +248,7 @@ impl FlowTable {
 
     /// The capture's cumulative totals for `key`.
     pub fn set_counters(&mut self, key: PacketKey, totals: Counters, tcp_flags: u8, now: Instant) {
+        self.ifindexes.insert(key.ifindex);
         let c = self.conn(&key);
         if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             c.closed = true;
@@ -144,7 +262,10 @@ impl FlowTable {
 
     /// An event about `key`; `payload` holds the first payload bytes for `Payload`.
     pub fn event(&mut self, key: PacketKey, kind: EventKind, tcp_flags: u8, payload: &[u8]) {
+        self.ifindexes.insert(key.ifindex);
         let c = self.conn(&key);
+        // Known from now on, so a span can find it before the next full read.
+        c.keys.entry(key).or_default();
         c.first_sender.get_or_insert(key.src);
         if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 {
             c.syn_client = Some(key.src);
@@ -226,49 +347,104 @@ impl FlowTable {
         if a.port() <= b.port() { a } else { b }
     }
 
-    /// All connections, a row per direction that carried packets, oldest first.
+    /// All connections, a row per direction that carried packets, oldest first; the
+    /// probe's own connections left out.
     pub fn rows(&self) -> Vec<FlowRow> {
-        let mut conns: Vec<(&ConnId, &Conn)> = self.conns.iter().collect();
+        let mut conns: Vec<(&ConnId, &Conn)> = self
+            .conns
+            .iter()
+            .filter(|(id, _)| !self.is_excluded(id))
+            .collect();
         conns.sort_by_key(|(_, c)| c.seq);
-        let mut rows = Vec::new();
-        for (id, c) in conns {
-            let server = self.server(id, c);
-            let client = if server == id.a { id.b } else { id.a };
-            let transport = c.transport.unwrap_or(match id.proto {
-                IPPROTO_TCP => Transport::Tcp,
-                IPPROTO_UDP => Transport::Udp,
-                _ => Transport::Other,
-            });
-            let approach = self.labels.get(server.port()).unwrap_or("other").to_owned();
-            let mut dirs: BTreeMap<Direction, Counters> = BTreeMap::new();
-            for (k, ks) in &c.keys {
-                let d = if k.dst == server {
-                    Direction::ToServer
+        conns
+            .into_iter()
+            .flat_map(|(id, c)| self.conn_rows(id, c))
+            .collect()
+    }
+
+    fn conn_rows(&self, id: &ConnId, c: &Conn) -> Vec<FlowRow> {
+        let server = self.server(id, c);
+        let client = if server == id.a { id.b } else { id.a };
+        let transport = c.transport.unwrap_or(match id.proto {
+            IPPROTO_TCP => Transport::Tcp,
+            IPPROTO_UDP => Transport::Udp,
+            _ => Transport::Other,
+        });
+        let approach = self.labels.get(server.port()).unwrap_or("other").to_owned();
+        let mut dirs: BTreeMap<Direction, Counters> = BTreeMap::new();
+        for (k, ks) in &c.keys {
+            let d = if k.dst == server {
+                Direction::ToServer
+            } else {
+                Direction::ToClient
+            };
+            *dirs.entry(d).or_default() += ks.base + ks.live;
+        }
+        dirs.into_iter()
+            .filter(|(_, counters)| counters.packets > 0)
+            .map(|(direction, counters)| FlowRow {
+                ifindex: id.ifindex,
+                approach: approach.clone(),
+                transport,
+                proto: id.proto,
+                client,
+                server,
+                direction,
+                counters,
+                sni: c.sni.clone(),
+                alpn: c.alpn.clone(),
+                closed: c.closed,
+            })
+            .collect()
+    }
+}
+
+fn wire_key(row: &FlowRow) -> WireKey {
+    (
+        row.approach.clone(),
+        row.transport.as_str(),
+        row.direction.as_str(),
+    )
+}
+
+/// A connection's counters as the spans name it: the direction comes from the span's
+/// client, not from the table's guess.
+impl Counts for FlowTable {
+    fn snapshot(&self, c: &ConnRef) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (_, conn) in self.matching(c) {
+            for (k, ks) in &conn.keys {
+                let total = ks.base + ks.live;
+                if k.src == c.client {
+                    s.to_server += total;
                 } else {
-                    Direction::ToClient
-                };
-                *dirs.entry(d).or_default() += ks.base + ks.live;
-            }
-            for (direction, counters) in dirs {
-                if counters.packets == 0 {
-                    continue;
+                    s.to_client += total;
                 }
-                rows.push(FlowRow {
-                    ifindex: id.ifindex,
-                    approach: approach.clone(),
-                    transport,
-                    proto: id.proto,
-                    client,
-                    server,
-                    direction,
-                    counters,
-                    sni: c.sni.clone(),
-                    alpn: c.alpn.clone(),
-                    closed: c.closed,
-                });
             }
         }
-        rows
+        s
+    }
+
+    fn idle(&self, c: &ConnRef) -> Option<(bool, Duration)> {
+        let now = Instant::now();
+        let mut out: Option<(bool, Duration)> = None;
+        for (_, conn) in self.matching(c) {
+            // A key not counted yet is as fresh as it gets.
+            let idle = conn
+                .keys
+                .values()
+                .map(|k| {
+                    k.last_change
+                        .map_or(Duration::ZERO, |t| now.duration_since(t))
+                })
+                .min()
+                .unwrap_or(Duration::ZERO);
+            out = Some(match out {
+                Some((closed, d)) => (closed && conn.closed, d.min(idle)),
+                None => (conn.closed, idle),
+            });
+        }
+        out
     }
 }
 
@@ -382,5 +558,30 @@ mod tests {
         t.set_counters(k, c(1, 52), 0, t0 + Duration::from_secs(7));
         assert_eq!(t.rows()[0].counters, c(11, 1052));
         assert_eq!(t.evictions, 1);
+    }
+}
+
+#[cfg(test)]
+mod span_match_tests {
+    use super::*;
+    use crate::spans::{ConnRef, SpanTransport};
+
+    #[test]
+    fn a_span_finds_its_connection() {
+        let mut t = FlowTable::new(Labels::default());
+        let k = PacketKey {
+            proto: IPPROTO_TCP,
+            src: "127.0.0.1:42968".parse().unwrap(),
+            dst: "127.0.0.1:8080".parse().unwrap(),
+            ifindex: 1,
+            ingress: false,
+        };
+        t.event(k, EventKind::Open, TCP_SYN, &[]);
+        let c = ConnRef {
+            transport: SpanTransport::Tcp,
+            client: k.src,
+            server: k.dst,
+        };
+        assert_eq!(t.keys_of(&c), vec![k]);
     }
 }

@@ -221,6 +221,8 @@ fn tun_without_link_header_matches_tcpdump() {
             &ns,
             env!("CARGO_BIN_EXE_tokenwire-probe"),
             "run",
+            "--no-listen",
+            "--no-spans",
             "--iface",
             &tun,
             "--json",

@@ -23,6 +23,7 @@ fn attached() -> usize {
 fn start() -> Child {
     let mut child = Command::new(BIN)
         .args(["run", "--iface", "lo", "--interval", "60"])
+        .args(common::isolated("lifecycle"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -31,6 +32,11 @@ fn start() -> Child {
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
     assert!(line.contains("backend ebpf on lo"), "{line}");
+    // Keep reading stderr: a closed pipe would fail the probe's next line.
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    });
     child
 }
 
@@ -94,6 +100,7 @@ fn without_privileges_it_names_them_and_points_at_pcap() {
                 "--bounding-set=-all",
             ])
             .args([BIN, "run", "--backend", backend, "--duration", "1"])
+            .args(common::isolated(&format!("fallback-{backend}")))
             .output()
             .unwrap()
     };
@@ -122,6 +129,7 @@ fn auto_falls_back_to_pcap_when_ebpf_cannot_load_and_says_so() {
     let out = Command::new("setpriv")
         .args(["--bounding-set=-bpf,-sys_admin,-perfmon", "--inh-caps=-all"])
         .args([BIN, "run", "--iface", "lo", "--duration", "1", "--json"])
+        .args(common::isolated("unprivileged-json"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -135,6 +143,7 @@ fn auto_falls_back_to_pcap_when_ebpf_cannot_load_and_says_so() {
     let out = Command::new("setpriv")
         .args(["--bounding-set=-bpf,-sys_admin,-perfmon", "--inh-caps=-all"])
         .args([BIN, "run", "--backend", "ebpf", "--duration", "1"])
+        .args(common::isolated("unprivileged-ebpf"))
         .output()
         .unwrap();
     assert!(!out.status.success());

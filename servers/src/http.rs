@@ -2,6 +2,7 @@
 //! TCP_NODELAY, optional TLS, connection counting and graceful shutdown, and small
 //! response and body helpers.
 
+use crate::spans::SpanSink;
 use crate::stats::Stats;
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
@@ -80,11 +81,13 @@ pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Byt
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` fires, then lets in-flight requests
-/// finish for up to `grace` and closes the rest.
+/// finish for up to `grace` and closes the rest. Each connection's end is a close span on
+/// `spans`.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     stats: Arc<Stats>,
+    spans: SpanSink,
     shutdown: CancellationToken,
     grace: Duration,
     handler: H,
@@ -115,7 +118,16 @@ pub async fn serve<H, Fut>(
         let handler = handler.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
+        let spans = spans.clone();
         tokio::spawn(async move {
+            // Tell the probe when the connection is over, however it ends.
+            struct Closed(SpanSink, ConnInfo);
+            impl Drop for Closed {
+                fn drop(&mut self) {
+                    self.0.close("tls", self.1.peer, self.1.local);
+                }
+            }
+            let _closed = Closed(spans, info);
             let svc = hyper::service::service_fn(move |req| {
                 let h = handler.clone();
                 async move { Ok::<_, Infallible>(h(req, info).await) }

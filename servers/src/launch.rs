@@ -4,6 +4,7 @@
 use crate::certs::Identity;
 use crate::model::{Model, ModelConfig};
 use crate::raw::RawProxy;
+use crate::spans::SpanSink;
 use crate::sse_relay::SseRelay;
 use crate::stats::Stats;
 use crate::upstream::{Upstream, UpstreamError};
@@ -41,6 +42,8 @@ pub struct RelayOptions {
     pub max_frame: usize,
     /// How long a WebTransport client may take to send its whole prompt frame.
     pub stall: Duration,
+    /// Where request spans go (docs/spans.md).
+    pub spans: SpanSink,
 }
 
 impl Default for RelayOptions {
@@ -51,6 +54,7 @@ impl Default for RelayOptions {
             max_body: 1 << 20,
             max_frame: crate::protocol::framing::MAX_FRAME,
             stall: Duration::from_secs(10),
+            spans: SpanSink::disabled(),
         }
     }
 }
@@ -94,6 +98,7 @@ pub async fn start_model(
         listener,
         None,
         stats.clone(),
+        SpanSink::disabled(),
         shutdown,
         grace,
         move |req, conn| {
@@ -141,6 +146,7 @@ pub async fn start_companion(
 }
 
 /// Binds `addr` and serves, over TLS, the handler `make` builds around the server's stats.
+#[allow(clippy::too_many_arguments)] // each is one of the server's settings; a struct would only rename them
 async fn start_https<H, Fut>(
     name: &'static str,
     path: &str,
@@ -148,6 +154,7 @@ async fn start_https<H, Fut>(
     id: &Identity,
     shutdown: CancellationToken,
     grace: Duration,
+    spans: SpanSink,
     make: impl FnOnce(Arc<Stats>) -> H,
 ) -> Result<Running, LaunchError>
 where
@@ -167,6 +174,7 @@ where
         listener,
         Some(tls),
         stats.clone(),
+        spans,
         shutdown,
         grace,
         handler,
@@ -189,9 +197,10 @@ pub async fn start_raw(
     grace: Duration,
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::new(&opts.upstream)?;
-    let max_body = opts.max_body;
-    start_https("raw", "", addr, id, shutdown, grace, move |stats| {
-        let proxy = RawProxy::new(upstream, stats, max_body);
+    let (max_body, spans) = (opts.max_body, opts.spans.clone());
+    let s = spans.clone();
+    start_https("raw", "", addr, id, shutdown, grace, s, move |stats| {
+        let proxy = RawProxy::new(upstream, stats, max_body, spans);
         move |req, conn| {
             let p = proxy.clone();
             async move { p.handle(req, conn).await }
@@ -209,9 +218,10 @@ pub async fn start_sse(
     grace: Duration,
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::new(&opts.upstream)?;
-    let (model, max_body) = (opts.model.clone(), opts.max_body);
-    start_https("sse", "/chat", addr, id, shutdown, grace, move |stats| {
-        let relay = SseRelay::new(upstream, model, stats, max_body);
+    let (model, max_body, spans) = (opts.model.clone(), opts.max_body, opts.spans.clone());
+    let s = spans.clone();
+    start_https("sse", "/chat", addr, id, shutdown, grace, s, move |stats| {
+        let relay = SseRelay::new(upstream, model, stats, max_body, spans);
         move |req, conn| {
             let r = relay.clone();
             async move { r.handle(req, conn).await }
@@ -245,6 +255,7 @@ pub async fn start_wt(
         stats.clone(),
         opts.max_frame,
         opts.stall,
+        opts.spans.clone(),
     );
     let task = tokio::spawn(relay.serve(endpoint, shutdown, grace));
     Ok(Running {

@@ -10,6 +10,7 @@ pub mod logging;
 pub mod model;
 pub mod protocol;
 pub mod raw;
+pub mod spans;
 pub mod sse_relay;
 pub mod stats;
 pub mod tls;

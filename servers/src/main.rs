@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokenwire_servers::certs;
 use tokenwire_servers::launch::{self, Companion, RelayOptions, Running};
 use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
+use tokenwire_servers::spans::SpanSink;
 use tokio_util::sync::CancellationToken;
 
 /// The embedded Ollama-compatible model and the companions that stream its tokens:
@@ -175,17 +176,31 @@ struct RelayTuning {
     /// Seconds a WebTransport client may take to send its prompt frame.
     #[arg(long, default_value_t = 10)]
     stall_secs: u64,
+    /// The probe's Unix datagram socket: each request's start, first token and end, and
+    /// each connection's close, are sent there (docs/spans.md). Sending never blocks or
+    /// fails a request, whether or not a probe listens.
+    #[arg(long, env = tokenwire_servers::spans::SOCKET_ENV, default_value = tokenwire_servers::spans::DEFAULT_SOCKET)]
+    spans: PathBuf,
+    /// Send no spans.
+    #[arg(long, conflicts_with = "spans")]
+    no_spans: bool,
 }
 
 impl RelayTuning {
-    fn options(&self, upstream: String) -> RelayOptions {
-        RelayOptions {
+    fn options(&self, upstream: String) -> Result<RelayOptions> {
+        let spans = if self.no_spans {
+            SpanSink::disabled()
+        } else {
+            SpanSink::to_path(&self.spans).context("creating the spans socket")?
+        };
+        Ok(RelayOptions {
             upstream,
             model: self.relay_model.clone(),
             max_body: self.max_body,
             max_frame: self.max_frame,
             stall: Duration::from_secs(self.stall_secs),
-        }
+            spans,
+        })
     }
 }
 
@@ -287,7 +302,7 @@ async fn run(command: Command) -> Result<()> {
                     url
                 }
             };
-            let opts = relay.options(upstream);
+            let opts = relay.options(upstream)?;
             for (kind, addr) in [
                 (Companion::Raw, raw_listen),
                 (Companion::Sse, sse_listen),
@@ -338,7 +353,7 @@ async fn companion(
     grace: Duration,
 ) -> Result<Running> {
     let id = identity(&relay.tuning.certs)?;
-    let opts = relay.tuning.options(relay.upstream.clone());
+    let opts = relay.tuning.options(relay.upstream.clone())?;
     Ok(launch::start_companion(kind, listen, &id, &opts, shutdown.clone(), grace).await?)
 }
 

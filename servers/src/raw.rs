@@ -7,6 +7,7 @@ use crate::protocol::ollama_stream::{
     LineSplitter, StreamItem, parse_ndjson_line, parse_openai_data,
 };
 use crate::protocol::sse;
+use crate::spans::{Outcome, RequestSpan, SpanSink};
 use crate::stats::{Active, Stats};
 use crate::upstream::{Upstream, error_chain};
 use bytes::Bytes;
@@ -33,18 +34,40 @@ pub struct RawProxy {
     upstream: Upstream,
     stats: Arc<Stats>,
     max_body: usize,
+    spans: SpanSink,
 }
 
 impl RawProxy {
-    pub fn new(upstream: Upstream, stats: Arc<Stats>, max_body: usize) -> Self {
+    pub fn new(upstream: Upstream, stats: Arc<Stats>, max_body: usize, spans: SpanSink) -> Self {
         Self {
             upstream,
             stats,
             max_body,
+            spans,
         }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let mut span = Some(self.spans.request("raw_api", "tls", conn.peer, conn.local));
+        match self.proxy(req, conn, &mut span).await {
+            Ok(streaming) => streaming,
+            Err(resp) => {
+                if let Some(s) = span.as_mut() {
+                    s.finish(Outcome::Error);
+                }
+                resp
+            }
+        }
+    }
+
+    /// The streaming response (which takes the span along), or an error response when the
+    /// request failed before it.
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        span: &mut Option<RequestSpan>,
+    ) -> Result<Response<Body>, Response<Body>> {
         self.stats.add_request();
         let (parts, body) = req.into_parts();
         let path = parts
@@ -54,15 +77,15 @@ impl RawProxy {
             .to_owned();
         let uri = match self.upstream.uri(&path) {
             Ok(u) => u,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, &e.to_string())),
         };
         // Prompts are small: take the whole body so an oversized one gets a clean 413.
         let body = match read_body(Request::from_parts(parts.clone(), body), self.max_body).await {
             Ok(b) => b,
             Err(e @ BodyError::TooLarge(_)) => {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()));
             }
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, &e.to_string())),
         };
         let mut up = Request::new(Full::new(body));
         *up.method_mut() = parts.method.clone();
@@ -75,10 +98,10 @@ impl RawProxy {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(peer = %conn.peer, error = %error_chain(&e), "upstream unreachable");
-                return error(
+                return Err(error(
                     StatusCode::BAD_GATEWAY,
                     &format!("upstream unreachable: {}", error_chain(&e)),
-                );
+                ));
             }
         };
         let (rparts, rbody) = resp.into_parts();
@@ -97,10 +120,11 @@ impl RawProxy {
             stats: self.stats.clone(),
             conn,
             ended: false,
+            span: span.take(),
         }));
         *out.status_mut() = rparts.status;
         copy_headers(&rparts.headers, out.headers_mut());
-        out
+        Ok(out)
     }
 }
 
@@ -129,6 +153,7 @@ struct RelayState {
     stats: Arc<Stats>,
     conn: ConnInfo,
     ended: bool,
+    span: Option<RequestSpan>,
 }
 
 fn relay_body(state: RelayState) -> Body {
@@ -141,6 +166,9 @@ fn relay_body(state: RelayState) -> Body {
                 None => {
                     s.ended = true;
                     s.active.complete();
+                    if let Some(span) = s.span.as_mut() {
+                        span.finish(Outcome::Ok);
+                    }
                     tracing::debug!(peer = %s.conn.peer, tokens = s.counter.tokens, "relayed");
                     return None;
                 }
@@ -151,12 +179,19 @@ fn relay_body(state: RelayState) -> Body {
                     let before = s.counter.tokens;
                     s.counter.feed(&data);
                     s.stats.add_tokens(s.counter.tokens - before);
+                    if let Some(span) = s.span.as_mut() {
+                        span.tokens(s.counter.tokens - before);
+                        span.bytes(data.len());
+                    }
                     return Some((Ok::<_, BoxError>(Frame::data(data)), s));
                 }
                 Some(Err(e)) => {
                     s.ended = true;
                     let msg = format!("upstream stream failed: {}", error_chain(&e));
                     tracing::warn!(peer = %s.conn.peer, "{msg}");
+                    if let Some(span) = s.span.as_mut() {
+                        span.finish(Outcome::Error);
+                    }
                     return match (s.chunked, s.counter.error_frame(&msg)) {
                         (true, Some(bytes)) => Some((Ok(Frame::data(bytes)), s)),
                         _ => Some((Err(msg.into()), s)),

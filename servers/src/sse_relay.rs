@@ -5,6 +5,7 @@
 
 use crate::http::{Body, BodyError, BoxError, ConnInfo, read_body, response};
 use crate::protocol::sse;
+use crate::spans::{Outcome, RequestSpan, SpanSink};
 use crate::stats::{Active, Stats};
 use crate::upstream::{ChatEvent, ChatStream, Upstream};
 use futures_util::StreamExt;
@@ -20,6 +21,7 @@ pub struct SseRelay {
     model: String,
     stats: Arc<Stats>,
     max_body: usize,
+    spans: SpanSink,
 }
 
 #[derive(Deserialize)]
@@ -28,22 +30,62 @@ struct ChatBody {
 }
 
 impl SseRelay {
-    pub fn new(upstream: Upstream, model: String, stats: Arc<Stats>, max_body: usize) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        model: String,
+        stats: Arc<Stats>,
+        max_body: usize,
+        spans: SpanSink,
+    ) -> Self {
         Self {
             upstream,
             model,
             stats,
             max_body,
+            spans,
         }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let mut span = self.spans.request("sse", "tls", conn.peer, conn.local);
+        match self.relay(req, conn).await {
+            Ok(stream) => {
+                let mut r = Response::new(events(
+                    stream,
+                    Active::new(&self.stats),
+                    self.stats.clone(),
+                    span,
+                ));
+                let h = r.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("no-cache"),
+                );
+                r
+            }
+            Err(resp) => {
+                span.finish(Outcome::Error);
+                resp
+            }
+        }
+    }
+
+    /// The upstream's token stream, or the error response.
+    async fn relay(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<ChatStream, Response<Body>> {
         self.stats.add_request();
         if req.uri().path() != "/chat" {
-            return error(
+            return Err(error(
                 StatusCode::NOT_FOUND,
                 "not found: the SSE relay serves POST /chat",
-            );
+            ));
         }
         if req.method() != Method::POST {
             let mut r = error(
@@ -52,43 +94,37 @@ impl SseRelay {
             );
             r.headers_mut()
                 .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-            return r;
+            return Err(r);
         }
         let body = match read_body(req, self.max_body).await {
             Ok(b) => b,
             Err(e @ BodyError::TooLarge(_)) => {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()));
             }
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, &e.to_string())),
         };
         let message = match serde_json::from_slice::<ChatBody>(&body) {
             Ok(ChatBody { message: Some(m) }) if !m.trim().is_empty() => m,
             Ok(_) => {
-                return error(
+                return Err(error(
                     StatusCode::BAD_REQUEST,
                     "empty message: send {\"message\": \"...\"}",
-                );
+                ));
             }
-            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")),
-        };
-        let stream = match self.upstream.chat(&self.model, &message).await {
-            Ok(s) => s,
             Err(e) => {
-                tracing::warn!(peer = %conn.peer, error = %e, "upstream request failed");
-                return error(StatusCode::BAD_GATEWAY, &e.to_string());
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid JSON body: {e}"),
+                ));
             }
         };
-        let mut r = Response::new(events(stream, Active::new(&self.stats), self.stats.clone()));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(
-            header::CACHE_CONTROL,
-            header::HeaderValue::from_static("no-cache"),
-        );
-        r
+        self.upstream
+            .chat(&self.model, &message)
+            .await
+            .map_err(|e| {
+                tracing::warn!(peer = %conn.peer, error = %e, "upstream request failed");
+                error(StatusCode::BAD_GATEWAY, &e.to_string())
+            })
     }
 }
 
@@ -100,32 +136,41 @@ fn error(status: StatusCode, msg: &str) -> Response<Body> {
     )
 }
 
-/// One SSE event (one body frame, one flush) per upstream token.
-fn events(stream: ChatStream, active: Active, stats: Arc<Stats>) -> Body {
+/// One SSE event (one body frame, one flush) per upstream token. The span ends with the
+/// last event, or as aborted when the body is dropped (the client went away).
+fn events(stream: ChatStream, active: Active, stats: Arc<Stats>, span: RequestSpan) -> Body {
     let frames = futures_util::stream::unfold(
-        (Some(stream), active, stats),
-        |(stream, mut active, stats)| async move {
+        (Some(stream), active, stats, span),
+        |(stream, mut active, stats, mut span)| async move {
             let mut s = stream?;
-            let bytes = match s.next().await {
+            let (bytes, outcome) = match s.next().await {
                 Some(Ok(ChatEvent::Token(t))) => {
                     stats.add_tokens(1);
+                    let bytes = sse::encode_data(&t);
+                    span.tokens(1);
+                    span.bytes(bytes.len());
                     return Some((
-                        Ok::<_, BoxError>(Frame::data(sse::encode_data(&t))),
-                        (Some(s), active, stats),
+                        Ok::<_, BoxError>(Frame::data(bytes)),
+                        (Some(s), active, stats, span),
                     ));
                 }
                 Some(Ok(ChatEvent::Done { .. })) => {
                     active.complete();
-                    sse::encode_data("[DONE]")
+                    (sse::encode_data("[DONE]"), Outcome::Ok)
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "upstream failed mid-stream");
-                    sse::encode_event(Some("error"), &e.to_string())
+                    (
+                        sse::encode_event(Some("error"), &e.to_string()),
+                        Outcome::Error,
+                    )
                 }
                 None => return None,
             };
             // The last event: drop the upstream stream now, end after this frame.
-            Some((Ok(Frame::data(bytes)), (None, active, stats)))
+            span.bytes(bytes.len());
+            span.finish(outcome);
+            Some((Ok(Frame::data(bytes)), (None, active, stats, span)))
         },
     );
     StreamBody::new(frames.boxed()).boxed_unsync()

@@ -5,6 +5,7 @@
 //! ([`codes`]); the session and its other streams carry on.
 
 use crate::protocol::framing::{FrameDecoder, FrameError, encode};
+use crate::spans::{Outcome, RequestSpan, SpanSink};
 use crate::stats::{Active, Stats};
 use crate::upstream::{ChatEvent, Upstream};
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ pub struct WtRelay {
     stats: Arc<Stats>,
     max_frame: usize,
     stall: Duration,
+    spans: SpanSink,
 }
 
 impl WtRelay {
@@ -49,6 +51,7 @@ impl WtRelay {
         stats: Arc<Stats>,
         max_frame: usize,
         stall: Duration,
+        spans: SpanSink,
     ) -> Self {
         Self {
             upstream,
@@ -56,6 +59,7 @@ impl WtRelay {
             stats,
             max_frame,
             stall,
+            spans,
         }
     }
 
@@ -67,6 +71,11 @@ impl WtRelay {
         grace: Duration,
     ) {
         let tracker = TaskTracker::new();
+        // The address spans name (unspecified for a wildcard bind: the probe matches the
+        // port then).
+        let local = endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -77,7 +86,7 @@ impl WtRelay {
             let shutdown2 = shutdown.clone();
             tracker.spawn(async move {
                 let peer = incoming.remote_address();
-                if let Err(e) = relay.session(incoming, tracker2, shutdown2).await {
+                if let Err(e) = relay.session(incoming, local, tracker2, shutdown2).await {
                     tracing::debug!(%peer, error = %e, "session ended");
                 }
             });
@@ -93,6 +102,7 @@ impl WtRelay {
     async fn session(
         &self,
         incoming: wtransport::endpoint::IncomingSession,
+        local: SocketAddr,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<(), crate::http::BoxError> {
@@ -105,6 +115,14 @@ impl WtRelay {
         let conn = request.accept().await?;
         self.stats.add_connection();
         let peer = conn.remote_address();
+        // The probe hears when the session is over, however it ends.
+        struct Closed(SpanSink, SocketAddr, SocketAddr);
+        impl Drop for Closed {
+            fn drop(&mut self) {
+                self.0.close("quic", self.1, self.2);
+            }
+        }
+        let _closed = Closed(self.spans.clone(), peer, local);
         loop {
             let (send, recv) = tokio::select! {
                 // Stop taking new streams; the tracker waits for the running ones.
@@ -115,7 +133,8 @@ impl WtRelay {
             // Each stream holds the session, so it outlives this loop during shutdown.
             let session = conn.clone();
             tracker.spawn(async move {
-                relay.stream(send, recv, peer).await;
+                let span = relay.spans.request("webtransport", "quic", peer, local);
+                relay.stream(send, recv, peer, span).await;
                 drop(session);
             });
         }
@@ -126,20 +145,21 @@ impl WtRelay {
         mut send: wtransport::SendStream,
         mut recv: wtransport::RecvStream,
         peer: SocketAddr,
+        mut span: RequestSpan,
     ) {
         self.stats.add_request();
         let mut active = Active::new(&self.stats);
         let prompt =
             match tokio::time::timeout(self.stall, read_prompt(&mut recv, self.max_frame)).await {
                 Ok(Ok(p)) => p,
-                Ok(Err(code)) => return reject(send, recv, code, peer),
-                Err(_) => return reject(send, recv, codes::STALLED, peer),
+                Ok(Err(code)) => return reject(send, recv, code, peer, span),
+                Err(_) => return reject(send, recv, codes::STALLED, peer, span),
             };
         let mut upstream = match self.upstream.chat(&self.model, &prompt).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "upstream request failed");
-                return reject(send, recv, codes::UPSTREAM_FAILED, peer);
+                return reject(send, recv, codes::UPSTREAM_FAILED, peer, span);
             }
         };
         loop {
@@ -153,25 +173,31 @@ impl WtRelay {
             };
             let written = match ev {
                 Some(Ok(ChatEvent::Token(t))) => {
-                    let r = send.write_all(&encode(t.as_bytes())).await;
+                    let frame = encode(t.as_bytes());
+                    let r = send.write_all(&frame).await;
                     if r.is_ok() {
                         self.stats.add_tokens(1);
+                        span.tokens(1);
+                        span.bytes(frame.len());
                     }
                     r
                 }
                 Some(Ok(ChatEvent::Done { .. })) => {
                     // finish() resolves once the client has acknowledged everything; a client
                     // that vanished would hold this task until the idle timeout.
-                    let r = send.write_all(&encode(b"")).await;
+                    let end = encode(b"");
+                    let r = send.write_all(&end).await;
                     if r.is_ok() {
                         active.complete();
+                        span.bytes(end.len());
+                        span.finish(Outcome::Ok);
                         let _ = tokio::time::timeout(self.stall, send.finish()).await;
                     }
                     return;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(%peer, error = %e, "upstream failed mid-stream");
-                    return reject(send, recv, codes::UPSTREAM_FAILED, peer);
+                    return reject(send, recv, codes::UPSTREAM_FAILED, peer, span);
                 }
                 None => return,
             };
@@ -216,7 +242,9 @@ fn reject(
     recv: wtransport::RecvStream,
     code: u32,
     peer: SocketAddr,
+    mut span: RequestSpan,
 ) {
+    span.finish(Outcome::Error);
     tracing::debug!(%peer, code, "resetting stream");
     let _ = send.reset(VarInt::from_u32(code));
     recv.stop(VarInt::from_u32(code));

@@ -70,6 +70,8 @@ fn attach(mode: Mode) -> Result<Option<Attached>> {
             let mut c = Command::new(crate::bin("tokenwire-probe"));
             c.args([
                 "run",
+                "--no-listen",
+                "--no-spans",
                 "--iface",
                 "lo",
                 "--json",
@@ -83,6 +85,8 @@ fn attach(mode: Mode) -> Result<Option<Attached>> {
             let mut c = Command::new(crate::bin("tokenwire-probe"));
             c.args([
                 "run",
+                "--no-listen",
+                "--no-spans",
                 "--backend",
                 "pcap",
                 "--iface",

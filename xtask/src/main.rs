@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Project tasks: set-up, certificates, demo, tests.
@@ -30,9 +30,10 @@ enum Task {
         #[arg(long)]
         force: bool,
     },
-    /// Set up, start the embedded model and the three companions, run the benchmark
-    /// (all three approaches, reused connections, the reference's ten prompts) and print
-    /// its summary table, then stop the servers.
+    /// Set up, start the probe (eBPF, else libpcap, else none, saying why), the embedded
+    /// model and the three companions, run the benchmark (all three approaches, reused
+    /// connections, the reference's ten prompts), print its summary and wire tables, keep
+    /// the probe's exporter up for a while, then stop everything.
     Demo {
         /// Prompts per approach (of the reference's ten).
         #[arg(long, default_value_t = 10)]
@@ -44,6 +45,9 @@ enum Task {
         /// Model speed factor (1 = the reference model's pace, ~29 tokens/s).
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
+        /// Seconds the probe's exporter stays up after the benchmark (Ctrl-C ends it).
+        #[arg(long, default_value_t = 60)]
+        linger: u64,
     },
     /// Set up, then check formatting and lints and run every test.
     Test,
@@ -62,8 +66,9 @@ enum Task {
 }
 
 /// Debian packages the project needs: libpcap for the probe's pcap backend, tcpdump as
-/// the ground truth of byte counts.
-const APT_PACKAGES: [&str; 3] = ["libpcap-dev", "tcpdump", "iproute2"];
+/// the ground truth of byte counts, prometheus for promtool and the real server the
+/// dashboard test queries.
+const APT_PACKAGES: [&str; 4] = ["libpcap-dev", "tcpdump", "iproute2", "prometheus"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn main() {
@@ -90,9 +95,10 @@ fn real_main() -> Result<()> {
             prompts,
             mean_tokens,
             speed,
+            linger,
         } => {
             setup()?;
-            demo(prompts, mean_tokens, speed)
+            demo(prompts, mean_tokens, speed, linger)
         }
         Task::Test => {
             setup()?;
@@ -317,7 +323,49 @@ fn certs(force: bool) -> Result<()> {
     run(&mut cmd)
 }
 
-fn demo(prompts: usize, mean_tokens: u32, speed: f64) -> Result<()> {
+/// The probe as the demo runs it: eBPF when it can, else pcap; `None` (with the reason
+/// printed) when neither can capture here.
+fn start_probe() -> Option<Child> {
+    let mut child = match Command::new(bin("tokenwire-probe"))
+        .args(["run", "--quiet", "--backend", "auto"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "xtask: cannot start tokenwire-probe ({e}); the demo runs without wire figures"
+            );
+            return None;
+        }
+    };
+    let stderr = child.stderr.take()?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut said = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        println!("{line}");
+        if line.contains("receiving spans on") {
+            // Keep its stderr flowing to ours.
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    eprintln!("{line}");
+                }
+            });
+            return Some(child);
+        }
+        said.push(line);
+    }
+    let _ = child.wait();
+    eprintln!(
+        "xtask: the probe could not start ({}); the demo runs without wire figures (run it as root for eBPF or libpcap)",
+        said.last().map_or("no reason given", String::as_str)
+    );
+    None
+}
+
+fn demo(prompts: usize, mean_tokens: u32, speed: f64, linger: u64) -> Result<()> {
+    let mut probe = start_probe();
     let mut servers = Command::new(bin("tokenwire-servers"))
         .args(["all", "--speed", &speed.to_string(), "--grace-secs", "5"])
         .args(["--mean-tokens", &mean_tokens.to_string()])
@@ -346,18 +394,34 @@ fn demo(prompts: usize, mean_tokens: u32, speed: f64) -> Result<()> {
                 bail!("tokenwire-servers not ready after 60 s");
             }
         }
-        run(Command::new(bin("tokenwire-bench")).args([
-            "run",
-            "--reuse",
-            "--limit",
-            &prompts.to_string(),
-        ]))
+        let mut bench = Command::new(bin("tokenwire-bench"));
+        bench.args(["run", "--reuse", "--limit", &prompts.to_string()]);
+        if probe.is_none() {
+            bench.arg("--no-probe");
+        }
+        run(&mut bench)?;
+        if probe.is_some() && linger > 0 {
+            println!(
+                "\nThe probe's exporter stays up for {linger} s (Ctrl-C to stop now): \
+                 http://127.0.0.1:9464/metrics, /api/requests, /api/connections, /api/flows\n\
+                 Prometheus: prometheus --config.file=grafana/prometheus.yml --storage.tsdb.path=/tmp/tokenwire-prometheus\n\
+                 Grafana:    TOKENWIRE_DIR=$PWD grafana-server --homepath /usr/share/grafana \
+                 cfg:default.paths.provisioning=$PWD/grafana/provisioning\n\
+                 (the dashboard 'tokenwire: bytes per token' is provisioned; docs/metrics.md has the queries)"
+            );
+            // Ctrl-C reaches the whole process group: the probe and the servers stop
+            // themselves cleanly, and so does this wait.
+            std::thread::sleep(Duration::from_secs(linger));
+        }
+        Ok(())
     })();
-    // SIGINT: the servers finish in-flight streams and exit.
-    let _ = Command::new("kill")
-        .args(["-INT", &servers.id().to_string()])
-        .status();
-    let _ = servers.wait();
+    // SIGINT: the servers finish in-flight streams and exit; the probe prints its table.
+    for child in std::iter::once(&mut servers).chain(probe.as_mut()) {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
     result
 }
 

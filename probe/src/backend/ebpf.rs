@@ -335,6 +335,27 @@ impl EbpfBackend {
         Ok(n)
     }
 
+    /// Reads just `keys` (a connection a span names) into the table: a span's cut must see
+    /// the counters as they are now, and a full read costs a syscall per key.
+    pub fn refresh(&mut self, table: &mut FlowTable, keys: &[PacketKey], now: Instant) {
+        for k in keys {
+            let Ok(per_cpu) = self.flows.get(&k.to_raw(), 0) else {
+                continue; // evicted: the table holds its totals
+            };
+            let mut total = Counters::default();
+            let mut flags = 0u8;
+            for v in per_cpu.iter() {
+                total += Counters {
+                    packets: v.packets,
+                    ip_bytes: v.ip_bytes,
+                    link_bytes: v.link_bytes,
+                };
+                flags |= v.tcp_flags;
+            }
+            table.set_counters(*k, total, flags, now);
+        }
+    }
+
     /// Events first (they classify), then counters.
     pub fn poll(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, EbpfError> {
         self.drain_events(table);

@@ -2,7 +2,10 @@
 //! its capture by flow key.
 #![allow(dead_code)]
 
+pub mod live;
+
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +49,7 @@ impl Tcpdump {
                 "-n",
                 "-U",
                 "--immediate-mode",
+                "--time-stamp-precision=nano",
                 "-B",
                 "16384",
                 "-w",
@@ -87,6 +91,31 @@ impl Tcpdump {
         self.keep = true;
         let path = self.path.clone();
         (self.stop_all(link).0, path)
+    }
+
+    /// Stops tcpdump and returns every IP packet it saw, in order, with its timestamp.
+    pub fn stop_packets(mut self, link: LinkType) -> Vec<Packet> {
+        self.keep = true;
+        let path = self.path.clone();
+        let _ = self.stop_all(link);
+        let file = std::fs::File::open(&path).unwrap();
+        let mut r = PcapReader::new(std::io::BufReader::new(file)).unwrap();
+        assert!(r.nanos, "tcpdump was asked for nanosecond timestamps");
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            let Ok(p) = parse(link, &rec.data) else {
+                continue;
+            };
+            out.push(Packet {
+                ts_ns: u64::from(rec.ts_sec) * 1_000_000_000 + u64::from(rec.ts_frac),
+                proto: p.proto,
+                src: p.src,
+                dst: p.dst,
+                ip_bytes: u64::from(rec.orig_len) - p.link_len as u64,
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+        out
     }
 
     pub fn stop_all(mut self, link: LinkType) -> (Truth, Counters) {
@@ -135,6 +164,30 @@ impl Tcpdump {
     }
 }
 
+/// One packet tcpdump saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet {
+    pub ts_ns: u64,
+    pub proto: u8,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub ip_bytes: u64,
+}
+
+/// Arguments that keep a probe run by a test from colliding with another probe: its own
+/// spans socket and a free port for the endpoints.
+pub fn isolated(tag: &str) -> [String; 4] {
+    let spans = std::env::temp_dir()
+        .join(format!("tokenwire-test-{tag}-{}", std::process::id()))
+        .join("spans.sock");
+    [
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--spans".into(),
+        spans.display().to_string(),
+    ]
+}
+
 /// A BPF filter for traffic on any of `ports`.
 pub fn port_filter(ports: &[u16]) -> String {
     ports
@@ -142,4 +195,28 @@ pub fn port_filter(ports: &[u16]) -> String {
         .map(|p| format!("port {p}"))
         .collect::<Vec<_>>()
         .join(" or ")
+}
+
+/// `promtool check metrics` (Debian package prometheus) must accept the exposition.
+pub fn promtool_check(metrics: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,196 @@
+//! The probe's HTTP endpoints: GET /metrics (Prometheus), /api/requests, /api/connections,
+//! /api/flows (JSON) and /healthz. Handlers own nothing: each request becomes a [`Query`]
+//! for the capture loop, which owns the flow table and answers with fresh figures.
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Metrics,
+    /// The last requests; `limit` newest, optionally one approach, optionally only those
+    /// that started at or after a time.
+    Requests {
+        limit: usize,
+        approach: Option<String>,
+        since_unix_ns: Option<u64>,
+    },
+    Connections {
+        approach: Option<String>,
+        since_unix_ns: Option<u64>,
+    },
+    Flows,
+    Health,
+}
+
+/// An answer: status, content type, body.
+pub type Answer = (StatusCode, &'static str, String);
+
+/// A query on its way to the capture loop.
+pub struct Ask {
+    pub query: Query,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+pub const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const JSON_TYPE: &str = "application/json";
+
+/// Default number of requests /api/requests returns.
+pub const DEFAULT_LIMIT: usize = 100;
+
+fn json_error(status: StatusCode, msg: &str) -> Answer {
+    (
+        status,
+        JSON_TYPE,
+        serde_json::json!({ "error": msg }).to_string(),
+    )
+}
+
+/// Maps a method, path and query string to a [`Query`], or the error answer.
+pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Query, Answer> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: the probe's endpoints are GET only",
+        ));
+    }
+    let mut limit = DEFAULT_LIMIT;
+    let mut approach = None;
+    let mut since_unix_ns = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |what: &str| {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("query parameter {k}: {what}"),
+            )
+        };
+        match k {
+            "limit" => limit = v.parse().map_err(|_| bad("expected a count"))?,
+            "approach" => approach = Some(v.to_owned()),
+            "since_unix_ns" => {
+                since_unix_ns = Some(v.parse().map_err(|_| bad("expected nanoseconds"))?)
+            }
+            _ => return Err(bad("unknown (limit, approach, since_unix_ns)")),
+        }
+    }
+    match path {
+        "/metrics" => Ok(Query::Metrics),
+        "/api/requests" => Ok(Query::Requests {
+            limit,
+            approach,
+            since_unix_ns,
+        }),
+        "/api/connections" => Ok(Query::Connections {
+            approach,
+            since_unix_ns,
+        }),
+        "/api/flows" => Ok(Query::Flows),
+        "/healthz" => Ok(Query::Health),
+        _ => Err(json_error(
+            StatusCode::NOT_FOUND,
+            "not found: /metrics, /api/requests, /api/connections, /api/flows, /healthz",
+        )),
+    }
+}
+
+async fn handle(req: http::Request<Incoming>, tx: mpsc::Sender<Ask>) -> Response<Full<Bytes>> {
+    let answer = match route(req.method(), req.uri().path(), req.uri().query()) {
+        Err(a) => a,
+        Ok(query) => {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Ask { query, reply }).await.is_err() {
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "the probe is stopping")
+            } else {
+                match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                    Ok(Ok(a)) => a,
+                    _ => json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the capture loop did not answer",
+                    ),
+                }
+            }
+        }
+    };
+    let (status, content_type, body) = answer;
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Serves until the task is dropped. Each connection gets its own task; slow or broken
+/// clients affect nobody else.
+pub async fn serve(listener: TcpListener, tx: mpsc::Sender<Ask>) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the API listener");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let tx = tx.clone();
+                async move { Ok::<_, Infallible>(handle(req, tx).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "API connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_refuses() {
+        assert_eq!(route(&Method::GET, "/metrics", None), Ok(Query::Metrics));
+        assert_eq!(
+            route(
+                &Method::GET,
+                "/api/requests",
+                Some("limit=5&approach=sse&since_unix_ns=7")
+            ),
+            Ok(Query::Requests {
+                limit: 5,
+                approach: Some("sse".into()),
+                since_unix_ns: Some(7)
+            })
+        );
+        assert_eq!(
+            route(&Method::POST, "/metrics", None).unwrap_err().0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            route(&Method::GET, "/nope", None).unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/requests", Some("limit=x"))
+                .unwrap_err()
+                .0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -1,0 +1,930 @@
+//! Charging packets to requests. Servers' spans (start, first token, end, close) cut each
+//! connection's packet counters into periods; each period belongs to the requests that were
+//! running in it. Platform-free: the counters come from any [`Counts`] source (the flow
+//! table, or a test's numbers).
+//!
+//! Semantics (docs/spans.md has the long form):
+//! - Before the first request starts: the connection's setup. After the server says the
+//!   connection closed: its teardown. A connection that served one request only adds both
+//!   to that request (a "fresh connection" figure).
+//! - A request owns every packet from its start until the next request starts or the
+//!   connection ends, so trailing ACKs belong to it. Once one request ends while others
+//!   run, the running ones own what follows.
+//! - A period with several owners (streams multiplexed on one QUIC connection) is split by
+//!   the owners' application bytes once they all ended, and their records are `shared`.
+//!   The split is integral and sums exactly, so requests + setup + teardown always equal
+//!   the connection's totals.
+
+use crate::flow::Counters;
+use crate::metrics::Histogram;
+use crate::spans::{ConnRef, Outcome, Span};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+/// A connection's counters by direction at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub to_server: Counters,
+    pub to_client: Counters,
+}
+
+impl Snapshot {
+    pub fn total(&self) -> Counters {
+        self.to_server + self.to_client
+    }
+
+    /// What happened between `earlier` and `self` (saturating: totals never go back, but
+    /// a source that lost a key must not make a period negative).
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let sub = |a: Counters, b: Counters| Counters {
+            packets: a.packets.saturating_sub(b.packets),
+            ip_bytes: a.ip_bytes.saturating_sub(b.ip_bytes),
+            link_bytes: a.link_bytes.saturating_sub(b.link_bytes),
+        };
+        Snapshot {
+            to_server: sub(self.to_server, earlier.to_server),
+            to_client: sub(self.to_client, earlier.to_client),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Snapshot {
+    fn add_assign(&mut self, o: Self) {
+        self.to_server += o.to_server;
+        self.to_client += o.to_client;
+    }
+}
+
+/// Where the attributor reads a connection's current counters.
+pub trait Counts {
+    fn snapshot(&self, conn: &ConnRef) -> Snapshot;
+    /// How long the connection has carried no packets, and whether it saw FIN/RST; `None`
+    /// when no packet of it was seen.
+    fn idle(&self, conn: &ConnRef) -> Option<(bool, Duration)>;
+}
+
+/// How a request's packets were told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// Every packet of its periods was its own.
+    Exact,
+    /// Some periods were shared with concurrent streams and split by application bytes.
+    Shared,
+}
+
+/// One request, as GET /api/requests shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    pub id: String,
+    pub approach: String,
+    pub transport: &'static str,
+    pub client: std::net::SocketAddr,
+    pub server: std::net::SocketAddr,
+    /// 1 for a connection's first request, 2 for the next, ...
+    pub seq_on_connection: u32,
+    pub start_unix_ns: u64,
+    /// When the probe cut the connection's counters for this request's start (it trails the
+    /// server's start by the span's delivery; packets in between belong to the previous
+    /// owner).
+    pub cut_unix_ns: u64,
+    pub first_token_unix_ns: Option<u64>,
+    pub end_unix_ns: Option<u64>,
+    /// Time to first token as the server saw it.
+    pub ttft_ms: Option<f64>,
+    pub tokens: u64,
+    pub app_bytes: u64,
+    pub outcome: Option<Outcome>,
+    pub to_server: Counters,
+    pub to_client: Counters,
+    /// IP bytes, both directions.
+    pub wire_bytes: u64,
+    pub packets: u64,
+    pub bytes_per_token: Option<f64>,
+    pub packets_per_token: Option<f64>,
+    pub attribution: Quality,
+    /// The connection's setup and teardown are included (it served this request only).
+    pub includes_connection_overhead: bool,
+    /// No more packets will be charged to it.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+/// One connection that served requests, as GET /api/connections shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionRecord {
+    pub approach: String,
+    pub transport: &'static str,
+    pub client: std::net::SocketAddr,
+    pub server: std::net::SocketAddr,
+    pub requests: u32,
+    /// When its first request started (server clock).
+    pub first_start_unix_ns: u64,
+    pub setup: Snapshot,
+    pub teardown: Snapshot,
+    /// Everything the connection carried while the probe followed it.
+    pub total: Snapshot,
+    pub closed_unix_ns: Option<u64>,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owners {
+    Setup,
+    Requests(Vec<String>),
+    Teardown,
+}
+
+#[derive(Debug)]
+struct Req {
+    id: String,
+    approach: String,
+    conn: ConnRef,
+    seq: u32,
+    start_ns: u64,
+    cut_ns: u64,
+    first_token_ns: Option<u64>,
+    end_ns: Option<u64>,
+    tokens: u64,
+    app_bytes: u64,
+    outcome: Option<Outcome>,
+    own: Snapshot,
+    shared: bool,
+    /// Shared periods not yet split.
+    pending: u32,
+}
+
+#[derive(Debug)]
+struct SharedPeriod {
+    delta: Snapshot,
+    owners: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    approach: String,
+    transport: &'static str,
+    seqs: u32,
+    /// Requests not yet final, in start order.
+    reqs: Vec<String>,
+    active: Vec<String>,
+    owners: Owners,
+    last_cut: Snapshot,
+    setup: Snapshot,
+    teardown: Snapshot,
+    pending: Vec<SharedPeriod>,
+    closed: Option<(u64, std::time::Instant)>,
+    /// The first request's id, kept until it is known whether it was the only one.
+    only: Option<String>,
+    first_start_ns: u64,
+}
+
+/// Per approach figures for /metrics.
+#[derive(Debug, Clone)]
+pub struct ApproachMetrics {
+    pub tokens: u64,
+    pub requests: BTreeMap<Outcome, u64>,
+    pub active: u64,
+    pub wire_bytes: Histogram,
+    pub bytes_per_token: Histogram,
+    pub packets_per_token: Histogram,
+    pub ttft_seconds: Histogram,
+}
+
+impl Default for ApproachMetrics {
+    fn default() -> Self {
+        Self {
+            tokens: 0,
+            requests: BTreeMap::new(),
+            active: 0,
+            wire_bytes: Histogram::new(crate::metrics::WIRE_BYTES_BUCKETS),
+            bytes_per_token: Histogram::new(crate::metrics::BYTES_PER_TOKEN_BUCKETS),
+            packets_per_token: Histogram::new(crate::metrics::PACKETS_PER_TOKEN_BUCKETS),
+            ttft_seconds: Histogram::new(crate::metrics::TTFT_BUCKETS),
+        }
+    }
+}
+
+/// Span messages taken and refused.
+#[derive(Debug, Default, Clone)]
+pub struct SpanCounts {
+    pub accepted: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+pub struct Attributor {
+    conns: HashMap<ConnRef, Conn>,
+    reqs: HashMap<String, Req>,
+    done: VecDeque<RequestRecord>,
+    done_conns: VecDeque<ConnectionRecord>,
+    keep: usize,
+    /// How long after a close the connection's last packets (final ACKs) are waited for.
+    pub close_grace: Duration,
+    /// How long a connection may carry nothing before it counts as gone without a close.
+    pub idle_limit: Duration,
+    pub metrics: BTreeMap<String, ApproachMetrics>,
+    pub spans: SpanCounts,
+}
+
+fn transport_name(c: &ConnRef) -> &'static str {
+    match c.transport {
+        crate::spans::SpanTransport::Tcp => "tcp",
+        crate::spans::SpanTransport::Udp => "udp",
+    }
+}
+
+impl Attributor {
+    /// Keeps the last `keep` final requests and connections for the API.
+    pub fn new(keep: usize) -> Self {
+        Self {
+            conns: HashMap::new(),
+            reqs: HashMap::new(),
+            done: VecDeque::new(),
+            done_conns: VecDeque::new(),
+            keep: keep.max(1),
+            close_grace: Duration::from_secs(1),
+            idle_limit: Duration::from_secs(300),
+            metrics: BTreeMap::new(),
+            spans: SpanCounts::default(),
+        }
+    }
+
+    /// Counts a message that could not be parsed.
+    pub fn reject(&mut self, reason: &'static str) {
+        *self.spans.rejected.entry(reason).or_default() += 1;
+    }
+
+    /// Counts a parsed message that cannot apply (unknown or duplicate request).
+    fn refuse(&mut self, reason: &'static str) {
+        self.spans.accepted = self.spans.accepted.saturating_sub(1);
+        self.reject(reason);
+    }
+
+    fn approach(&mut self, name: &str) -> &mut ApproachMetrics {
+        self.metrics.entry(name.to_owned()).or_default()
+    }
+
+    /// The connection a span names, as the source knows it: `Counts` matches a wildcard
+    /// server address by port.
+    fn cut(&mut self, key: &ConnRef, now: Snapshot) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let delta = now.since(&c.last_cut);
+        c.last_cut = now;
+        match &c.owners {
+            Owners::Setup => c.setup += delta,
+            Owners::Teardown => c.teardown += delta,
+            Owners::Requests(ids) if ids.len() == 1 => {
+                if let Some(r) = self.reqs.get_mut(&ids[0]) {
+                    r.own += delta;
+                }
+            }
+            Owners::Requests(ids) => {
+                if delta != Snapshot::default() {
+                    for id in ids {
+                        if let Some(r) = self.reqs.get_mut(id) {
+                            r.shared = true;
+                            r.pending += 1;
+                        }
+                    }
+                    c.pending.push(SharedPeriod {
+                        delta,
+                        owners: ids.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Applies one accepted span. `cut_ns` is the probe's clock when it cut the counters.
+    pub fn apply(&mut self, span: Span, src: &dyn Counts, cut_ns: u64, now: std::time::Instant) {
+        self.spans.accepted += 1;
+        match span {
+            Span::Start {
+                id,
+                approach,
+                conn,
+                time_ns,
+            } => {
+                if self.reqs.contains_key(&id) {
+                    self.refuse("duplicate_id");
+                    return;
+                }
+                if self.conns.get(&conn).is_some_and(|c| c.closed.is_some()) {
+                    // The 4-tuple was reused: the old connection is over.
+                    self.finish(&conn, src);
+                }
+                let snap = src.snapshot(&conn);
+                let c = self.conns.entry(conn).or_insert_with(|| Conn {
+                    approach: approach.clone(),
+                    transport: transport_name(&conn),
+                    seqs: 0,
+                    reqs: Vec::new(),
+                    active: Vec::new(),
+                    owners: Owners::Setup,
+                    last_cut: Snapshot::default(),
+                    setup: Snapshot::default(),
+                    teardown: Snapshot::default(),
+                    pending: Vec::new(),
+                    closed: None,
+                    only: None,
+                    first_start_ns: time_ns,
+                });
+                c.seqs += 1;
+                let seq = c.seqs;
+                self.cut(&conn, snap);
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                c.active.push(id.clone());
+                c.reqs.push(id.clone());
+                if seq == 1 {
+                    c.only = Some(id.clone());
+                } else {
+                    c.only = None;
+                }
+                c.owners = Owners::Requests(c.active.clone());
+                self.approach(&approach).active += 1;
+                self.reqs.insert(
+                    id.clone(),
+                    Req {
+                        id,
+                        approach,
+                        conn,
+                        seq,
+                        start_ns: time_ns,
+                        cut_ns,
+                        first_token_ns: None,
+                        end_ns: None,
+                        tokens: 0,
+                        app_bytes: 0,
+                        outcome: None,
+                        own: Snapshot::default(),
+                        shared: false,
+                        pending: 0,
+                    },
+                );
+                self.settle(&conn, false);
+            }
+            Span::FirstToken { id, time_ns } => match self.reqs.get_mut(&id) {
+                Some(r) => {
+                    r.first_token_ns.get_or_insert(time_ns);
+                }
+                None => self.refuse("unknown_request"),
+            },
+            Span::End {
+                id,
+                time_ns,
+                tokens,
+                app_bytes,
+                outcome,
+            } => {
+                let Some(r) = self.reqs.get_mut(&id) else {
+                    self.refuse("unknown_request");
+                    return;
+                };
+                if r.outcome.is_some() {
+                    self.refuse("duplicate_end");
+                    return;
+                }
+                r.end_ns = Some(time_ns);
+                r.tokens = tokens;
+                r.app_bytes = app_bytes;
+                r.outcome = Some(outcome);
+                let ttft = r
+                    .first_token_ns
+                    .map(|f| f.saturating_sub(r.start_ns) as f64 / 1e9);
+                let (conn, approach) = (r.conn, r.approach.clone());
+                let m = self.approach(&approach);
+                m.tokens += tokens;
+                *m.requests.entry(outcome).or_default() += 1;
+                m.active = m.active.saturating_sub(1);
+                if let Some(t) = ttft {
+                    m.ttft_seconds.observe(t);
+                }
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                c.active.retain(|a| a != &id);
+                let next = if c.active.is_empty() {
+                    Owners::Requests(vec![id])
+                } else {
+                    Owners::Requests(c.active.clone())
+                };
+                if next != c.owners {
+                    let snap = src.snapshot(&conn);
+                    self.cut(&conn, snap);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.owners = next;
+                    }
+                }
+                self.settle(&conn, false);
+            }
+            Span::Close { conn, .. } => {
+                let Some(c) = self.conns.get(&conn) else {
+                    return; // a connection that served no request: nothing to attribute
+                };
+                if c.closed.is_some() {
+                    return;
+                }
+                let snap = src.snapshot(&conn);
+                self.cut(&conn, snap);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.owners = Owners::Teardown;
+                    c.closed = Some((cut_ns, now));
+                }
+                self.settle(&conn, false);
+            }
+        }
+    }
+
+    /// The connection a span's counters must be read from (for a backend to refresh it
+    /// before [`Attributor::apply`]); `None` when the span needs no cut.
+    pub fn conn_of(&self, span: &Span) -> Option<ConnRef> {
+        match span {
+            Span::Start { conn, .. } | Span::Close { conn, .. } => Some(*conn),
+            Span::End { id, .. } => self.reqs.get(id).map(|r| r.conn),
+            Span::FirstToken { .. } => None,
+        }
+    }
+
+    /// Finishes connections closed more than `close_grace` ago, or silent for `idle_limit`.
+    pub fn tick(&mut self, src: &dyn Counts, now: std::time::Instant) {
+        for k in self.due(src, now) {
+            self.finish(&k, src);
+        }
+    }
+
+    /// Connections ready to finish: closed more than `close_grace` ago, or silent for
+    /// `idle_limit` (a backend refreshes their counters, then calls [`Attributor::finish`]).
+    pub fn due(&self, src: &dyn Counts, now: std::time::Instant) -> Vec<ConnRef> {
+        self.conns
+            .iter()
+            .filter(|(k, c)| match c.closed {
+                Some((_, at)) => now.duration_since(at) >= self.close_grace,
+                None => match src.idle(k) {
+                    Some((true, idle)) => idle >= self.close_grace.max(Duration::from_secs(5)),
+                    Some((false, idle)) => idle >= self.idle_limit,
+                    None => false,
+                },
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Ends a connection: final cut, every request final, the connection's record kept.
+    pub fn finish(&mut self, key: &ConnRef, src: &dyn Counts) {
+        let snap = src.snapshot(key);
+        self.cut(key, snap);
+        self.settle(key, true);
+        let Some(c) = self.conns.remove(key) else {
+            return;
+        };
+        self.done_conns.push_back(ConnectionRecord {
+            approach: c.approach,
+            transport: c.transport,
+            client: key.client,
+            server: key.server,
+            requests: c.seqs,
+            first_start_unix_ns: c.first_start_ns,
+            setup: c.setup,
+            teardown: c.teardown,
+            total: c.last_cut,
+            closed_unix_ns: c.closed.map(|(ns, _)| ns),
+            is_final: true,
+        });
+        while self.done_conns.len() > self.keep {
+            self.done_conns.pop_front();
+        }
+    }
+
+    /// Splits shared periods whose owners all ended (or all of them, at the end) and
+    /// finalises requests that can no longer gain packets.
+    fn settle(&mut self, key: &ConnRef, ending: bool) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut i = 0;
+        while i < c.pending.len() {
+            let ready = ending
+                || c.pending[i]
+                    .owners
+                    .iter()
+                    .all(|id| self.reqs.get(id).is_none_or(|r| r.outcome.is_some()));
+            if !ready {
+                i += 1;
+                continue;
+            }
+            let p = c.pending.remove(i);
+            let weights: Vec<u64> = p
+                .owners
+                .iter()
+                .map(|id| self.reqs.get(id).map_or(0, |r| r.app_bytes))
+                .collect();
+            let parts = split(&p.delta, &weights);
+            for (id, part) in p.owners.iter().zip(parts) {
+                if let Some(r) = self.reqs.get_mut(id) {
+                    r.own += part;
+                    r.pending = r.pending.saturating_sub(1);
+                }
+            }
+        }
+        // Final: ended, owning nothing from now on, nothing left to split; or the
+        // connection is over. A connection's only request waits for the teardown.
+        let owners = c.owners.clone();
+        let only = c.only.clone();
+        let single = c.seqs == 1;
+        let (setup, teardown) = (c.setup, c.teardown);
+        let mut finals = Vec::new();
+        c.reqs.retain(|id| {
+            let Some(r) = self.reqs.get(id) else {
+                return false;
+            };
+            let owning = matches!(&owners, Owners::Requests(ids) if ids.contains(id));
+            let is_final = ending
+                || (r.outcome.is_some()
+                    && !owning
+                    && r.pending == 0
+                    && !(single && only.as_deref() == Some(id.as_str())));
+            if is_final {
+                finals.push(id.clone());
+            }
+            !is_final
+        });
+        for id in finals {
+            let Some(mut r) = self.reqs.remove(&id) else {
+                continue;
+            };
+            let overhead = single && only.as_deref() == Some(id.as_str());
+            if overhead {
+                r.own += setup;
+                r.own += teardown;
+            }
+            if r.outcome.is_none() {
+                r.outcome = Some(Outcome::Unknown);
+                let m = self.approach(&r.approach);
+                *m.requests.entry(Outcome::Unknown).or_default() += 1;
+                m.active = m.active.saturating_sub(1);
+            }
+            let rec = record(&r, overhead, true);
+            let m = self.approach(&r.approach);
+            m.wire_bytes.observe(rec.wire_bytes as f64);
+            if let Some(b) = rec.bytes_per_token {
+                m.bytes_per_token.observe(b);
+            }
+            if let Some(p) = rec.packets_per_token {
+                m.packets_per_token.observe(p);
+            }
+            self.done.push_back(rec);
+            while self.done.len() > self.keep {
+                self.done.pop_front();
+            }
+        }
+    }
+
+    /// The last requests, oldest first: final ones, then those still running (with their
+    /// packets so far).
+    pub fn requests(&self, src: &dyn Counts) -> Vec<RequestRecord> {
+        let mut out: Vec<RequestRecord> = self.done.iter().cloned().collect();
+        let mut live: Vec<&Req> = self.reqs.values().collect();
+        live.sort_by_key(|r| (r.start_ns, r.seq));
+        for r in live {
+            let mut rec = record(r, false, false);
+            if let Some(c) = self.conns.get(&r.conn)
+                && c.owners == Owners::Requests(vec![r.id.clone()])
+            {
+                let mut own = r.own;
+                own += src.snapshot(&r.conn).since(&c.last_cut);
+                rec = record(
+                    &Req {
+                        own,
+                        ..clone_req(r)
+                    },
+                    false,
+                    false,
+                );
+            }
+            out.push(rec);
+        }
+        out
+    }
+
+    /// The last connections that served requests: finished ones, then open ones.
+    pub fn connections(&self, src: &dyn Counts) -> Vec<ConnectionRecord> {
+        let mut out: Vec<ConnectionRecord> = self.done_conns.iter().cloned().collect();
+        for (k, c) in &self.conns {
+            let total = src.snapshot(k);
+            let mut teardown = c.teardown;
+            if c.owners == Owners::Teardown {
+                teardown += total.since(&c.last_cut);
+            }
+            out.push(ConnectionRecord {
+                approach: c.approach.clone(),
+                transport: c.transport,
+                client: k.client,
+                server: k.server,
+                requests: c.seqs,
+                first_start_unix_ns: c.first_start_ns,
+                setup: c.setup,
+                teardown,
+                total,
+                closed_unix_ns: c.closed.map(|(ns, _)| ns),
+                is_final: false,
+            });
+        }
+        out
+    }
+}
+
+fn clone_req(r: &Req) -> Req {
+    Req {
+        id: r.id.clone(),
+        approach: r.approach.clone(),
+        conn: r.conn,
+        seq: r.seq,
+        start_ns: r.start_ns,
+        cut_ns: r.cut_ns,
+        first_token_ns: r.first_token_ns,
+        end_ns: r.end_ns,
+        tokens: r.tokens,
+        app_bytes: r.app_bytes,
+        outcome: r.outcome,
+        own: r.own,
+        shared: r.shared,
+        pending: r.pending,
+    }
+}
+
+fn record(r: &Req, overhead: bool, is_final: bool) -> RequestRecord {
+    let total = r.own.total();
+    let per_token = |x: u64| (r.tokens > 0).then(|| x as f64 / r.tokens as f64);
+    RequestRecord {
+        id: r.id.clone(),
+        approach: r.approach.clone(),
+        transport: transport_name(&r.conn),
+        client: r.conn.client,
+        server: r.conn.server,
+        seq_on_connection: r.seq,
+        start_unix_ns: r.start_ns,
+        cut_unix_ns: r.cut_ns,
+        first_token_unix_ns: r.first_token_ns,
+        end_unix_ns: r.end_ns,
+        ttft_ms: r
+            .first_token_ns
+            .map(|f| f.saturating_sub(r.start_ns) as f64 / 1e6),
+        tokens: r.tokens,
+        app_bytes: r.app_bytes,
+        outcome: r.outcome,
+        to_server: r.own.to_server,
+        to_client: r.own.to_client,
+        wire_bytes: total.ip_bytes,
+        packets: total.packets,
+        bytes_per_token: per_token(total.ip_bytes),
+        packets_per_token: per_token(total.packets),
+        attribution: if r.shared {
+            Quality::Shared
+        } else {
+            Quality::Exact
+        },
+        includes_connection_overhead: overhead,
+        is_final,
+    }
+}
+
+/// Splits `delta` by `weights` (equal shares when all weights are zero), field by field,
+/// with the largest-remainder method: the parts add up to `delta` exactly.
+pub fn split(delta: &Snapshot, weights: &[u64]) -> Vec<Snapshot> {
+    let n = weights.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let w: Vec<u128> = if weights.iter().all(|&w| w == 0) {
+        vec![1; n]
+    } else {
+        weights.iter().map(|&w| u128::from(w)).collect()
+    };
+    let sum: u128 = w.iter().sum();
+    let share = |x: u64| -> Vec<u64> {
+        let x = u128::from(x);
+        let mut parts: Vec<u128> = w.iter().map(|wi| x * wi / sum).collect();
+        let mut left = x - parts.iter().sum::<u128>();
+        let mut order: Vec<usize> = (0..n).collect();
+        // Largest remainder first; ties to the earlier owner.
+        order.sort_by_key(|&i| std::cmp::Reverse((x * w[i]) % sum));
+        for i in order {
+            if left == 0 {
+                break;
+            }
+            parts[i] += 1;
+            left -= 1;
+        }
+        parts
+            .into_iter()
+            .map(|p| u64::try_from(p).unwrap_or(u64::MAX))
+            .collect()
+    };
+    let fields = |c: Counters| (share(c.packets), share(c.ip_bytes), share(c.link_bytes));
+    let (sp, sb, sl) = fields(delta.to_server);
+    let (cp, cb, cl) = fields(delta.to_client);
+    (0..n)
+        .map(|i| Snapshot {
+            to_server: Counters {
+                packets: sp[i],
+                ip_bytes: sb[i],
+                link_bytes: sl[i],
+            },
+            to_client: Counters {
+                packets: cp[i],
+                ip_bytes: cb[i],
+                link_bytes: cl[i],
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spans::SpanTransport;
+    use std::cell::RefCell;
+    use std::time::Instant;
+
+    /// A connection whose counters the test moves by hand.
+    struct Fake(RefCell<Snapshot>);
+
+    impl Fake {
+        fn add(&self, up: u64, down: u64) {
+            let mut s = self.0.borrow_mut();
+            s.to_server += Counters {
+                packets: 1,
+                ip_bytes: up,
+                link_bytes: up + 14,
+            };
+            s.to_client += Counters {
+                packets: 1,
+                ip_bytes: down,
+                link_bytes: down + 14,
+            };
+        }
+    }
+
+    impl Counts for Fake {
+        fn snapshot(&self, _: &ConnRef) -> Snapshot {
+            *self.0.borrow()
+        }
+        fn idle(&self, _: &ConnRef) -> Option<(bool, Duration)> {
+            Some((false, Duration::ZERO))
+        }
+    }
+
+    fn conn() -> ConnRef {
+        ConnRef {
+            transport: SpanTransport::Udp,
+            client: "127.0.0.1:5000".parse().unwrap(),
+            server: "127.0.0.1:4433".parse().unwrap(),
+        }
+    }
+
+    fn start(id: &str) -> Span {
+        Span::Start {
+            id: id.into(),
+            approach: "webtransport".into(),
+            conn: conn(),
+            time_ns: 1,
+        }
+    }
+
+    fn end(id: &str, tokens: u64, app_bytes: u64) -> Span {
+        Span::End {
+            id: id.into(),
+            time_ns: 2,
+            tokens,
+            app_bytes,
+            outcome: Outcome::Ok,
+        }
+    }
+
+    fn close() -> Span {
+        Span::Close {
+            conn: conn(),
+            time_ns: 3,
+        }
+    }
+
+    fn total(recs: &[RequestRecord]) -> u64 {
+        recs.iter().map(|r| r.wire_bytes).sum()
+    }
+
+    #[test]
+    fn sequential_requests_are_exact_and_setup_stays_apart() {
+        let f = Fake(RefCell::default());
+        let mut a = Attributor::new(100);
+        let now = Instant::now();
+        f.add(100, 200); // handshake
+        a.apply(start("a"), &f, 0, now);
+        f.add(10, 20);
+        a.apply(end("a", 2, 20), &f, 0, now);
+        f.add(1, 0); // trailing ACK: still a's
+        a.apply(start("b"), &f, 0, now);
+        f.add(30, 40);
+        a.apply(end("b", 4, 40), &f, 0, now);
+        a.apply(close(), &f, 0, now);
+        f.add(5, 5); // teardown
+        a.tick(&f, now + Duration::from_secs(2));
+        let recs = a.requests(&f);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].wire_bytes, 31);
+        assert_eq!(recs[1].wire_bytes, 70);
+        assert!(recs.iter().all(|r| r.is_final
+            && r.attribution == Quality::Exact
+            && !r.includes_connection_overhead));
+        let conns = a.connections(&f);
+        assert_eq!(conns[0].setup.total().ip_bytes, 300);
+        assert_eq!(conns[0].teardown.total().ip_bytes, 10);
+        assert_eq!(
+            total(&recs) + 300 + 10,
+            f.snapshot(&conn()).total().ip_bytes
+        );
+        assert_eq!(recs[1].bytes_per_token, Some(17.5));
+    }
+
+    #[test]
+    fn a_lone_request_carries_setup_and_teardown() {
+        let f = Fake(RefCell::default());
+        let mut a = Attributor::new(100);
+        let now = Instant::now();
+        f.add(100, 200);
+        a.apply(start("a"), &f, 0, now);
+        f.add(10, 20);
+        a.apply(end("a", 3, 20), &f, 0, now);
+        a.apply(close(), &f, 0, now);
+        f.add(5, 5);
+        assert!(!a.requests(&f)[0].is_final, "waits for the teardown");
+        a.tick(&f, now + Duration::from_secs(2));
+        let r = &a.requests(&f)[0];
+        assert!(r.is_final && r.includes_connection_overhead);
+        assert_eq!(r.wire_bytes, 340);
+        assert_eq!(r.packets, 6);
+    }
+
+    #[test]
+    fn concurrent_streams_share_by_app_bytes_and_sum_exactly() {
+        let f = Fake(RefCell::default());
+        let mut a = Attributor::new(100);
+        let now = Instant::now();
+        f.add(50, 50);
+        a.apply(start("a"), &f, 0, now);
+        f.add(10, 0); // a alone
+        a.apply(start("b"), &f, 0, now);
+        f.add(100, 201); // shared
+        a.apply(end("a", 1, 100), &f, 0, now);
+        f.add(0, 7); // b alone
+        a.apply(end("b", 2, 200), &f, 0, now);
+        a.apply(close(), &f, 0, now);
+        a.tick(&f, now + Duration::from_secs(2));
+        let recs = a.requests(&f);
+        assert!(recs.iter().all(|r| r.attribution == Quality::Shared));
+        // a: 10 own + a third of 301 (100.33 -> 100); b: 7 + 201 (200.67 -> 201).
+        let by_id: HashMap<&str, u64> =
+            recs.iter().map(|r| (r.id.as_str(), r.wire_bytes)).collect();
+        assert_eq!(by_id["a"], 110);
+        assert_eq!(by_id["b"], 208);
+        assert_eq!(total(&recs) + 100, f.snapshot(&conn()).total().ip_bytes);
+    }
+
+    #[test]
+    fn split_is_exact_for_awkward_numbers() {
+        let d = Snapshot {
+            to_server: Counters {
+                packets: 7,
+                ip_bytes: 1001,
+                link_bytes: 1099,
+            },
+            to_client: Counters::default(),
+        };
+        for weights in [vec![1, 1, 1], vec![0, 0], vec![3, 0, 5], vec![u64::MAX, 1]] {
+            let parts = split(&d, &weights);
+            let mut sum = Snapshot::default();
+            for p in &parts {
+                sum += *p;
+            }
+            assert_eq!(sum, d, "{weights:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_duplicate_spans_are_counted_not_applied() {
+        let f = Fake(RefCell::default());
+        let mut a = Attributor::new(100);
+        let now = Instant::now();
+        a.apply(end("ghost", 1, 1), &f, 0, now);
+        a.apply(start("a"), &f, 0, now);
+        a.apply(start("a"), &f, 0, now);
+        assert_eq!(a.spans.rejected.get("unknown_request"), Some(&1));
+        assert_eq!(a.spans.rejected.get("duplicate_id"), Some(&1));
+        assert_eq!(a.requests(&f).len(), 1);
+    }
+}

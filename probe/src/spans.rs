@@ -1,0 +1,298 @@
+//! The spans protocol (docs/spans.md): what servers tell the probe about requests, one JSON
+//! object per datagram. This module parses and validates messages; it never trusts them to
+//! be well formed, small, or of a version it knows. Platform-free.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+
+/// The protocol version this probe speaks.
+pub const VERSION: u64 = 1;
+/// Largest message accepted, bytes. Larger datagrams are rejected whole.
+pub const MAX_SPAN_BYTES: usize = 4096;
+/// Longest request id accepted.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest approach name accepted (names become Prometheus label values).
+pub const MAX_APPROACH_LEN: usize = 64;
+/// The socket path servers send to unless told otherwise (`--spans`, `TOKENWIRE_SPANS`).
+pub const DEFAULT_SOCKET: &str = "/tmp/tokenwire/spans.sock";
+/// The environment variable naming the socket path, for servers and the probe alike.
+pub const SOCKET_ENV: &str = "TOKENWIRE_SPANS";
+
+/// The transport a span says its connection uses: TCP-based or UDP-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpanTransport {
+    Tcp,
+    Udp,
+}
+
+impl SpanTransport {
+    pub fn proto(self) -> u8 {
+        match self {
+            SpanTransport::Tcp => crate::flow::IPPROTO_TCP,
+            SpanTransport::Udp => crate::flow::IPPROTO_UDP,
+        }
+    }
+}
+
+/// A connection as a server names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnRef {
+    pub transport: SpanTransport,
+    pub client: SocketAddr,
+    /// The server's address; an unspecified IP (a wildcard bind) matches any address with
+    /// the port.
+    pub server: SocketAddr,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// The client went away before the end.
+    Aborted,
+    /// The server failed it (bad input, upstream failure).
+    Error,
+    /// The connection ended without an end span (the probe's own verdict).
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Aborted => "aborted",
+            Outcome::Error => "error",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Span {
+    Start {
+        id: String,
+        approach: String,
+        conn: ConnRef,
+        time_ns: u64,
+    },
+    FirstToken {
+        id: String,
+        time_ns: u64,
+    },
+    End {
+        id: String,
+        time_ns: u64,
+        tokens: u64,
+        app_bytes: u64,
+        outcome: Outcome,
+    },
+    /// The connection ended (the server closed it or saw it close).
+    Close {
+        conn: ConnRef,
+        time_ns: u64,
+    },
+}
+
+/// Why a message was rejected; each has a stable `reason` for the rejection counter.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpanError {
+    #[error("message of {0} bytes is over the {MAX_SPAN_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("not a JSON object: {0}")]
+    Json(String),
+    #[error("unknown protocol version {0} (this probe speaks {VERSION})")]
+    Version(u64),
+    #[error("unknown span type {0:?}")]
+    UnknownType(String),
+    #[error("field {0:?} missing or invalid")]
+    Field(&'static str),
+}
+
+impl SpanError {
+    /// A short, bounded reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpanError::TooLarge(_) => "too_large",
+            SpanError::Json(_) => "malformed",
+            SpanError::Version(_) => "version",
+            SpanError::UnknownType(_) => "unknown_type",
+            SpanError::Field(_) => "invalid_field",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    v: Option<u64>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
+    approach: Option<String>,
+    transport: Option<String>,
+    client: Option<String>,
+    server: Option<String>,
+    time_unix_ns: Option<u64>,
+    tokens: Option<u64>,
+    app_bytes: Option<u64>,
+    outcome: Option<String>,
+}
+
+/// Parses and validates one datagram.
+pub fn parse(bytes: &[u8]) -> Result<Span, SpanError> {
+    if bytes.len() > MAX_SPAN_BYTES {
+        return Err(SpanError::TooLarge(bytes.len()));
+    }
+    let w: Wire = serde_json::from_slice(bytes).map_err(|e| SpanError::Json(e.to_string()))?;
+    match w.v {
+        Some(VERSION) => {}
+        Some(v) => return Err(SpanError::Version(v)),
+        None => return Err(SpanError::Field("v")),
+    }
+    let kind = w.kind.as_deref().ok_or(SpanError::Field("type"))?;
+    let time_ns = w.time_unix_ns.ok_or(SpanError::Field("time_unix_ns"))?;
+    let id = || -> Result<String, SpanError> {
+        match &w.id {
+            Some(id) if !id.is_empty() && id.len() <= MAX_ID_LEN => Ok(id.clone()),
+            _ => Err(SpanError::Field("id")),
+        }
+    };
+    let conn = || -> Result<ConnRef, SpanError> {
+        let transport = match w.transport.as_deref() {
+            Some("tcp" | "tls" | "http") => SpanTransport::Tcp,
+            Some("udp" | "quic") => SpanTransport::Udp,
+            _ => return Err(SpanError::Field("transport")),
+        };
+        let addr = |s: &Option<String>, f| {
+            s.as_deref()
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+                .map(canonical)
+                .ok_or(SpanError::Field(f))
+        };
+        Ok(ConnRef {
+            transport,
+            client: addr(&w.client, "client")?,
+            server: addr(&w.server, "server")?,
+        })
+    };
+    match kind {
+        "start" => {
+            let approach = match &w.approach {
+                Some(a) if valid_approach(a) => a.clone(),
+                _ => return Err(SpanError::Field("approach")),
+            };
+            Ok(Span::Start {
+                id: id()?,
+                approach,
+                conn: conn()?,
+                time_ns,
+            })
+        }
+        "first_token" => Ok(Span::FirstToken { id: id()?, time_ns }),
+        "end" => {
+            let outcome = match w.outcome.as_deref() {
+                Some("ok") => Outcome::Ok,
+                Some("aborted") => Outcome::Aborted,
+                Some("error") => Outcome::Error,
+                _ => return Err(SpanError::Field("outcome")),
+            };
+            Ok(Span::End {
+                id: id()?,
+                time_ns,
+                tokens: w.tokens.ok_or(SpanError::Field("tokens"))?,
+                app_bytes: w.app_bytes.ok_or(SpanError::Field("app_bytes"))?,
+                outcome,
+            })
+        }
+        "close" => Ok(Span::Close {
+            conn: conn()?,
+            time_ns,
+        }),
+        other => Err(SpanError::UnknownType(other.chars().take(32).collect())),
+    }
+}
+
+/// Letters, digits, `_`, `-` and `.`: safe as a label value and in a table.
+fn valid_approach(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= MAX_APPROACH_LEN
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack socket's view of an IPv4 peer) as IPv4, the
+/// way packets carry them.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_type() {
+        let s = parse(br#"{"v":1,"type":"start","id":"r1","approach":"sse","transport":"tls","client":"[::ffff:127.0.0.1]:5000","server":"127.0.0.1:8080","time_unix_ns":5}"#).unwrap();
+        assert_eq!(
+            s,
+            Span::Start {
+                id: "r1".into(),
+                approach: "sse".into(),
+                conn: ConnRef {
+                    transport: SpanTransport::Tcp,
+                    client: "127.0.0.1:5000".parse().unwrap(),
+                    server: "127.0.0.1:8080".parse().unwrap(),
+                },
+                time_ns: 5
+            }
+        );
+        assert!(matches!(
+            parse(br#"{"v":1,"type":"first_token","id":"r1","time_unix_ns":6}"#),
+            Ok(Span::FirstToken { time_ns: 6, .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"v":1,"type":"end","id":"r1","time_unix_ns":7,"tokens":3,"app_bytes":40,"outcome":"aborted","extra":"ignored"}"#),
+            Ok(Span::End { tokens: 3, app_bytes: 40, outcome: Outcome::Aborted, .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"v":1,"type":"close","transport":"quic","client":"[::1]:1","server":"[::]:4433","time_unix_ns":8}"#),
+            Ok(Span::Close { conn: ConnRef { transport: SpanTransport::Udp, .. }, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_reason() {
+        let big = vec![b' '; MAX_SPAN_BYTES + 1];
+        let cases: [(&[u8], &str); 9] = [
+            (&big, "too_large"),
+            (b"not json", "malformed"),
+            (b"[1,2]", "malformed"),
+            (br#"{"v":2,"type":"start"}"#, "version"),
+            (br#"{"type":"start","time_unix_ns":1}"#, "invalid_field"),
+            (br#"{"v":1,"type":"dance","time_unix_ns":1}"#, "unknown_type"),
+            (
+                br#"{"v":1,"type":"start","id":"x","approach":"bad label\"","transport":"tls","client":"127.0.0.1:1","server":"127.0.0.1:2","time_unix_ns":1}"#,
+                "invalid_field",
+            ),
+            (
+                br#"{"v":1,"type":"start","id":"x","approach":"a","transport":"sctp","client":"127.0.0.1:1","server":"127.0.0.1:2","time_unix_ns":1}"#,
+                "invalid_field",
+            ),
+            (
+                br#"{"v":1,"type":"end","id":"x","time_unix_ns":1,"tokens":-1,"app_bytes":0,"outcome":"ok"}"#,
+                "malformed",
+            ),
+        ];
+        for (input, reason) in cases {
+            let e = parse(input).unwrap_err();
+            assert_eq!(e.reason(), reason, "{e}");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The probe binary and the companions, as tests run them: a `tokenwire-probe run` with its
+//! own spans socket and API port, and a stack of servers sending spans to it.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokenwire_bench::client::Targets;
+use tokenwire_bench::client::tls::Trust;
+use tokenwire_servers::launch::{self, RelayOptions, Running};
+use tokenwire_servers::model::{ModelConfig, Timing};
+use tokenwire_servers::spans::SpanSink;
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenwire-probe");
+
+/// A `tokenwire-probe run` process with its own spans socket and API port.
+pub struct Probe {
+    child: Child,
+    pub api: SocketAddr,
+}
+
+impl Probe {
+    pub fn start(backend: &str, spans: &std::path::Path, labels: &[String]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--iface", "lo", "--backend", backend, "--quiet"])
+            .args(["--interval", "3600", "--listen", "127.0.0.1:0", "--spans"])
+            .arg(spans);
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut api = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "the probe exited before it was ready"
+            );
+            if let Some(rest) = line.split("serving http://").nth(1) {
+                api = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
+            if line.contains("receiving spans on") {
+                break;
+            }
+        }
+        // Keep draining stderr so the probe never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        Self {
+            child,
+            api: api.expect("the probe printed its API address"),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(self.api).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp[9..12].parse().unwrap();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        (status, body)
+    }
+
+    pub fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until the connection with `client` is final and returns it with its requests.
+    pub fn settled(&self, client: SocketAddr) -> (Value, Vec<Value>) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let conns = self.json("/api/connections");
+            let conn = conns["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["client"] == client.to_string())
+                .cloned();
+            if let Some(c) = conn
+                && c["final"] == true
+            {
+                let reqs: Vec<Value> = self.json("/api/requests")["requests"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["client"] == client.to_string())
+                    .cloned()
+                    .collect();
+                return (c, reqs);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connection {client} never became final"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spans_path(tag: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("tokenwire-attr-{tag}-{}", std::process::id()))
+        .join("spans.sock")
+}
+
+pub struct Stack {
+    pub shutdown: CancellationToken,
+    pub raw: Running,
+    pub sse: Running,
+    pub wt: Running,
+    pub trust: Trust,
+}
+
+impl Stack {
+    pub async fn start(tag: &str, spans: SpanSink) -> Self {
+        let shutdown = CancellationToken::new();
+        let grace = Duration::from_secs(1);
+        let id = tokenwire_servers::certs::ensure(
+            &std::env::temp_dir()
+                .join(format!("tokenwire-attr-certs-{tag}-{}", std::process::id())),
+        )
+        .unwrap();
+        let cfg = ModelConfig {
+            timing: Timing {
+                speed: 20.0,
+                mean_tokens: 30,
+                ..Timing::default()
+            },
+            ..ModelConfig::default()
+        };
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (model, _) = launch::start_model(any, cfg, shutdown.clone(), grace)
+            .await
+            .unwrap();
+        let opts = RelayOptions {
+            upstream: model.url.clone(),
+            spans,
+            ..RelayOptions::default()
+        };
+        let raw = launch::start_raw(any, &id, &opts, shutdown.clone(), grace)
+            .await
+            .unwrap();
+        let sse = launch::start_sse(any, &id, &opts, shutdown.clone(), grace)
+            .await
+            .unwrap();
+        let wt = launch::start_wt(any, &id, &opts, shutdown.clone(), grace)
+            .await
+            .unwrap();
+        Self {
+            shutdown,
+            raw,
+            sse,
+            wt,
+            trust: Trust::Pinned(id.cert_der.clone()),
+        }
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        vec![
+            format!("{}=raw_api", self.raw.addr.port()),
+            format!("{}=sse", self.sse.addr.port()),
+            format!("{}=webtransport", self.wt.addr.port()),
+        ]
+    }
+
+    pub fn targets(&self) -> Targets {
+        Targets {
+            raw: self.raw.addr,
+            sse: self.sse.addr,
+            wt_url: self.wt.url.clone(),
+            ..Targets::default()
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

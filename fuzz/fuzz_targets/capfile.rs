@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use tokenwire_probe::labels::Labels;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(a) = tokenwire_probe::analyze::analyze(data, Labels::default()) {
+    if let Ok(a) = tokenwire_probe::analyze::analyze(data, Labels::default(), Vec::new()) {
         let _ = a.table.rows();
     }
 });

@@ -1,10 +1,14 @@
-//! `tokenwire-probe analyze FILE`: the live tables, from a capture file.
+//! `tokenwire-probe analyze FILE [--spans SPANS]`: the live tables from a capture file, and
+//! with the spans the servers sent during the capture, the per-request records. Offline,
+//! connections are cut at each span's own time (the server's clock), in packet-time order.
 
 use crate::accumulate::Accumulator;
+use crate::attribution::Attributor;
 use crate::capfile::CaptureFile;
 use crate::labels::Labels;
 use crate::packet::LinkType;
 use crate::pcapfile::PcapError;
+use crate::spans::Span;
 use crate::table::FlowTable;
 use std::io::Read;
 use std::time::Instant;
@@ -13,6 +17,8 @@ use std::time::Instant;
 pub struct Analysis {
     pub table: FlowTable,
     pub acc: Accumulator,
+    /// Per-request records (empty without spans).
+    pub attributor: Attributor,
     pub packets: u64,
     /// Why reading stopped early (truncated or corrupt file); the totals hold up to there.
     pub error: Option<PcapError>,
@@ -28,16 +34,30 @@ pub enum AnalyzeError {
     UnknownLinkType(u32),
 }
 
-pub fn analyze<R: Read>(r: R, labels: Labels) -> Result<Analysis, AnalyzeError> {
+/// Counts the file; `spans` (in time order) cut its connections into requests.
+pub fn analyze<R: Read>(r: R, labels: Labels, spans: Vec<Span>) -> Result<Analysis, AnalyzeError> {
     let mut file = CaptureFile::open(r)?;
     let mut table = FlowTable::new(labels);
     let mut acc = Accumulator::new();
+    let mut attributor = Attributor::new(usize::MAX);
+    let mut spans = spans.into_iter().peekable();
+    let now = Instant::now();
     let mut error = None;
     loop {
         match file.next_packet() {
             Ok(Some(p)) => {
                 let link = LinkType::from_pcap(p.linktype)
                     .ok_or(AnalyzeError::UnknownLinkType(p.linktype))?;
+                // Spans up to this packet's time apply to the counts before it.
+                if let Some(ts) = p.ts_ns {
+                    while spans.peek().is_some_and(|s| s.time_ns() <= ts) {
+                        if let Some(s) = spans.next() {
+                            acc.flush(&mut table, now);
+                            let cut = s.time_ns();
+                            attributor.apply(s, &table, cut, now);
+                        }
+                    }
+                }
                 acc.packet(link, &p.data, p.orig_len, p.iface);
             }
             Ok(None) => break,
@@ -47,10 +67,16 @@ pub fn analyze<R: Read>(r: R, labels: Labels) -> Result<Analysis, AnalyzeError> 
             }
         }
     }
-    acc.flush(&mut table, Instant::now());
+    acc.flush(&mut table, now);
+    for s in spans {
+        let cut = s.time_ns();
+        attributor.apply(s, &table, cut, now);
+    }
+    attributor.finish_all(&table);
     Ok(Analysis {
         table,
         acc,
+        attributor,
         packets: file.packets(),
         error,
     })
@@ -124,7 +150,7 @@ mod tests {
                     &packets.iter().map(Vec::as_slice).collect::<Vec<_>>(),
                 ),
             ] {
-                let a = analyze(&file[..], Labels::default()).unwrap();
+                let a = analyze(&file[..], Labels::default(), Vec::new()).unwrap();
                 assert!(a.error.is_none(), "{linktype}");
                 let rows = a.table.rows();
                 let summary: Vec<(&str, Transport, Direction, u64, u64)> = rows
@@ -181,17 +207,17 @@ mod tests {
             })
             .collect();
         let f = pcap_file(1, &packets);
-        let a = analyze(&f[..f.len() - 5], Labels::default()).unwrap();
+        let a = analyze(&f[..f.len() - 5], Labels::default(), Vec::new()).unwrap();
         assert_eq!(a.packets, 4);
         assert_eq!(a.table.rows()[0].counters.packets, 4);
         let e = a.error.unwrap().to_string();
         assert!(e.starts_with("packet 4 at byte "), "{e}");
         assert!(matches!(
-            analyze(&pcap_file(147, &packets)[..], Labels::default()),
+            analyze(&pcap_file(147, &packets)[..], Labels::default(), Vec::new()),
             Err(AnalyzeError::UnknownLinkType(147))
         ));
         assert!(matches!(
-            analyze(&b"not a capture"[..], Labels::default()),
+            analyze(&b"not a capture"[..], Labels::default(), Vec::new()),
             Err(AnalyzeError::Open(_))
         ));
     }

@@ -475,6 +475,14 @@ impl Attributor {
             .collect()
     }
 
+    /// Ends every connection (the end of a capture file).
+    pub fn finish_all(&mut self, src: &dyn Counts) {
+        let all: Vec<ConnRef> = self.conns.keys().copied().collect();
+        for k in all {
+            self.finish(&k, src);
+        }
+    }
+
     /// Ends a connection: final cut, every request final, the connection's record kept.
     pub fn finish(&mut self, key: &ConnRef, src: &dyn Counts) {
         let snap = src.snapshot(key);

@@ -14,6 +14,9 @@ pub struct CapturedPacket {
     pub iface: u32,
     pub orig_len: u32,
     pub data: Vec<u8>,
+    /// Capture time, Unix nanoseconds (`None` where the format has none: pcapng simple
+    /// packet blocks).
+    pub ts_ns: Option<u64>,
 }
 
 /// The reader after the four magic bytes were read and put back in front.
@@ -45,11 +48,15 @@ impl<R: Read> CaptureFile<R> {
     pub fn next_packet(&mut self) -> Result<Option<CapturedPacket>, PcapError> {
         match self {
             CaptureFile::Pcap(p) => {
-                let linktype = p.linktype;
+                let (linktype, nanos) = (p.linktype, p.nanos);
                 Ok(p.next_record()?.map(|rec| CapturedPacket {
                     linktype,
                     iface: 0,
                     orig_len: rec.orig_len,
+                    ts_ns: Some(
+                        u64::from(rec.ts_sec) * 1_000_000_000
+                            + u64::from(rec.ts_frac) * if nanos { 1 } else { 1_000 },
+                    ),
                     data: rec.data,
                 }))
             }

@@ -47,6 +47,11 @@ struct AnalyzeArgs {
     /// Server port to approach name, e.g. 9000=my-server (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// The spans sent during the capture, one JSON message per line (what `run
+    /// --spans-log` writes): adds the per-request records, with connections cut at each
+    /// span's own time. Bad lines are reported and skipped.
+    #[arg(long)]
+    spans: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -133,6 +138,10 @@ struct RunArgs {
     /// Print no tables (serve the endpoints only).
     #[arg(long, short)]
     quiet: bool,
+    /// Append every accepted span to FILE, one JSON message per line (for `analyze
+    /// --spans` next to a capture taken at the same time).
+    #[arg(long)]
+    spans_log: Option<PathBuf>,
 }
 
 fn main() {
@@ -327,7 +336,8 @@ impl State {
         self.backend.health(self.tracked)
     }
 
-    fn on_span(&mut self, bytes: &[u8]) {
+    /// Applies one datagram; whether it parsed.
+    fn on_span(&mut self, bytes: &[u8]) -> bool {
         let span = match tokenwire_probe::spans::parse(bytes) {
             Ok(s) => s,
             Err(e) => {
@@ -345,7 +355,7 @@ impl State {
                     self.unlogged_rejects = 0;
                     self.last_reject_log = Some(now);
                 }
-                return;
+                return false;
             }
         };
         let now = Instant::now();
@@ -361,6 +371,7 @@ impl State {
             tracing::debug!(?conn, keys = keys.len(), conns = self.table.len(), snapshot = ?tokenwire_probe::attribution::Counts::snapshot(&self.table, &conn), "span cut");
         }
         self.attributor.apply(span, &self.table, cut_ns, now);
+        true
     }
 
     /// Finishes connections that closed (or went silent), with their final counters.
@@ -556,6 +567,16 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     tokio::pin!(until);
     tokio::pin!(terminated);
+    let mut spans_log = match &args.spans_log {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening {} (--spans-log)", p.display()))?,
+        ),
+        None => None,
+    };
     let mut buf = vec![0u8; tokenwire_probe::spans::MAX_SPAN_BYTES + 1];
     loop {
         #[cfg(unix)]
@@ -570,7 +591,18 @@ async fn run(args: RunArgs) -> Result<()> {
         tokio::select! {
             r = span => match r {
                 // A datagram that filled the buffer was longer than the limit.
-                Ok(n) => st.on_span(&buf[..n]),
+                Ok(n) => {
+                    if st.on_span(&buf[..n])
+                        && let Some(f) = spans_log.as_mut()
+                    {
+                        use std::io::Write;
+                        let line = [&buf[..n], b"\n"].concat();
+                        if let Err(e) = f.write_all(&line) {
+                            tracing::warn!(error = %e, "writing --spans-log; no more spans are logged");
+                            spans_log = None;
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "receiving spans"),
             },
             Some(ask) = ask_rx.recv() => {
@@ -640,11 +672,38 @@ fn analyze(args: AnalyzeArgs) -> Result<()> {
     let labels = Labels::with_overrides(args.labels.iter().map(String::as_str))?;
     let file = std::fs::File::open(&args.file)
         .with_context(|| format!("opening {}", args.file.display()))?;
-    let a = tokenwire_probe::analyze::analyze(std::io::BufReader::new(file), labels)
+    let spans = match &args.spans {
+        None => Vec::new(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading spans from {}", p.display()))?;
+            let (spans, bad) = tokenwire_probe::spans::read_lines(&text);
+            for (line, e) in bad.iter().take(5) {
+                eprintln!("tokenwire-probe: {}:{line}: skipped: {e}", p.display());
+            }
+            if bad.len() > 5 {
+                eprintln!(
+                    "tokenwire-probe: {}: {} more bad lines skipped",
+                    p.display(),
+                    bad.len() - 5
+                );
+            }
+            spans
+        }
+    };
+    let a = tokenwire_probe::analyze::analyze(std::io::BufReader::new(file), labels, spans)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let rows = a.table.rows();
+    let requests = a.attributor.requests(&a.table);
+    let connections = a.attributor.connections(&a.table);
     if args.json {
         print!("{}", output::json_lines(&rows, &[], 1, true));
+        for r in &requests {
+            println!("{}", serde_json::json!({ "request": r }));
+        }
+        for c in &connections {
+            println!("{}", serde_json::json!({ "connection": c }));
+        }
         print!("{}", output::health_json(&a.acc.health, 0, 1, true));
     } else {
         println!(
@@ -653,6 +712,9 @@ fn analyze(args: AnalyzeArgs) -> Result<()> {
             output::health_line(&a.acc.health),
             a.packets
         );
+        if args.spans.is_some() {
+            println!("\n{}", output::requests_table(&requests));
+        }
     }
     if let Some(e) = a.error {
         bail!(

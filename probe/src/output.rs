@@ -54,6 +54,38 @@ pub fn json_lines(
     s
 }
 
+/// Per-request records as a table.
+pub fn requests_table(recs: &[crate::attribution::RequestRecord]) -> String {
+    let mut s = format!(
+        "{:<26} {:<13} {:>3} {:>7} {:>9} {:>7} {:>8} {:>8}  {}\n",
+        "request", "approach", "seq", "tokens", "wire B", "pkts", "B/tok", "ttft ms", "attribution"
+    );
+    for r in recs {
+        let _ = writeln!(
+            s,
+            "{:<26} {:<13} {:>3} {:>7} {:>9} {:>7} {:>8} {:>8}  {}{}",
+            r.id,
+            r.approach,
+            r.seq_on_connection,
+            r.tokens,
+            r.wire_bytes,
+            r.packets,
+            r.bytes_per_token.map_or("-".into(), |b| format!("{b:.1}")),
+            r.ttft_ms.map_or("-".into(), |t| format!("{t:.1}")),
+            match r.attribution {
+                crate::attribution::Quality::Exact => "exact",
+                crate::attribution::Quality::Shared => "shared",
+            },
+            if r.includes_connection_overhead {
+                " +setup/teardown"
+            } else {
+                ""
+            }
+        );
+    }
+    s
+}
+
 /// The health line printed under each table.
 pub fn health_line(h: &Health) -> String {
     let mut s = format!(

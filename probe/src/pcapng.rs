@@ -9,11 +9,56 @@ use std::io::Read;
 /// Largest block accepted, whatever the file claims.
 const MAX_BLOCK: u32 = 1 << 20;
 
+/// A timestamp's unit: 10^-n or 2^-n seconds (if_tsresol; microseconds by default).
+#[derive(Debug, Clone, Copy)]
+enum TsUnit {
+    Decimal(u32),
+    Binary(u32),
+}
+
+impl TsUnit {
+    /// Reads if_tsresol (option 9) from an interface description's options.
+    fn from_options(opts: &[u8], big_endian: bool) -> Self {
+        let mut at = 0;
+        while at + 4 <= opts.len() {
+            let code = u16_in(&opts[at..], big_endian);
+            let len = usize::from(u16_in(&opts[at + 2..], big_endian));
+            if code == 0 {
+                break;
+            }
+            if code == 9 && len >= 1 && at + 5 <= opts.len() {
+                let v = opts[at + 4];
+                return if v & 0x80 == 0 {
+                    TsUnit::Decimal(u32::from(v))
+                } else {
+                    TsUnit::Binary(u32::from(v & 0x7f))
+                };
+            }
+            at += 4 + len.div_ceil(4) * 4;
+        }
+        TsUnit::Decimal(6)
+    }
+
+    /// Nanoseconds of `ticks` units; `None` when it does not fit.
+    fn to_ns(self, ticks: u64) -> Option<u64> {
+        match self {
+            TsUnit::Decimal(n) if n <= 9 => ticks.checked_mul(10u64.pow(9 - n)),
+            TsUnit::Decimal(n) => {
+                let div = 10u128.checked_pow(n - 9)?;
+                u64::try_from(u128::from(ticks) / div).ok()
+            }
+            TsUnit::Binary(n) => {
+                u64::try_from((u128::from(ticks) * 1_000_000_000) >> n.min(127)).ok()
+            }
+        }
+    }
+}
+
 pub struct PcapngReader<R> {
     r: std::io::Chain<std::io::Cursor<[u8; 4]>, R>,
     big_endian: bool,
-    /// (linktype, snaplen) per interface of the current section.
-    ifaces: Vec<(u32, u32)>,
+    /// (linktype, snaplen, timestamp unit) per interface of the current section.
+    ifaces: Vec<(u32, u32, TsUnit)>,
     packets: u64,
     offset: u64,
 }
@@ -124,6 +169,9 @@ impl<R: Read> PcapngReader<R> {
                 offset: start,
                 reason: "packet block too short".into(),
             };
+            // Enhanced and obsolete packet blocks carry a 64-bit timestamp at bytes 4..12.
+            let ticks = (body.len() >= 12)
+                .then(|| (u64::from(self.u32(&body[4..])) << 32) | u64::from(self.u32(&body[8..])));
             let (iface, caplen, orig, data_at) = match btype {
                 1 => {
                     // Interface description: link type, reserved, snaplen.
@@ -132,7 +180,8 @@ impl<R: Read> PcapngReader<R> {
                     }
                     let link = u32::from(u16_in(&body, self.big_endian));
                     let snap = self.u32(&body[4..]);
-                    self.ifaces.push((link, snap));
+                    let unit = TsUnit::from_options(&body[8..], self.big_endian);
+                    self.ifaces.push((link, snap, unit));
                     continue;
                 }
                 6 => {
@@ -164,7 +213,7 @@ impl<R: Read> PcapngReader<R> {
                 }
                 _ => continue, // statistics, name resolution, custom blocks...
             };
-            let Some(&(linktype, _)) = self.ifaces.get(iface as usize) else {
+            let Some(&(linktype, _, unit)) = self.ifaces.get(iface as usize) else {
                 return Err(PcapError::BadRecord {
                     index: self.packets,
                     offset: start,
@@ -187,6 +236,11 @@ impl<R: Read> PcapngReader<R> {
                 iface,
                 orig_len: orig,
                 data: body[data_at..end].to_vec(),
+                ts_ns: if btype == 3 {
+                    None
+                } else {
+                    ticks.and_then(|t| unit.to_ns(t))
+                },
             }));
         }
     }
@@ -233,7 +287,23 @@ pub mod build {
 
 #[cfg(test)]
 mod tests {
+    use super::TsUnit;
     use crate::capfile::CaptureFile;
+
+    #[test]
+    fn timestamp_units_from_if_tsresol() {
+        // No option: microseconds. Option 9 = 9: nanoseconds; 0x8a: 2^-10 s.
+        assert_eq!(TsUnit::from_options(&[], false).to_ns(5), Some(5_000));
+        let nano = [9, 0, 1, 0, 9, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(TsUnit::from_options(&nano, false).to_ns(5), Some(5));
+        let bin = [9, 0, 1, 0, 0x8a, 0, 0, 0];
+        assert_eq!(
+            TsUnit::from_options(&bin, false).to_ns(1024),
+            Some(1_000_000_000)
+        );
+        assert_eq!(TsUnit::Decimal(12).to_ns(5_000), Some(5));
+        assert_eq!(TsUnit::Decimal(0).to_ns(u64::MAX), None);
+    }
 
     #[test]
     fn reads_enhanced_packets_and_names_where_it_broke() {

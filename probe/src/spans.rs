@@ -95,6 +95,35 @@ pub enum Span {
     },
 }
 
+impl Span {
+    /// The sender's clock.
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            Span::Start { time_ns, .. }
+            | Span::FirstToken { time_ns, .. }
+            | Span::End { time_ns, .. }
+            | Span::Close { time_ns, .. } => *time_ns,
+        }
+    }
+}
+
+/// Reads a spans file: one message per line (what `run --spans-log` writes). Bad lines
+/// are returned as (line number, error) and skipped; spans come back in time order.
+pub fn read_lines(text: &str) -> (Vec<Span>, Vec<(usize, SpanError)>) {
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse(line.as_bytes()) {
+            Ok(s) => ok.push(s),
+            Err(e) => bad.push((i + 1, e)),
+        }
+    }
+    ok.sort_by_key(Span::time_ns);
+    (ok, bad)
+}
+
 /// Why a message was rejected; each has a stable `reason` for the rejection counter.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpanError {

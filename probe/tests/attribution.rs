@@ -295,3 +295,98 @@ async fn bad_span_messages_are_counted_and_dropped() {
     assert_eq!(status, 404);
     promtool_check(&metrics);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_charges_a_capture_file_with_the_spans_log() {
+    require_root();
+    let path = spans_path("offline");
+    let log = path.with_file_name("spans.jsonl");
+    let stack = Stack::start("offline", SpanSink::to_path(&path).unwrap()).await;
+    let probe = Probe::start_with(
+        "ebpf",
+        &path,
+        &stack.labels(),
+        &["--spans-log".into(), log.display().to_string()],
+    );
+    let ports = format!(
+        "port {} or port {}",
+        stack.sse.addr.port(),
+        stack.raw.addr.port()
+    );
+    let dump = Tcpdump::start("lo", &ports, "offline");
+    let mut sse = ApproachClient::new(Approach::Sse, &stack.targets(), &stack.trust).unwrap();
+    for i in 0..2 {
+        assert!(
+            sse.stream("offline", i, true, Duration::from_secs(30))
+                .await
+                .ok()
+        );
+    }
+    sse.shutdown().await;
+    let mut raw = ApproachClient::new(Approach::Raw, &stack.targets(), &stack.trust).unwrap();
+    assert!(
+        raw.stream("offline", 0, false, Duration::from_secs(30))
+            .await
+            .ok()
+    );
+    raw.shutdown().await;
+    let live = probe.json("/api/requests")["requests"].clone();
+    for r in live.as_array().unwrap() {
+        probe.settled(client_of(r));
+    }
+    let (_, file) = dump.stop_keep(LinkType::Ethernet);
+    drop(probe);
+    // A bad line in the log is reported and skipped, not fatal.
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("not a span\n");
+    std::fs::write(&log, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenwire-probe"))
+        .args(["analyze", "--json", "--spans"])
+        .arg(&log)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipped"));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reqs: Vec<&Value> = lines.iter().filter_map(|l| l.get("request")).collect();
+    let conns: Vec<&Value> = lines.iter().filter_map(|l| l.get("connection")).collect();
+    assert_eq!(reqs.len(), 3, "{lines:#?}");
+    assert_eq!(conns.len(), 2);
+    // Offline cuts are at the servers' own times; per connection, the requests with the
+    // setup and teardown still add up to every packet of it, and the lone raw request
+    // carries its connection whole.
+    for c in &conns {
+        let mut total = sum(figures(&c["setup"]), figures(&c["teardown"]));
+        for r in reqs.iter().filter(|r| r["client"] == c["client"]) {
+            assert!(r["tokens"].as_u64().unwrap() > 0);
+            assert_eq!(r["final"], true);
+            total = sum(total, figures(r));
+        }
+        if c["requests"] == 1 {
+            let r = reqs.iter().find(|r| r["client"] == c["client"]).unwrap();
+            assert_eq!(r["includes_connection_overhead"], true);
+            total = figures(r);
+        }
+        assert_eq!(total, figures(&c["total"]), "{c:#}");
+    }
+    // And the offline figures agree with the live ones per request within the span's
+    // delivery time: the same tokens, bytes within a packet or two.
+    for r in &reqs {
+        let l = live
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == r["id"])
+            .unwrap();
+        assert_eq!(l["tokens"], r["tokens"]);
+    }
+}

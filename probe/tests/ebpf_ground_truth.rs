@@ -153,7 +153,8 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
     drop(pcap);
     // analyze on tcpdump's file.
     let analysis =
-        tokenwire_probe::analyze::analyze(std::fs::File::open(&file).unwrap(), labels).unwrap();
+        tokenwire_probe::analyze::analyze(std::fs::File::open(&file).unwrap(), labels, Vec::new())
+            .unwrap();
     let _ = std::fs::remove_file(&file);
     assert!(analysis.error.is_none());
 

@@ -24,10 +24,20 @@ pub struct Probe {
 
 impl Probe {
     pub fn start(backend: &str, spans: &std::path::Path, labels: &[String]) -> Self {
+        Self::start_with(backend, spans, labels, &[])
+    }
+
+    pub fn start_with(
+        backend: &str,
+        spans: &std::path::Path,
+        labels: &[String],
+        extra: &[String],
+    ) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--iface", "lo", "--backend", backend, "--quiet"])
             .args(["--interval", "3600", "--listen", "127.0.0.1:0", "--spans"])
-            .arg(spans);
+            .arg(spans)
+            .args(extra);
         for l in labels {
             cmd.args(["--label", l]);
         }

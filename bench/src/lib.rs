@@ -3,10 +3,16 @@
 
 pub mod approach;
 pub mod client;
+#[cfg(target_os = "linux")]
+pub mod matrix;
+pub mod netem;
 pub mod prompts;
 pub mod record;
 pub mod report;
+#[cfg(target_os = "linux")]
+pub mod results;
 pub mod runner;
 pub mod server_info;
+pub mod svg;
 pub mod wire;
 pub mod workload;

@@ -29,6 +29,128 @@ struct Cli {
 enum Command {
     /// Run prompts through the chosen approaches and print a summary table.
     Run(Box<RunArgs>),
+    /// Run COMMAND on the client side of an emulated link (like mahimahi's shells): a
+    /// network namespace joined to this host by TUN devices, with loss, a droptail queue,
+    /// a bandwidth and a delay applied to the chosen directions (docs/emulator.md). The
+    /// host side's address is printed and given to COMMAND as TOKENWIRE_SERVER_ADDR; the
+    /// servers must listen there (or on 0.0.0.0). Exits with COMMAND's status and removes
+    /// everything it set up. Needs root.
+    Shape(ShapeArgs),
+    /// Every profile x direction x mode (reuse, fresh) x approach through the link
+    /// emulator, with the probe's wire accounting; writes a report directory (RESULTS.md
+    /// laid out like the reference, results.json, SVG charts). Starts its own model,
+    /// companions and probe in a server namespace and the client in another. The quick
+    /// default takes under ten minutes; --full is the reference's whole run. Needs root.
+    Matrix(MatrixArgs),
+}
+
+#[derive(clap::Args)]
+struct MatrixArgs {
+    /// The reference's run: its ten prompts, full-length answers (~480 tokens).
+    #[arg(long)]
+    full: bool,
+    /// Profiles to run (default: all five).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,latency-200ms,loss-5pct,bw-100kbps,degraded"
+    )]
+    profiles: Vec<String>,
+    /// Directions shaped, each a full pass over the profiles: up reproduces the
+    /// reference; both shapes the token stream too.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "up,both")]
+    directions: Vec<tokenwire_bench::netem::profile::Direction>,
+    /// Connection modes.
+    #[arg(long, value_delimiter = ',', default_value = "reuse,fresh")]
+    modes: Vec<String>,
+    /// Prompts per approach (default 2, or 10 with --full).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Mean answer length in tokens (default 60, or 480 with --full).
+    #[arg(long)]
+    mean_tokens: Option<u32>,
+    /// Model speed factor (1 = the reference model's pace).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Seed of the links' loss draws and the model's answers.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// TCP congestion control in both namespaces (cubic, as on the reference's macOS).
+    #[arg(long, default_value = "cubic")]
+    congestion_control: String,
+    /// Report directory.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Seconds one request may take before it counts as failed.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct LinkArgs {
+    /// A reference profile: baseline, latency-200ms, loss-5pct, bw-100kbps, degraded
+    /// (default: baseline, changed by the flags below).
+    #[arg(long, default_value = "baseline")]
+    profile: String,
+    /// Directions shaped: up (client to server, what the reference did), down, both.
+    #[arg(long, value_enum, default_value = "both")]
+    direction: tokenwire_bench::netem::profile::Direction,
+    /// One-way delay per shaped direction, e.g. 50ms (overrides the profile's).
+    #[arg(long, value_parser = tokenwire_bench::netem::profile::parse_delay)]
+    delay: Option<Duration>,
+    /// Bernoulli loss per shaped direction, e.g. 1% (overrides the profile's).
+    #[arg(long, value_parser = tokenwire_bench::netem::profile::parse_loss)]
+    loss: Option<f64>,
+    /// Bandwidth per shaped direction, e.g. 2mbit, 100kbit (overrides the profile's).
+    #[arg(long)]
+    rate: Option<tokenwire_bench::netem::profile::Rate>,
+    /// Droptail queue limit in packets (default 50, as dummynet).
+    #[arg(long, conflicts_with = "queue_bytes")]
+    queue: Option<usize>,
+    /// Droptail queue limit in bytes instead.
+    #[arg(long)]
+    queue_bytes: Option<usize>,
+    /// Seed of the loss draws (logged; the same seed loses the same packets).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// TCP congestion control on the client side.
+    #[arg(long, default_value = "cubic")]
+    congestion_control: String,
+}
+
+impl LinkArgs {
+    fn profile(&self) -> Result<tokenwire_bench::netem::profile::Profile> {
+        let mut p = tokenwire_bench::netem::profile::Profile::named(&self.profile)?;
+        let custom = self.delay.is_some()
+            || self.loss.is_some()
+            || self.rate.is_some()
+            || self.queue.is_some()
+            || self.queue_bytes.is_some();
+        if let Some(d) = self.delay {
+            p.delay = d;
+        }
+        if let Some(l) = self.loss {
+            p.loss = l;
+        }
+        if let Some(r) = self.rate {
+            p.rate_bps = Some(r.0);
+        }
+        p.queue_packets = self.queue.or(p.queue_packets);
+        p.queue_bytes = self.queue_bytes.or(p.queue_bytes);
+        if custom {
+            p.name = format!("{}+custom", p.name);
+        }
+        Ok(p)
+    }
+}
+
+#[derive(clap::Args)]
+struct ShapeArgs {
+    #[command(flatten)]
+    link: LinkArgs,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -139,9 +261,195 @@ fn main() {
 
 fn real_main() -> Result<()> {
     tokenwire_servers::logging::init("warn");
-    let Command::Run(args) = Cli::parse().command;
-    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    rt.block_on(run(*args))
+    match Cli::parse().command {
+        Command::Run(args) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(run(*args))
+        }
+        Command::Shape(args) => shape(args),
+        Command::Matrix(args) => matrix(args),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn matrix(args: MatrixArgs) -> Result<()> {
+    use tokenwire_bench::matrix::{self, MatrixConfig};
+    use tokenwire_bench::netem::profile::{DEFAULT_QUEUE, Profile};
+    let profiles = args
+        .profiles
+        .iter()
+        .map(|p| Profile::named(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let modes = args
+        .modes
+        .iter()
+        .map(|m| match m.as_str() {
+            "reuse" => Ok(true),
+            "fresh" => Ok(false),
+            other => bail!("unknown mode {other:?}: reuse or fresh"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let limit = args.limit.unwrap_or(if args.full { 10 } else { 2 });
+    let mean_tokens = args.mean_tokens.unwrap_or(if args.full { 480 } else { 60 });
+    let jobs = workload::jobs(&workload::default_prompts(), Some(limit), 1)?;
+    let timing = tokenwire_servers::model::Timing {
+        speed: args.speed,
+        mean_tokens,
+        ..Default::default()
+    };
+    // The probe next to this binary (cargo puts them together).
+    let probe_bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("tokenwire-probe")))
+        .filter(|p| p.exists());
+    if probe_bin.is_none() {
+        eprintln!(
+            "tokenwire-bench matrix: no tokenwire-probe next to this binary; no wire figures (cargo build -p tokenwire-probe)"
+        );
+    }
+    let work_dir = std::env::temp_dir().join(format!("tokenwire-matrix-{}", std::process::id()));
+    let cfg = MatrixConfig {
+        profiles,
+        directions: args.directions.clone(),
+        modes,
+        jobs,
+        timing: timing.clone(),
+        seed: args.seed,
+        timeout: Duration::from_secs(args.timeout_secs),
+        congestion_control: args.congestion_control.clone(),
+        probe_bin,
+        work_dir: work_dir.clone(),
+    };
+    let cells = cfg.profiles.len() * cfg.directions.len() * cfg.modes.len();
+    eprintln!(
+        "tokenwire-bench matrix: {} profiles x {} directions x {} modes x 3 approaches, {limit} prompts of ~{mean_tokens} tokens each",
+        cfg.profiles.len(),
+        cfg.directions.len(),
+        cfg.modes.len()
+    );
+    let mut done = 0;
+    let started = std::time::Instant::now();
+    let results = matrix::run(&cfg, |line| {
+        done += 1;
+        eprintln!(
+            "[{done}/{cells} {:>4.0}s] {line}",
+            started.elapsed().as_secs_f64()
+        );
+    })?;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let methodology = tokenwire_bench::results::Methodology {
+        date: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        machine: format!(
+            "{} CPUs, {cpu}",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        kernel: read("/proc/sys/kernel/osrelease"),
+        emulator: "tokenwire's userspace emulator over TUN devices between network namespaces: Bernoulli loss -> droptail queue -> serialisation -> delay, per direction".into(),
+        probe_backend: results
+            .links
+            .iter()
+            .find_map(|l| l.probe_backend.clone()),
+        mtu: 1500,
+        queue: format!("{DEFAULT_QUEUE} packets per shaped direction"),
+        congestion_control: args.congestion_control.clone(),
+        model: format!(
+            "embedded, TTFT {} ms, TBT {} ms (speed x{})",
+            timing.ttft.as_millis(),
+            timing.tbt.as_millis(),
+            timing.speed
+        ),
+        prompts: limit,
+        mean_tokens,
+        seed: args.seed,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    tokenwire_bench::results::write(&args.out, &results, &methodology)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{}",
+        tokenwire_bench::results::analysis(&results).join("\n")
+    );
+    eprintln!(
+        "tokenwire-bench matrix: report in {} (RESULTS.md, results.json, *.svg) after {:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn matrix(_args: MatrixArgs) -> Result<()> {
+    bail!("the matrix needs the link emulator, which needs Linux (docs/emulator.md)")
+}
+
+#[cfg(target_os = "linux")]
+fn shape(args: ShapeArgs) -> Result<()> {
+    use tokenwire_bench::netem::emulator::{Emulator, EmulatorConfig};
+    let profile = args.link.profile()?;
+    let (up, down) = profile.shapes(args.link.direction);
+    let em = Emulator::start(&EmulatorConfig {
+        up,
+        down,
+        seed: args.link.seed,
+        congestion_control: args.link.congestion_control.clone(),
+        ..EmulatorConfig::default()
+    })?;
+    eprintln!(
+        "tokenwire-bench shape: {} ({}) on {}; servers at {} (TOKENWIRE_SERVER_ADDR), client {} in netns {}, loss seed {}",
+        profile.name,
+        profile.describe(),
+        args.link.direction.as_str(),
+        em.server_addr,
+        em.client_addr,
+        em.netns,
+        args.link.seed
+    );
+    // SIGINT/SIGTERM go to COMMAND (same process group); this process waits for it and
+    // tears down. A stale set-up after a crash is removed by the next start.
+    let status = std::process::Command::new("ip")
+        .args(em.exec_prefix())
+        .args(&args.command)
+        .env("TOKENWIRE_SERVER_ADDR", em.server_addr.to_string())
+        .status()
+        .with_context(|| format!("running {}", args.command.join(" ")))?;
+    let report = em.report();
+    eprintln!(
+        "tokenwire-bench shape: up {} delivered, {} lost, {} queue drops; down {} delivered, {} lost, {} queue drops; late > 1 ms: {} up, {} down",
+        report.up.stats.delivered,
+        report.up.stats.lost,
+        report.up.stats.queue_drops,
+        report.down.stats.delivered,
+        report.down.stats.lost,
+        report.down.stats.queue_drops,
+        report.up.late,
+        report.down.late
+    );
+    drop(em);
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+#[cfg(not(target_os = "linux"))]
+fn shape(args: ShapeArgs) -> Result<()> {
+    let p = args.link.profile()?;
+    bail!(
+        "the link emulator needs Linux; on macOS set the same pipes with dnctl/pfctl (docs/emulator.md): {}",
+        p.describe()
+    )
 }
 
 async fn run(args: RunArgs) -> Result<()> {

@@ -97,6 +97,9 @@ pub struct WireSummary {
     pub overhead_bytes: u64,
     pub bytes_per_token: Option<f64>,
     pub packets_per_token: Option<f64>,
+    /// The requests' own bytes per token, without the setup and teardown of reused
+    /// connections: the steady cost of streaming, which handshakes amortise towards.
+    pub stream_bytes_per_token: Option<f64>,
     /// Records split with concurrent streams (`shared`), not `exact`.
     pub shared: usize,
     /// Not every record was final when the bench stopped waiting.
@@ -222,6 +225,7 @@ fn summarise(
         overhead_bytes,
         bytes_per_token: per(wire_bytes),
         packets_per_token: per(packets),
+        stream_bytes_per_token: per(wire_bytes - overhead_bytes),
         shared: reqs.iter().filter(|r| r.attribution == "shared").count(),
         incomplete,
     }
@@ -244,7 +248,7 @@ fn thousands(n: u64) -> String {
 /// the reference's.
 pub fn markdown(wire: &[WireSummary], app_b_per_tok: &[(Approach, Option<f64>)]) -> String {
     let mut s = String::from(
-        "| Approach | Wire Bytes | Packets | Wire B/tok | Pkts/tok | App B/tok | Handshakes etc. | Requests |\n|---|---|---|---|---|---|---|---|\n",
+        "| Approach | Wire Bytes | Packets | Wire B/tok | Pkts/tok | App B/tok | Handshakes etc. | Stream B/tok | Requests |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for w in wire {
         let app = app_b_per_tok
@@ -253,7 +257,7 @@ pub fn markdown(wire: &[WireSummary], app_b_per_tok: &[(Approach, Option<f64>)])
             .and_then(|(_, b)| *b);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {}{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} |",
             w.approach.title(),
             thousands(w.wire_bytes),
             thousands(w.packets),
@@ -262,6 +266,8 @@ pub fn markdown(wire: &[WireSummary], app_b_per_tok: &[(Approach, Option<f64>)])
                 .map_or("-".into(), |p| format!("{p:.2}")),
             app.map_or("-".into(), |b| format!("{b:.1}")),
             thousands(w.overhead_bytes),
+            w.stream_bytes_per_token
+                .map_or("-".into(), |b| format!("{b:.1}")),
             w.requests,
             if w.incomplete {
                 " (not all final)"
@@ -333,7 +339,7 @@ mod tests {
         assert_eq!(w.bytes_per_token, Some(120.0));
         let table = markdown(&[w], &[(Approach::Sse, Some(12.9))]);
         assert!(
-            table.contains("| HTTP SSE | 2,400 | 28 | 120.0 | 1.40 | 12.9 | 400 | 2 |"),
+            table.contains("| HTTP SSE | 2,400 | 28 | 120.0 | 1.40 | 12.9 | 400 | 100.0 | 2 |"),
             "{table}"
         );
     }

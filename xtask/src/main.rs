@@ -51,6 +51,18 @@ enum Task {
     },
     /// Set up, then check formatting and lints and run every test.
     Test,
+    /// Set up, then run the benchmark matrix through the link emulator (as root): every
+    /// profile x direction x mode x approach with the probe's wire accounting, into
+    /// results/ (RESULTS.md, results.json, SVG charts). Quick by default (under ten
+    /// minutes); --full is the reference's whole run (about an hour and a half).
+    Bench {
+        /// The reference's ten prompts at full length.
+        #[arg(long)]
+        full: bool,
+        /// Report directory.
+        #[arg(long, default_value = "results")]
+        out: String,
+    },
     /// Measure the probe's overhead on loopback (as root): iperf3 TCP throughput and UDP
     /// packet rate with nothing attached, with the probe, and with tcpdump -w /dev/null,
     /// interleaved over several rounds; the probe's kernel ns per packet; and whether it
@@ -103,6 +115,15 @@ fn real_main() -> Result<()> {
         Task::Test => {
             setup()?;
             test()
+        }
+        Task::Bench { full, out } => {
+            setup()?;
+            let mut cmd = Command::new(bin("tokenwire-bench"));
+            cmd.args(["matrix", "--out", &out]);
+            if full {
+                cmd.arg("--full");
+            }
+            run(&mut cmd)
         }
         Task::BenchProbe { seconds, rounds } => {
             setup()?;
@@ -304,6 +325,8 @@ fn build_binaries() -> Result<()> {
         "tokenwire-servers",
         "-p",
         "tokenwire-bench",
+        "-p",
+        "tokenwire-probe",
     ]))
 }
 

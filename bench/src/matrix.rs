@@ -1,0 +1,320 @@
+//! `tokenwire-bench matrix`: every profile x direction x mode x approach through the link
+//! emulator, with the probe's per-request wire accounting, into a report directory
+//! (RESULTS.md, results.json, SVG charts; see [`crate::results`]).
+//!
+//! Each (direction, profile) gets a fresh link: a client and a server namespace joined by
+//! the emulator, the embedded model and the three companions in the server namespace (at
+//! the companions' default ports on the server side's address), and tokenwire-probe there
+//! too, on the server-side device (the client legs) and on lo (the upstream leg). The
+//! bench client runs in the client namespace.
+
+use crate::approach::Approach;
+use crate::client::Targets;
+use crate::client::tls::Trust;
+use crate::netem::emulator::{Emulator, EmulatorConfig, EmulatorReport, runtime_in};
+use crate::netem::profile::{Direction, Profile};
+use crate::report::{self, Summary};
+use crate::runner::{self, RunConfig};
+use crate::wire::{self, WireSummary};
+use crate::workload::Job;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokenwire_servers::launch::{self, RelayOptions};
+use tokenwire_servers::model::{ModelConfig, Timing};
+use tokenwire_servers::spans::SpanSink;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    #[error(transparent)]
+    Emulator(#[from] crate::netem::emulator::EmulatorError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub struct MatrixConfig {
+    pub profiles: Vec<Profile>,
+    pub directions: Vec<Direction>,
+    /// `true` = reuse, `false` = fresh.
+    pub modes: Vec<bool>,
+    pub jobs: Vec<Job>,
+    pub timing: Timing,
+    pub seed: u64,
+    pub timeout: Duration,
+    pub congestion_control: String,
+    /// tokenwire-probe; `None` runs without wire figures.
+    pub probe_bin: Option<PathBuf>,
+    pub work_dir: PathBuf,
+}
+
+/// One approach in one (profile, direction, mode).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cell {
+    pub profile: String,
+    pub direction: Direction,
+    pub mode: &'static str,
+    pub approach: Approach,
+    pub summary: Summary,
+    pub wire: Option<WireSummary>,
+    /// Gap percentiles (10, 50, 90, 99), ms, for the TBT distribution chart.
+    pub gap_percentiles_ms: Vec<f64>,
+    pub ttfts_ms: Vec<f64>,
+}
+
+/// One (profile, direction): its link's own figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinkRun {
+    pub profile: Profile,
+    pub direction: Direction,
+    pub emulator: EmulatorReport,
+    pub probe_backend: Option<String>,
+    pub wire_note: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MatrixResults {
+    pub cells: Vec<Cell>,
+    pub links: Vec<LinkRun>,
+}
+
+fn mode_name(reuse: bool) -> &'static str {
+    if reuse { "reuse" } else { "fresh" }
+}
+
+/// The probe in the server namespace: (process, backend it chose).
+fn start_probe(
+    bin: &std::path::Path,
+    em: &Emulator,
+    srv_ns: &str,
+    spans: &std::path::Path,
+    api: SocketAddr,
+) -> Result<(Child, String), String> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", srv_ns])
+        .arg(bin)
+        .args(["run", "--quiet", "--iface", &em.server_if, "--iface", "lo"])
+        .args(["--listen", &api.to_string(), "--spans"])
+        .arg(spans)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let err = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = std::io::BufReader::new(err).lines();
+    let mut backend = String::new();
+    let mut said = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(rest) = line.strip_prefix("tokenwire-probe: backend ") {
+            backend = rest.split_whitespace().next().unwrap_or("").to_owned();
+        }
+        if line.contains("receiving spans on") {
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            return Ok((child, backend));
+        }
+        said.push(line);
+    }
+    let _ = child.wait();
+    Err(said.join("; "))
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Runs every cell; `progress` hears one line per finished (profile, direction, mode).
+pub fn run(
+    cfg: &MatrixConfig,
+    mut progress: impl FnMut(&str),
+) -> Result<MatrixResults, MatrixError> {
+    std::fs::create_dir_all(&cfg.work_dir).map_err(|e| MatrixError::Setup(e.to_string()))?;
+    let id = std::sync::Arc::new(
+        tokenwire_servers::certs::ensure(&cfg.work_dir.join("certs"))
+            .map_err(|e| MatrixError::Setup(format!("certificates: {e}")))?,
+    );
+    let trust = Trust::Pinned(id.cert_der.clone());
+    let mut out = MatrixResults {
+        cells: Vec::new(),
+        links: Vec::new(),
+    };
+    for &direction in &cfg.directions {
+        for profile in &cfg.profiles {
+            let (up, down) = profile.shapes(direction);
+            let em = Emulator::start(&EmulatorConfig {
+                up,
+                down,
+                seed: cfg.seed,
+                congestion_control: cfg.congestion_control.clone(),
+                server_netns: true,
+                ..EmulatorConfig::default()
+            })?;
+            let srv_ns = em
+                .server_netns
+                .clone()
+                .ok_or_else(|| MatrixError::Setup("no server namespace".into()))?;
+            let srv_rt = runtime_in(&srv_ns).map_err(|e| MatrixError::Setup(e.to_string()))?;
+            let cli_rt = runtime_in(&em.netns).map_err(|e| MatrixError::Setup(e.to_string()))?;
+            let spans = cfg.work_dir.join("spans.sock");
+            let api: SocketAddr = "127.0.0.1:9464"
+                .parse()
+                .map_err(|_| MatrixError::Setup("bad API address".into()))?;
+            let (mut probe, backend, mut wire_note) = match &cfg.probe_bin {
+                Some(bin) => match start_probe(bin, &em, &srv_ns, &spans, api) {
+                    Ok((c, b)) => (Some(c), Some(b), None),
+                    Err(e) => (None, None, Some(format!("the probe did not start: {e}"))),
+                },
+                None => (None, None, Some("no tokenwire-probe binary".into())),
+            };
+            // The servers, in the server namespace.
+            let shutdown = CancellationToken::new();
+            let server = em.server_addr;
+            let model_cfg = ModelConfig {
+                timing: cfg.timing.clone(),
+                ..ModelConfig::default()
+            };
+            let sink = SpanSink::to_path(&spans).unwrap_or_default();
+            let (sd, idc) = (shutdown.clone(), id.clone());
+            let started = srv_rt.block_on(srv_rt.spawn(async move {
+                let grace = Duration::from_secs(2);
+                let any = |port: u16| SocketAddr::new(server.into(), port);
+                let (model, _) = launch::start_model(
+                    "127.0.0.1:11434".parse().expect("constant address"),
+                    model_cfg,
+                    sd.clone(),
+                    grace,
+                )
+                .await?;
+                let opts = RelayOptions {
+                    upstream: model.url.clone(),
+                    spans: sink,
+                    ..RelayOptions::default()
+                };
+                launch::start_raw(any(11435), &idc, &opts, sd.clone(), grace).await?;
+                launch::start_sse(any(8080), &idc, &opts, sd.clone(), grace).await?;
+                launch::start_wt(any(4433), &idc, &opts, sd.clone(), grace).await?;
+                drop(model);
+                Ok::<_, launch::LaunchError>(())
+            }));
+            match started {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(MatrixError::Setup(format!("servers: {e}"))),
+                Err(e) => return Err(MatrixError::Setup(format!("servers: {e}"))),
+            }
+            let targets = Targets {
+                raw: SocketAddr::new(server.into(), 11435),
+                sse: SocketAddr::new(server.into(), 8080),
+                wt_url: format!("https://{server}:4433/wt"),
+                ..Targets::default()
+            };
+            for &reuse in &cfg.modes {
+                let rc = RunConfig {
+                    approaches: Approach::ALL.to_vec(),
+                    reuse,
+                    jobs: cfg.jobs.clone(),
+                    concurrency: 1,
+                    rate: None,
+                    seed: cfg.seed,
+                    timeout: cfg.timeout,
+                    warmup: true,
+                    targets: targets.clone(),
+                    trust: trust.clone(),
+                    progress: false,
+                };
+                let runs = cli_rt
+                    .block_on(cli_rt.spawn(async move { runner::run(&rc).await }))
+                    .map_err(|e| MatrixError::Setup(format!("the bench client: {e}")))?;
+                let all: Vec<_> = runs
+                    .iter()
+                    .flat_map(|r| r.records.iter().cloned())
+                    .collect();
+                let mut line = format!(
+                    "{:<14} {:<4} {:<5}",
+                    profile.name,
+                    direction.as_str(),
+                    mode_name(reuse)
+                );
+                for run in &runs {
+                    let summary = report::summarise(run.approach, &all, run.connections);
+                    let w = if probe.is_some() && run.unreachable.is_none() {
+                        let r = run.clone();
+                        match srv_rt.block_on(srv_rt.spawn(async move {
+                            wire::collect(api, &r, Duration::from_secs(15)).await
+                        })) {
+                            Ok(Ok(w)) => Some(w),
+                            Ok(Err(e)) => {
+                                wire_note = Some(e.to_string());
+                                None
+                            }
+                            Err(e) => {
+                                wire_note = Some(e.to_string());
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let mut gaps: Vec<f64> = run
+                        .records
+                        .iter()
+                        .filter(|r| r.error.is_none())
+                        .flat_map(|r| r.gaps.iter().map(|g| g.as_secs_f64() * 1e3))
+                        .collect();
+                    gaps.sort_by(f64::total_cmp);
+                    let mut ttfts: Vec<f64> = run
+                        .records
+                        .iter()
+                        .filter(|r| r.error.is_none())
+                        .filter_map(|r| r.ttft.map(|t| t.as_secs_f64() * 1e3))
+                        .collect();
+                    ttfts.sort_by(f64::total_cmp);
+                    line.push_str(&format!(
+                        " | {} TTFT {} B/tok {} ({} failed)",
+                        run.approach,
+                        summary
+                            .p50_ttft_ms
+                            .map_or("-".into(), |t| format!("{t:.0}ms")),
+                        w.as_ref()
+                            .and_then(|w| w.bytes_per_token)
+                            .map_or("-".into(), |b| format!("{b:.0}")),
+                        summary.failed
+                    ));
+                    out.cells.push(Cell {
+                        profile: profile.name.clone(),
+                        direction,
+                        mode: mode_name(reuse),
+                        approach: run.approach,
+                        summary,
+                        wire: w,
+                        gap_percentiles_ms: [0.1, 0.5, 0.9, 0.99]
+                            .iter()
+                            .filter_map(|p| report::percentile(&gaps, *p))
+                            .collect(),
+                        ttfts_ms: ttfts,
+                    });
+                }
+                progress(&line);
+            }
+            shutdown.cancel();
+            srv_rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+            if let Some(p) = probe.as_mut() {
+                stop(p);
+            }
+            out.links.push(LinkRun {
+                profile: profile.clone(),
+                direction,
+                emulator: em.report(),
+                probe_backend: backend,
+                wire_note,
+            });
+            drop(cli_rt);
+            drop(srv_rt);
+            drop(em);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,282 @@
+//! Network profiles: the reference's five, and custom ones, as the shape of each direction
+//! of the emulated link.
+
+use super::model::{QueueLimit, Shape};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which directions a profile shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Client to server only: what the reference did (its pf rules matched the server
+    /// port as destination), so its loss and bandwidth caps never touched the tokens.
+    Up,
+    /// Server to client only: the token stream.
+    Down,
+    Both,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+            Direction::Both => "both",
+        }
+    }
+}
+
+/// A named set of impairments, applied per shaped direction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Profile {
+    pub name: String,
+    #[serde(serialize_with = "ser_ms")]
+    pub delay: Duration,
+    /// 0..=1.
+    pub loss: f64,
+    pub rate_bps: Option<u64>,
+    pub queue_packets: Option<usize>,
+    pub queue_bytes: Option<usize>,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
+/// dummynet's and this emulator's default queue: 50 packets.
+pub const DEFAULT_QUEUE: usize = 50;
+
+impl Profile {
+    pub const NAMES: [&'static str; 5] = [
+        "baseline",
+        "latency-200ms",
+        "loss-5pct",
+        "bw-100kbps",
+        "degraded",
+    ];
+
+    /// One of the reference's profiles.
+    pub fn named(name: &str) -> Result<Self, ProfileError> {
+        let p = |delay_ms: u64, loss: f64, rate: Option<u64>| Profile {
+            name: name.to_owned(),
+            delay: Duration::from_millis(delay_ms),
+            loss,
+            rate_bps: rate,
+            queue_packets: None,
+            queue_bytes: None,
+        };
+        Ok(match name {
+            "baseline" => p(0, 0.0, None),
+            "latency-200ms" => p(200, 0.0, None),
+            "loss-5pct" => p(0, 0.05, None),
+            "bw-100kbps" => p(0, 0.0, Some(100_000)),
+            "degraded" => p(200, 0.05, Some(100_000)),
+            other => return Err(ProfileError::Unknown(other.to_owned())),
+        })
+    }
+
+    /// The shape of one shaped direction.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            delay: self.delay,
+            loss: self.loss,
+            rate_bps: self.rate_bps,
+            queue: match (self.queue_bytes, self.queue_packets) {
+                (Some(b), _) => QueueLimit::Bytes(b),
+                (None, Some(p)) => QueueLimit::Packets(p),
+                (None, None) => QueueLimit::Packets(DEFAULT_QUEUE),
+            },
+        }
+    }
+
+    /// (up, down) shapes for `dir`: an unshaped direction passes packets untouched.
+    pub fn shapes(&self, dir: Direction) -> (Shape, Shape) {
+        let s = self.shape();
+        match dir {
+            Direction::Up => (s, Shape::NONE),
+            Direction::Down => (Shape::NONE, s),
+            Direction::Both => (s, s),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.delay.is_zero() {
+            parts.push(format!("delay {} ms", self.delay.as_millis()));
+        }
+        if self.loss > 0.0 {
+            parts.push(format!("loss {}%", self.loss * 100.0));
+        }
+        if let Some(r) = self.rate_bps {
+            parts.push(format!("rate {}", Rate(r)));
+        }
+        // Without a rate nothing waits, so the queue never fills: say so only with one.
+        if self.rate_bps.is_some() {
+            match self.shape().queue {
+                QueueLimit::Packets(n) => parts.push(format!("queue {n} packets")),
+                QueueLimit::Bytes(b) => parts.push(format!("queue {b} bytes")),
+            }
+        }
+        if parts.is_empty() {
+            return "no impairment".into();
+        }
+        parts.join(", ")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProfileError {
+    #[error(
+        "unknown profile {0:?}: baseline, latency-200ms, loss-5pct, bw-100kbps, degraded, or custom with --delay/--loss/--rate/--queue"
+    )]
+    Unknown(String),
+    #[error("{what} {value:?}: {why}")]
+    Bad {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// A duration like `50ms`, `0.2s`, `200` (milliseconds).
+pub fn parse_delay(s: &str) -> Result<Duration, ProfileError> {
+    let bad = |why| ProfileError::Bad {
+        what: "delay",
+        value: s.to_owned(),
+        why,
+    };
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1e-3)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad("expected e.g. 50ms"))?;
+    if !(v.is_finite() && v >= 0.0 && v * scale <= 60.0) {
+        return Err(bad("must be 0 to 60 s"));
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+/// A loss like `5%`, `0.05`.
+pub fn parse_loss(s: &str) -> Result<f64, ProfileError> {
+    let bad = |why| ProfileError::Bad {
+        what: "loss",
+        value: s.to_owned(),
+        why,
+    };
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(n) => {
+            n.trim()
+                .parse::<f64>()
+                .map_err(|_| bad("expected e.g. 5%"))?
+                / 100.0
+        }
+        None => t.parse::<f64>().map_err(|_| bad("expected e.g. 5%"))?,
+    };
+    if !(0.0..=1.0).contains(&v) {
+        return Err(bad("must be 0% to 100%"));
+    }
+    Ok(v)
+}
+
+/// Bits per second, printed and parsed as tc does: `100kbit`, `2mbit`, `1gbit`, `9600`
+/// (bit/s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate(pub u64);
+
+impl FromStr for Rate {
+    type Err = ProfileError;
+    fn from_str(s: &str) -> Result<Self, ProfileError> {
+        let bad = |why| ProfileError::Bad {
+            what: "rate",
+            value: s.to_owned(),
+            why,
+        };
+        let t = s.trim().to_ascii_lowercase();
+        let (num, mult) = [
+            ("gbit", 1e9),
+            ("mbit", 1e6),
+            ("kbit", 1e3),
+            ("bit", 1.0),
+            ("gbps", 8e9),
+            ("mbps", 8e6),
+            ("kbps", 8e3),
+        ]
+        .iter()
+        .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.to_owned(), *m)))
+        .unwrap_or((t.clone(), 1.0));
+        let v: f64 = num.trim().parse().map_err(|_| bad("expected e.g. 2mbit"))?;
+        let bps = v * mult;
+        if !(bps.is_finite() && (1_000.0..=100e9).contains(&bps)) {
+            return Err(bad("must be 1kbit to 100gbit"));
+        }
+        Ok(Rate(bps as u64))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        if r >= 1_000_000 && r.is_multiple_of(1_000_000) {
+            write!(f, "{}mbit", r / 1_000_000)
+        } else if r >= 1_000 && r.is_multiple_of(1_000) {
+            write!(f, "{}kbit", r / 1_000)
+        } else {
+            write!(f, "{r}bit")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_profiles() {
+        let d = Profile::named("degraded").unwrap();
+        assert_eq!(d.delay, Duration::from_millis(200));
+        assert_eq!(d.loss, 0.05);
+        assert_eq!(d.rate_bps, Some(100_000));
+        assert_eq!(d.shape().queue, QueueLimit::Packets(50));
+        let (up, down) = d.shapes(Direction::Up);
+        assert_eq!(up.delay, Duration::from_millis(200));
+        assert_eq!(down, Shape::NONE);
+        assert_eq!(
+            Profile::named("baseline").unwrap().describe(),
+            "no impairment"
+        );
+        assert!(matches!(
+            Profile::named("fast"),
+            Err(ProfileError::Unknown(_))
+        ));
+        assert_eq!(
+            d.describe(),
+            "delay 200 ms, loss 5%, rate 100kbit, queue 50 packets"
+        );
+    }
+
+    #[test]
+    fn parses_like_tc() {
+        assert_eq!(parse_delay("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_delay("0.2s"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_delay("200"), Ok(Duration::from_millis(200)));
+        assert!(parse_delay("-1ms").is_err());
+        assert_eq!(parse_loss("5%"), Ok(0.05));
+        assert_eq!(parse_loss("0.01"), Ok(0.01));
+        assert!(parse_loss("150%").is_err());
+        assert_eq!("2mbit".parse::<Rate>(), Ok(Rate(2_000_000)));
+        assert_eq!("100kbit".parse::<Rate>(), Ok(Rate(100_000)));
+        assert_eq!("1mbps".parse::<Rate>(), Ok(Rate(8_000_000)));
+        assert!("fast".parse::<Rate>().is_err());
+        assert!("10bit".parse::<Rate>().is_err());
+        assert_eq!(Rate(100_000).to_string(), "100kbit");
+    }
+}

@@ -148,8 +148,12 @@ impl LinkArgs {
 struct ShapeArgs {
     #[command(flatten)]
     link: LinkArgs,
+    /// Print the commands that set the same link with tc netem (Linux with sch_netem) or
+    /// dnctl/pfctl (macOS), then exit; nothing is set up (not tested here).
+    #[arg(long, value_enum)]
+    print_commands: Option<tokenwire_bench::netem::profile::CommandSet>,
     /// The command and its arguments (after --).
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "print_commands")]
     command: Vec<String>,
 }
 
@@ -401,6 +405,10 @@ fn matrix(_args: MatrixArgs) -> Result<()> {
 fn shape(args: ShapeArgs) -> Result<()> {
     use tokenwire_bench::netem::emulator::{Emulator, EmulatorConfig};
     let profile = args.link.profile()?;
+    if let Some(set) = args.print_commands {
+        println!("{}", profile.commands(args.link.direction, set));
+        return Ok(());
+    }
     let (up, down) = profile.shapes(args.link.direction);
     let em = Emulator::start(&EmulatorConfig {
         up,
@@ -446,6 +454,10 @@ fn shape(args: ShapeArgs) -> Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn shape(args: ShapeArgs) -> Result<()> {
     let p = args.link.profile()?;
+    if let Some(set) = args.print_commands {
+        println!("{}", p.commands(args.link.direction, set));
+        return Ok(());
+    }
     bail!(
         "the link emulator needs Linux; on macOS set the same pipes with dnctl/pfctl (docs/emulator.md): {}",
         p.describe()

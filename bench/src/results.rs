@@ -6,6 +6,7 @@ use crate::approach::Approach;
 use crate::matrix::{Cell, MatrixResults};
 use crate::netem::profile::Direction;
 use crate::svg::{BarChart, Series};
+use crate::wire::thousands;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -43,18 +44,6 @@ fn cell<'a>(
 
 fn opt(v: Option<f64>, unit: &str, prec: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.prec$}{unit}"))
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn profiles(r: &MatrixResults) -> Vec<String> {

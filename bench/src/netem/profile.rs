@@ -126,6 +126,87 @@ impl Profile {
     }
 }
 
+/// Other tools' commands for the same link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CommandSet {
+    /// Linux tc netem (kernels with sch_netem), one qdisc per shaped side.
+    Netem,
+    /// macOS dnctl pipes with pf rules matching the servers' ports.
+    Dummynet,
+}
+
+impl Profile {
+    /// The commands that set the same pipes with another tool, for the companions' ports.
+    /// Printed for people; not run or tested here (this kernel has no sch_netem).
+    pub fn commands(&self, dir: Direction, set: CommandSet) -> String {
+        let shaped = |d: Direction| dir == Direction::Both || dir == d;
+        let mut out = Vec::new();
+        match set {
+            CommandSet::Netem => {
+                let mut args = vec![format!("delay {}ms", self.delay.as_millis())];
+                if self.loss > 0.0 {
+                    args.push(format!("loss {}%", self.loss * 100.0));
+                }
+                if let Some(r) = self.rate_bps {
+                    args.push(format!("rate {}", Rate(r)));
+                }
+                args.push(format!(
+                    "limit {}",
+                    self.queue_packets.unwrap_or(DEFAULT_QUEUE)
+                ));
+                let a = args.join(" ");
+                if shaped(Direction::Up) {
+                    out.push("# up (client to server): on the client side's egress device".into());
+                    out.push(format!("tc qdisc replace dev CLIENT_DEV root netem {a}"));
+                }
+                if shaped(Direction::Down) {
+                    out.push(
+                        "# down (server to client): on the server side's egress device".into(),
+                    );
+                    out.push(format!("tc qdisc replace dev SERVER_DEV root netem {a}"));
+                }
+            }
+            CommandSet::Dummynet => {
+                let mut cfg = format!("delay {}", self.delay.as_millis());
+                if self.loss > 0.0 {
+                    cfg.push_str(&format!(" plr {}", self.loss));
+                }
+                if let Some(r) = self.rate_bps {
+                    cfg.push_str(&format!(" bw {}Kbit/s", r / 1000));
+                }
+                cfg.push_str(&format!(
+                    " queue {}",
+                    self.queue_packets.unwrap_or(DEFAULT_QUEUE)
+                ));
+                let ports = "{ 11435, 8080, 4433 }";
+                out.push(format!("sudo dnctl pipe 1 config {cfg}"));
+                out.push(format!("sudo dnctl pipe 2 config {cfg}"));
+                let mut rules = Vec::new();
+                if shaped(Direction::Up) {
+                    rules.push(format!(
+                        "dummynet out proto {{ tcp, udp }} from any to any port {ports} pipe 1"
+                    ));
+                }
+                if shaped(Direction::Down) {
+                    rules.push(format!(
+                        "dummynet out proto {{ tcp, udp }} from any port {ports} to any pipe 2"
+                    ));
+                }
+                out.push(format!(
+                    "printf '%s\\n' {} | sudo pfctl -f - && sudo pfctl -e",
+                    rules
+                        .iter()
+                        .map(|r| format!("'{r}'"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+                out.push("# undo: sudo pfctl -f /etc/pf.conf; sudo dnctl -q flush".into());
+            }
+        }
+        out.join("\n")
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProfileError {
     #[error(
@@ -277,6 +358,15 @@ mod tests {
         assert_eq!("1mbps".parse::<Rate>(), Ok(Rate(8_000_000)));
         assert!("fast".parse::<Rate>().is_err());
         assert!("10bit".parse::<Rate>().is_err());
+        let d = Profile::named("degraded").unwrap();
+        assert_eq!(
+            d.commands(Direction::Up, CommandSet::Netem),
+            "# up (client to server): on the client side's egress device\ntc qdisc replace dev CLIENT_DEV root netem delay 200ms loss 5% rate 100kbit limit 50"
+        );
+        let mac = d.commands(Direction::Up, CommandSet::Dummynet);
+        assert!(mac.contains("dnctl pipe 1 config delay 200 plr 0.05 bw 100Kbit/s queue 50"));
+        assert!(mac.contains("to any port { 11435, 8080, 4433 } pipe 1"));
+        assert!(!mac.contains("pipe 2'"));
         assert_eq!(Rate(100_000).to_string(), "100kbit");
     }
 }

@@ -319,16 +319,7 @@ impl EbpfBackend {
             let Some(key) = PacketKey::from_raw(&k) else {
                 continue;
             };
-            let mut total = Counters::default();
-            let mut flags = 0u8;
-            for v in per_cpu.iter() {
-                total += Counters {
-                    packets: v.packets,
-                    ip_bytes: v.ip_bytes,
-                    link_bytes: v.link_bytes,
-                };
-                flags |= v.tcp_flags;
-            }
+            let (total, flags) = sum_cpus(&per_cpu);
             table.set_counters(key, total, flags, now);
             n += 1;
         }
@@ -342,16 +333,7 @@ impl EbpfBackend {
             let Ok(per_cpu) = self.flows.get(&k.to_raw(), 0) else {
                 continue; // evicted: the table holds its totals
             };
-            let mut total = Counters::default();
-            let mut flags = 0u8;
-            for v in per_cpu.iter() {
-                total += Counters {
-                    packets: v.packets,
-                    ip_bytes: v.ip_bytes,
-                    link_bytes: v.link_bytes,
-                };
-                flags |= v.tcp_flags;
-            }
+            let (total, flags) = sum_cpus(&per_cpu);
             table.set_counters(*k, total, flags, now);
         }
     }
@@ -420,6 +402,21 @@ impl EbpfBackend {
             bpf_run_time_ns,
         }
     }
+}
+
+/// A key's counters added up over the CPUs, and the TCP flags any of them saw.
+fn sum_cpus(per_cpu: &aya::maps::PerCpuValues<common::FlowCounters>) -> (Counters, u8) {
+    let mut total = Counters::default();
+    let mut flags = 0u8;
+    for v in per_cpu.iter() {
+        total += Counters {
+            packets: v.packets,
+            ip_bytes: v.ip_bytes,
+            link_bytes: v.link_bytes,
+        };
+        flags |= v.tcp_flags;
+    }
+    (total, flags)
 }
 
 impl Drop for EbpfBackend {

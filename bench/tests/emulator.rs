@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 use tokenwire_bench::netem::emulator::{Emulator, EmulatorConfig};
 use tokenwire_bench::netem::model::{QueueLimit, Shape};
 
+/// The tests measure time; run them one at a time (the test harness runs a binary's tests
+/// in parallel, and a 2-core machine is then busy enough to blur a 2 ms bound).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
@@ -74,6 +82,7 @@ fn delay(d: u64) -> Shape {
 #[test]
 fn idle_rtt_is_twice_the_delay_both_ways_and_once_up_only() {
     require_root();
+    let _serial = serial();
     let both = emulator(delay(40), delay(40));
     let rtt = median_rtt(&both, udp_echo(&both));
     eprintln!("both, 40 ms each way: median RTT {rtt:?}");
@@ -92,6 +101,7 @@ fn idle_rtt_is_twice_the_delay_both_ways_and_once_up_only() {
 #[test]
 fn udp_loss_over_2000_probes_is_inside_the_95_percent_interval() {
     require_root();
+    let _serial = serial();
     let em = emulator(
         Shape {
             loss: 0.05,
@@ -133,6 +143,7 @@ fn udp_loss_over_2000_probes_is_inside_the_95_percent_interval() {
 #[test]
 fn tcp_goodput_at_100_kbit_is_the_payload_share_of_the_rate() {
     require_root();
+    let _serial = serial();
     let em = emulator(
         Shape::NONE,
         Shape {
@@ -183,6 +194,7 @@ fn tcp_goodput_at_100_kbit_is_the_payload_share_of_the_rate() {
 #[test]
 fn a_50_packet_queue_shows_its_queueing_delay_and_drops_the_rest() {
     require_root();
+    let _serial = serial();
     // 1 Mbit/s: a 1028-byte IP packet (1000 bytes of UDP payload) takes 8.224 ms.
     let em = emulator(
         Shape {
@@ -228,6 +240,7 @@ fn a_50_packet_queue_shows_its_queueing_delay_and_drops_the_rest() {
 #[test]
 fn shape_runs_a_command_on_the_client_side_and_a_crash_leaves_nothing_for_long() {
     require_root();
+    let _serial = serial();
     let bin = env!("CARGO_BIN_EXE_tokenwire-bench");
     // The command sees the server side's address and runs in the client namespace.
     let out = std::process::Command::new(bin)
@@ -273,6 +286,7 @@ fn shape_runs_a_command_on_the_client_side_and_a_crash_leaves_nothing_for_long()
 #[test]
 fn a_small_matrix_writes_its_report_with_wire_figures() {
     require_root();
+    let _serial = serial();
     let bin = env!("CARGO_BIN_EXE_tokenwire-bench");
     let probe = std::path::Path::new(bin).with_file_name("tokenwire-probe");
     assert!(

@@ -17,7 +17,8 @@ use tokenwire_bench::{server_info, wire, workload};
 /// Streams prompts through the three approaches — raw (the Ollama API through the TLS
 /// proxy), sse (HTTPS SSE relay), wt (WebTransport) — and reports time to first token,
 /// time between tokens, tokens and application bytes per approach, in the reference
-/// study's columns.
+/// study's columns, with wire bytes from tokenwire-probe when one runs. `shape` and
+/// `matrix` run them behind an emulated link (delay, loss, bandwidth).
 #[derive(Parser)]
 #[command(name = "tokenwire-bench", version)]
 struct Cli {

@@ -15,6 +15,7 @@ pub enum Direction {
     Up,
     /// Server to client only: the token stream.
     Down,
+    /// Both directions, each with the profile's full impairments.
     Both,
 }
 

@@ -79,6 +79,7 @@ pub enum Quality {
 pub struct RequestRecord {
     pub id: String,
     pub approach: String,
+    /// As the server named it: tls, tcp, http, quic or udp.
     pub transport: &'static str,
     pub client: std::net::SocketAddr,
     pub server: std::net::SocketAddr,
@@ -142,6 +143,7 @@ struct Req {
     id: String,
     approach: String,
     conn: ConnRef,
+    transport: &'static str,
     seq: u32,
     start_ns: u64,
     cut_ns: u64,
@@ -228,13 +230,6 @@ pub struct Attributor {
     pub spans: SpanCounts,
 }
 
-fn transport_name(c: &ConnRef) -> &'static str {
-    match c.transport {
-        crate::spans::SpanTransport::Tcp => "tcp",
-        crate::spans::SpanTransport::Udp => "udp",
-    }
-}
-
 impl Attributor {
     /// Keeps the last `keep` final requests and connections for the API.
     pub fn new(keep: usize) -> Self {
@@ -307,6 +302,7 @@ impl Attributor {
                 id,
                 approach,
                 conn,
+                transport,
                 time_ns,
             } => {
                 if self.reqs.contains_key(&id) {
@@ -320,7 +316,7 @@ impl Attributor {
                 let snap = src.snapshot(&conn);
                 let c = self.conns.entry(conn).or_insert_with(|| Conn {
                     approach: approach.clone(),
-                    transport: transport_name(&conn),
+                    transport,
                     seqs: 0,
                     reqs: Vec::new(),
                     active: Vec::new(),
@@ -354,6 +350,7 @@ impl Attributor {
                         id,
                         approach,
                         conn,
+                        transport,
                         seq,
                         start_ns: time_ns,
                         cut_ns,
@@ -652,6 +649,7 @@ fn clone_req(r: &Req) -> Req {
         id: r.id.clone(),
         approach: r.approach.clone(),
         conn: r.conn,
+        transport: r.transport,
         seq: r.seq,
         start_ns: r.start_ns,
         cut_ns: r.cut_ns,
@@ -672,7 +670,7 @@ fn record(r: &Req, overhead: bool, is_final: bool) -> RequestRecord {
     RequestRecord {
         id: r.id.clone(),
         approach: r.approach.clone(),
-        transport: transport_name(&r.conn),
+        transport: r.transport,
         client: r.conn.client,
         server: r.conn.server,
         seq_on_connection: r.seq,
@@ -801,6 +799,7 @@ mod tests {
             id: id.into(),
             approach: "webtransport".into(),
             conn: conn(),
+            transport: "quic",
             time_ns: 1,
         }
     }

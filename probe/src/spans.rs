@@ -75,6 +75,8 @@ pub enum Span {
         id: String,
         approach: String,
         conn: ConnRef,
+        /// The transport as the server named it: tls, tcp, http, quic or udp.
+        transport: &'static str,
         time_ns: u64,
     },
     FirstToken {
@@ -211,10 +213,18 @@ pub fn parse(bytes: &[u8]) -> Result<Span, SpanError> {
                 Some(a) if valid_approach(a) => a.clone(),
                 _ => return Err(SpanError::Field("approach")),
             };
+            let transport = match w.transport.as_deref() {
+                Some("tls") => "tls",
+                Some("http") => "http",
+                Some("quic") => "quic",
+                Some("udp") => "udp",
+                _ => "tcp",
+            };
             Ok(Span::Start {
                 id: id()?,
                 approach,
                 conn: conn()?,
+                transport,
                 time_ns,
             })
         }
@@ -279,6 +289,7 @@ mod tests {
                     client: "127.0.0.1:5000".parse().unwrap(),
                     server: "127.0.0.1:8080".parse().unwrap(),
                 },
+                transport: "tls",
                 time_ns: 5
             }
         );

@@ -84,6 +84,7 @@ async fn keepalive_split(backend: &str) {
     }
     for (i, r) in reqs.iter().enumerate() {
         assert_eq!(r["attribution"], "exact");
+        assert_eq!(r["transport"], "tls");
         assert_eq!(r["outcome"], "ok");
         assert_eq!(r["final"], true);
         assert_eq!(r["includes_connection_overhead"], false);
@@ -207,6 +208,7 @@ async fn concurrent_webtransport_streams_are_shared_and_sum_exactly() {
     let mut total = sum(figures(&conn["setup"]), figures(&conn["teardown"]));
     for r in &reqs {
         assert_eq!(r["attribution"], "shared", "{r:#}");
+        assert_eq!(r["transport"], "quic");
         assert_eq!(r["outcome"], "ok");
         total = sum(total, figures(r));
     }

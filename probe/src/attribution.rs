@@ -181,6 +181,8 @@ struct Conn {
     /// The first request's id, kept until it is known whether it was the only one.
     only: Option<String>,
     first_start_ns: u64,
+    /// When a span last named it.
+    last_span: std::time::Instant,
 }
 
 /// Per approach figures for /metrics.
@@ -297,6 +299,9 @@ impl Attributor {
     /// Applies one accepted span. `cut_ns` is the probe's clock when it cut the counters.
     pub fn apply(&mut self, span: Span, src: &dyn Counts, cut_ns: u64, now: std::time::Instant) {
         self.spans.accepted += 1;
+        if let Some(c) = self.conn_of(&span).and_then(|k| self.conns.get_mut(&k)) {
+            c.last_span = now;
+        }
         match span {
             Span::Start {
                 id,
@@ -328,6 +333,7 @@ impl Attributor {
                     closed: None,
                     only: None,
                     first_start_ns: time_ns,
+                    last_span: now,
                 });
                 c.seqs += 1;
                 let seq = c.seqs;
@@ -465,7 +471,9 @@ impl Attributor {
                 None => match src.idle(k) {
                     Some((true, idle)) => idle >= self.close_grace.max(Duration::from_secs(5)),
                     Some((false, idle)) => idle >= self.idle_limit,
-                    None => false,
+                    // Spans for a connection the capture never saw (another interface):
+                    // nothing to wait for but its spans; forget it once they stop.
+                    None => now.duration_since(c.last_span) >= self.idle_limit,
                 },
             })
             .map(|(k, _)| *k)
@@ -900,6 +908,32 @@ mod tests {
         assert_eq!(by_id["a"], 110);
         assert_eq!(by_id["b"], 208);
         assert_eq!(total(&recs) + 100, f.snapshot(&conn()).total().ip_bytes);
+    }
+
+    /// A source that never saw the connection.
+    struct Blind;
+
+    impl Counts for Blind {
+        fn snapshot(&self, _: &ConnRef) -> Snapshot {
+            Snapshot::default()
+        }
+        fn idle(&self, _: &ConnRef) -> Option<(bool, Duration)> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_connection_the_capture_never_saw_is_forgotten_when_its_spans_stop() {
+        let mut a = Attributor::new(100);
+        a.idle_limit = Duration::from_secs(10);
+        let now = Instant::now();
+        a.apply(start("a"), &Blind, 0, now);
+        assert!(a.due(&Blind, now + Duration::from_secs(5)).is_empty());
+        a.apply(end("a", 1, 1), &Blind, 0, now + Duration::from_secs(8));
+        assert!(a.due(&Blind, now + Duration::from_secs(12)).is_empty());
+        a.tick(&Blind, now + Duration::from_secs(19));
+        let recs = a.requests(&Blind);
+        assert!(recs[0].is_final && recs[0].wire_bytes == 0);
     }
 
     #[test]

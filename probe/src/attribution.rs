@@ -314,6 +314,11 @@ impl Attributor {
                     self.refuse("duplicate_id");
                     return;
                 }
+                // Approach names become label values: keep their number bounded.
+                if !self.metrics.contains_key(&approach) && self.metrics.len() >= MAX_APPROACHES {
+                    self.refuse("too_many_approaches");
+                    return;
+                }
                 if self.conns.get(&conn).is_some_and(|c| c.closed.is_some()) {
                     // The 4-tuple was reused: the old connection is over.
                     self.finish(&conn, src);
@@ -652,6 +657,9 @@ impl Attributor {
     }
 }
 
+/// Distinct approach names the probe keeps figures (and Prometheus labels) for.
+pub const MAX_APPROACHES: usize = 64;
+
 fn clone_req(r: &Req) -> Req {
     Req {
         id: r.id.clone(),
@@ -966,6 +974,23 @@ mod tests {
         a.apply(start("a"), &f, 0, now);
         assert_eq!(a.spans.rejected.get("unknown_request"), Some(&1));
         assert_eq!(a.spans.rejected.get("duplicate_id"), Some(&1));
-        assert_eq!(a.requests(&f).len(), 1);
+        for i in 0..MAX_APPROACHES + 5 {
+            a.apply(
+                Span::Start {
+                    id: format!("n{i}"),
+                    approach: format!("a{i}"),
+                    conn: conn(),
+                    transport: "quic",
+                    time_ns: 1,
+                },
+                &f,
+                0,
+                now,
+            );
+        }
+        assert_eq!(a.metrics.len(), MAX_APPROACHES);
+        assert_eq!(a.spans.rejected.get("too_many_approaches"), Some(&6));
+        // The first "a" and the 63 new approaches' requests; the 6 refused ones are not.
+        assert_eq!(a.requests(&f).len(), MAX_APPROACHES);
     }
 }

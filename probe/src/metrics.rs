@@ -303,6 +303,7 @@ pub fn render(e: &Exposition) -> String {
         "unknown_request",
         "duplicate_id",
         "duplicate_end",
+        "too_many_approaches",
     ] {
         let n = e.spans.rejected.get(reason).copied().unwrap_or(0);
         let _ = writeln!(

@@ -1,5 +1,5 @@
 //! Counters each server keeps about itself. Tests read them to prove connection reuse and
-//! cancellation; the probe's span protocol will carry the per-request figures later.
+//! cancellation; per-request figures go to the probe as spans (`crate::spans`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

@@ -587,7 +587,7 @@ impl Attributor {
                 *m.requests.entry(Outcome::Unknown).or_default() += 1;
                 m.active = m.active.saturating_sub(1);
             }
-            let rec = record(&r, overhead, true);
+            let rec = record(&r, r.own, overhead, true);
             let m = self.approach(&r.approach);
             m.wire_bytes.observe(rec.wire_bytes as f64);
             if let Some(b) = rec.bytes_per_token {
@@ -610,21 +610,14 @@ impl Attributor {
         let mut live: Vec<&Req> = self.reqs.values().collect();
         live.sort_by_key(|r| (r.start_ns, r.seq));
         for r in live {
-            let mut rec = record(r, false, false);
+            // A sole owner's running period counts so far too.
+            let mut own = r.own;
             if let Some(c) = self.conns.get(&r.conn)
                 && c.owners == Owners::Requests(vec![r.id.clone()])
             {
-                let mut own = r.own;
                 own += src.snapshot(&r.conn).since(&c.last_cut);
-                rec = record(
-                    &Req {
-                        own,
-                        ..clone_req(r)
-                    },
-                    false,
-                    false,
-                );
             }
+            let rec = record(r, own, false, false);
             out.push(rec);
         }
         out
@@ -660,28 +653,9 @@ impl Attributor {
 /// Distinct approach names the probe keeps figures (and Prometheus labels) for.
 pub const MAX_APPROACHES: usize = 64;
 
-fn clone_req(r: &Req) -> Req {
-    Req {
-        id: r.id.clone(),
-        approach: r.approach.clone(),
-        conn: r.conn,
-        transport: r.transport,
-        seq: r.seq,
-        start_ns: r.start_ns,
-        cut_ns: r.cut_ns,
-        first_token_ns: r.first_token_ns,
-        end_ns: r.end_ns,
-        tokens: r.tokens,
-        app_bytes: r.app_bytes,
-        outcome: r.outcome,
-        own: r.own,
-        shared: r.shared,
-        pending: r.pending,
-    }
-}
-
-fn record(r: &Req, overhead: bool, is_final: bool) -> RequestRecord {
-    let total = r.own.total();
+/// `r`'s record with `own` as its packets (its periods so far, or final).
+fn record(r: &Req, own: Snapshot, overhead: bool, is_final: bool) -> RequestRecord {
+    let total = own.total();
     let per_token = |x: u64| (r.tokens > 0).then(|| x as f64 / r.tokens as f64);
     RequestRecord {
         id: r.id.clone(),
@@ -700,8 +674,8 @@ fn record(r: &Req, overhead: bool, is_final: bool) -> RequestRecord {
         tokens: r.tokens,
         app_bytes: r.app_bytes,
         outcome: r.outcome,
-        to_server: r.own.to_server,
-        to_client: r.own.to_client,
+        to_server: own.to_server,
+        to_client: own.to_client,
         wire_bytes: total.ip_bytes,
         packets: total.packets,
         bytes_per_token: per_token(total.ip_bytes),

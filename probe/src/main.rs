@@ -557,7 +557,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut print = tokio::time::interval(Duration::from_secs_f64(args.interval));
     print.tick().await;
     let mut drain = tokio::time::interval(Duration::from_millis(100));
-    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    let mut refresh = tokio::time::interval(Duration::from_secs_f64(args.interval.min(1.0)));
     let mut snapshot = 0u64;
     let until = async {
         match deadline {
@@ -614,8 +614,8 @@ async fn run(args: RunArgs) -> Result<()> {
                 st.settle();
             }
             _ = refresh.tick() => st.poll()?,
+            // The refresh tick (at least as often) keeps the table current: printing reads it.
             _ = print.tick() => {
-                st.poll()?;
                 snapshot += 1;
                 if !args.quiet {
                     emit(&args, &st.table, &st.names, snapshot, false, &st.health());

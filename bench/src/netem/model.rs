@@ -98,11 +98,7 @@ impl LinkModel {
             self.stats.lost += 1;
             return Fate::Lost;
         }
-        while self.queued.front().is_some_and(|(d, _)| *d <= now) {
-            if let Some((_, n)) = self.queued.pop_front() {
-                self.queued_bytes -= n;
-            }
-        }
+        self.serialised_by(now);
         let full = match self.shape.queue {
             QueueLimit::Packets(n) => self.queued.len() >= n,
             QueueLimit::Bytes(b) => self.queued_bytes + len > b,
@@ -131,13 +127,18 @@ impl LinkModel {
         Fate::Deliver(departure + self.shape.delay)
     }
 
-    /// Packets in the queue at `now`.
-    pub fn queue_len(&mut self, now: Duration) -> usize {
+    /// Forgets the packets whose serialisation ended by `now`.
+    fn serialised_by(&mut self, now: Duration) {
         while self.queued.front().is_some_and(|(d, _)| *d <= now) {
             if let Some((_, n)) = self.queued.pop_front() {
                 self.queued_bytes -= n;
             }
         }
+    }
+
+    /// Packets in the queue at `now`.
+    pub fn queue_len(&mut self, now: Duration) -> usize {
+        self.serialised_by(now);
         self.queued.len()
     }
 }

@@ -6,6 +6,6 @@ use tokenwire_probe::labels::Labels;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(a) = tokenwire_probe::analyze::analyze(data, Labels::default(), Vec::new()) {
-        let _ = a.table.rows();
+        let _ = a.rows.len();
     }
 });

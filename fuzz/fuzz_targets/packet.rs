@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokenwire_probe::accumulate::Accumulator;
+use tokenwire_probe::backend::accumulate::Accumulator;
 use tokenwire_probe::classify::{classify_tcp, is_quic_long_header};
 use tokenwire_probe::labels::Labels;
 use tokenwire_probe::packet::{LinkType, parse};

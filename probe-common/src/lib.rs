@@ -119,7 +119,7 @@ pub mod failure {
     pub const LEN: u32 = 2;
 }
 
-#[cfg(feature = "user")]
+#[cfg(all(feature = "user", target_os = "linux"))]
 mod pod {
     // SAFETY: plain #[repr(C)] data without padding holes or pointers; any bit pattern is valid.
     unsafe impl aya::Pod for super::FlowKey {}

@@ -1,84 +1,89 @@
 //! `tokenwire-probe analyze FILE [--spans SPANS]`: the live tables from a capture file, and
-//! with the spans the servers sent during the capture, the per-request records. Offline,
-//! connections are cut at each span's own time (the server's clock), in packet-time order.
+//! with the spans the servers sent during the capture, the per-request records. It runs
+//! the live probe's engine over the replay backend: connections are cut at each span's own
+//! time (the server's clock), in packet-time order.
 
-use crate::accumulate::Accumulator;
-use crate::attribution::Attributor;
-use crate::capfile::CaptureFile;
+use crate::attribution::{ConnectionRecord, RequestRecord};
+use crate::backend::replay::{PacketSource, ReplayBackend, ReplayError};
+use crate::capture_file::CaptureFileError;
+use crate::engine::{Engine, EngineOptions};
+use crate::health::Health;
 use crate::labels::Labels;
-use crate::packet::LinkType;
-use crate::pcapfile::PcapError;
+use crate::output;
 use crate::spans::Span;
-use crate::table::FlowTable;
+use crate::table::FlowRow;
 use std::io::Read;
 use std::time::Instant;
 
 /// What a file held, up to where it could be read.
 pub struct Analysis {
-    pub table: FlowTable,
-    pub acc: Accumulator,
+    pub rows: Vec<FlowRow>,
+    pub health: Health,
     /// Per-request records (empty without spans).
-    pub attributor: Attributor,
+    pub requests: Vec<RequestRecord>,
+    pub connections: Vec<ConnectionRecord>,
     pub packets: u64,
     /// Why reading stopped early (truncated or corrupt file); the totals hold up to there.
-    pub error: Option<PcapError>,
+    pub error: Option<CaptureFileError>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AnalyzeError {
-    #[error(transparent)]
-    Open(#[from] PcapError),
-    #[error(
-        "link type {0} is not one tokenwire reads (Ethernet 1, null 0, loop 108, raw 101, Linux cooked 113 and 276)"
-    )]
-    UnknownLinkType(u32),
-}
+pub type AnalyzeError = ReplayError;
 
-/// Counts the file; `spans` (in time order) cut its connections into requests.
-pub fn analyze<R: Read>(r: R, labels: Labels, spans: Vec<Span>) -> Result<Analysis, AnalyzeError> {
-    let mut file = CaptureFile::open(r)?;
-    let mut table = FlowTable::new(labels);
-    let mut acc = Accumulator::new();
-    let mut attributor = Attributor::new(usize::MAX);
-    let mut spans = spans.into_iter().peekable();
-    let now = Instant::now();
-    let mut error = None;
-    loop {
-        match file.next_packet() {
-            Ok(Some(p)) => {
-                let link = LinkType::from_pcap(p.linktype)
-                    .ok_or(AnalyzeError::UnknownLinkType(p.linktype))?;
-                // Spans up to this packet's time apply to the counts before it.
-                if let Some(ts) = p.ts_ns {
-                    while spans.peek().is_some_and(|s| s.time_ns() <= ts) {
-                        if let Some(s) = spans.next() {
-                            acc.flush(&mut table, now);
-                            let cut = s.time_ns();
-                            attributor.apply(s, &table, cut, now);
-                        }
-                    }
-                }
-                acc.packet(link, &p.data, p.orig_len, p.iface);
+impl Analysis {
+    /// What `analyze` prints: the flow table (and with spans, the requests), or JSON lines.
+    pub fn render(&self, json: bool, with_requests: bool) -> String {
+        if json {
+            let mut s = output::json_lines(&self.rows, &[], 1, true);
+            for r in &self.requests {
+                s += &format!("{}\n", serde_json::json!({ "request": r }));
             }
-            Ok(None) => break,
-            Err(e) => {
-                error = Some(e);
-                break;
+            for c in &self.connections {
+                s += &format!("{}\n", serde_json::json!({ "connection": c }));
             }
+            s + &output::health_json(&self.health, 0, 1, true)
+        } else {
+            let mut s = format!(
+                "{}{}  packets {}\n",
+                output::table(&self.rows, &[]),
+                output::health_line(&self.health),
+                self.packets
+            );
+            if with_requests {
+                s += &format!("\n{}\n", output::requests_table(&self.requests));
+            }
+            s
         }
     }
-    acc.flush(&mut table, now);
-    for s in spans {
-        let cut = s.time_ns();
-        attributor.apply(s, &table, cut, now);
+}
+
+/// Counts the file; `spans` cut its connections into requests.
+pub fn analyze<R: Read>(r: R, labels: Labels, spans: Vec<Span>) -> Result<Analysis, AnalyzeError> {
+    replay(ReplayBackend::open(r, spans)?, labels)
+}
+
+/// Plays `backend` through the engine to its end.
+pub fn replay<S: PacketSource>(
+    backend: ReplayBackend<S>,
+    labels: Labels,
+) -> Result<Analysis, AnalyzeError> {
+    let now = Instant::now();
+    let opts = EngineOptions {
+        keep_requests: usize::MAX,
+        ..EngineOptions::default()
+    };
+    let mut engine = Engine::new(backend, labels, opts);
+    while let Some(span) = engine.backend_mut().next_span()? {
+        engine.span(span, now);
     }
-    attributor.finish_all(&table);
+    // Replay counting cannot fail: it is all in memory.
+    let _ = engine.finish_all(now);
     Ok(Analysis {
-        table,
-        acc,
-        attributor,
-        packets: file.packets(),
-        error,
+        rows: engine.table().rows(),
+        health: engine.health(),
+        requests: engine.requests(),
+        connections: engine.connections(),
+        packets: engine.backend().packets(),
+        error: engine.backend_mut().take_error(),
     })
 }
 
@@ -145,14 +150,14 @@ mod tests {
             let packets: Vec<Vec<u8>> = ips.iter().map(|ip| framed(linktype, ip)).collect();
             for file in [
                 pcap_file(linktype, &packets),
-                crate::pcapng::build::file(
+                crate::capture_file::pcapng::build::file(
                     linktype as u16,
                     &packets.iter().map(Vec::as_slice).collect::<Vec<_>>(),
                 ),
             ] {
                 let a = analyze(&file[..], Labels::default(), Vec::new()).unwrap();
                 assert!(a.error.is_none(), "{linktype}");
-                let rows = a.table.rows();
+                let rows = &a.rows;
                 let summary: Vec<(&str, Transport, Direction, u64, u64)> = rows
                     .iter()
                     .map(|r| {
@@ -209,16 +214,16 @@ mod tests {
         let f = pcap_file(1, &packets);
         let a = analyze(&f[..f.len() - 5], Labels::default(), Vec::new()).unwrap();
         assert_eq!(a.packets, 4);
-        assert_eq!(a.table.rows()[0].counters.packets, 4);
+        assert_eq!(a.rows[0].counters.packets, 4);
         let e = a.error.unwrap().to_string();
         assert!(e.starts_with("packet 4 at byte "), "{e}");
         assert!(matches!(
             analyze(&pcap_file(147, &packets)[..], Labels::default(), Vec::new()),
-            Err(AnalyzeError::UnknownLinkType(147))
+            Err(ReplayError::UnknownLinkType(147))
         ));
         assert!(matches!(
             analyze(&b"not a capture"[..], Labels::default(), Vec::new()),
-            Err(AnalyzeError::Open(_))
+            Err(ReplayError::Open(_))
         ));
     }
 }

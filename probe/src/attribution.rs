@@ -16,10 +16,9 @@
 //!   the connection's totals.
 
 use crate::flow::Counters;
-use crate::metrics::Histogram;
-use crate::spans::{ConnRef, Outcome, Span};
+use crate::spans::{ConnRef, Outcome, RejectReason, Span};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 /// A connection's counters by direction at one moment.
@@ -185,82 +184,52 @@ struct Conn {
     last_span: std::time::Instant,
 }
 
-/// Per approach figures for /metrics.
+/// What attribution reports as it goes, for the records and the metrics (which live
+/// elsewhere: this module only cuts periods).
 #[derive(Debug, Clone)]
-pub struct ApproachMetrics {
-    pub tokens: u64,
-    pub requests: BTreeMap<Outcome, u64>,
-    pub active: u64,
-    pub wire_bytes: Histogram,
-    pub bytes_per_token: Histogram,
-    pub packets_per_token: Histogram,
-    pub ttft_seconds: Histogram,
+pub enum Event {
+    /// A request started.
+    Started { approach: String },
+    /// A request ended: its end span, or its connection ended without one (`Unknown`).
+    Ended {
+        approach: String,
+        tokens: u64,
+        outcome: Outcome,
+        /// Time to first token as the server saw it.
+        ttft_seconds: Option<f64>,
+    },
+    /// A request is final: no more packets will be charged to it.
+    Request(RequestRecord),
+    /// A connection that served requests is over.
+    Connection(ConnectionRecord),
 }
 
-impl Default for ApproachMetrics {
-    fn default() -> Self {
-        Self {
-            tokens: 0,
-            requests: BTreeMap::new(),
-            active: 0,
-            wire_bytes: Histogram::new(crate::metrics::WIRE_BYTES_BUCKETS),
-            bytes_per_token: Histogram::new(crate::metrics::BYTES_PER_TOKEN_BUCKETS),
-            packets_per_token: Histogram::new(crate::metrics::PACKETS_PER_TOKEN_BUCKETS),
-            ttft_seconds: Histogram::new(crate::metrics::TTFT_BUCKETS),
-        }
-    }
-}
-
-/// Span messages taken and refused.
-#[derive(Debug, Default, Clone)]
-pub struct SpanCounts {
-    pub accepted: u64,
-    pub rejected: BTreeMap<&'static str, u64>,
-}
-
+#[derive(Default)]
 pub struct Attributor {
     conns: HashMap<ConnRef, Conn>,
     reqs: HashMap<String, Req>,
-    done: VecDeque<RequestRecord>,
-    done_conns: VecDeque<ConnectionRecord>,
-    keep: usize,
+    /// Approach names seen in starts (they become label values: bounded).
+    approaches: BTreeSet<String>,
+    /// Reported, not yet taken.
+    events: Vec<Event>,
     /// How long after a close the connection's last packets (final ACKs) are waited for.
     pub close_grace: Duration,
     /// How long a connection may carry nothing before it counts as gone without a close.
     pub idle_limit: Duration,
-    pub metrics: BTreeMap<String, ApproachMetrics>,
-    pub spans: SpanCounts,
 }
 
 impl Attributor {
-    /// Keeps the last `keep` final requests and connections for the API.
-    pub fn new(keep: usize) -> Self {
+    pub fn new() -> Self {
         Self {
-            conns: HashMap::new(),
-            reqs: HashMap::new(),
-            done: VecDeque::new(),
-            done_conns: VecDeque::new(),
-            keep: keep.max(1),
             close_grace: Duration::from_secs(1),
             idle_limit: Duration::from_secs(300),
-            metrics: BTreeMap::new(),
-            spans: SpanCounts::default(),
+            ..Self::default()
         }
     }
 
-    /// Counts a message that could not be parsed.
-    pub fn reject(&mut self, reason: &'static str) {
-        *self.spans.rejected.entry(reason).or_default() += 1;
-    }
-
-    /// Counts a parsed message that cannot apply (unknown or duplicate request).
-    fn refuse(&mut self, reason: &'static str) {
-        self.spans.accepted = self.spans.accepted.saturating_sub(1);
-        self.reject(reason);
-    }
-
-    fn approach(&mut self, name: &str) -> &mut ApproachMetrics {
-        self.metrics.entry(name.to_owned()).or_default()
+    /// What happened since the last call: starts, ends, final requests and connections.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     /// The connection a span names, as the source knows it: `Counts` matches a wildcard
@@ -296,9 +265,15 @@ impl Attributor {
         }
     }
 
-    /// Applies one accepted span. `cut_ns` is the probe's clock when it cut the counters.
-    pub fn apply(&mut self, span: Span, src: &dyn Counts, cut_ns: u64, now: std::time::Instant) {
-        self.spans.accepted += 1;
+    /// Applies one parsed span, or says why it cannot apply. `cut_ns` is the probe's clock
+    /// when it cut the counters.
+    pub fn apply(
+        &mut self,
+        span: Span,
+        src: &dyn Counts,
+        cut_ns: u64,
+        now: std::time::Instant,
+    ) -> Result<(), RejectReason> {
         if let Some(c) = self.conn_of(&span).and_then(|k| self.conns.get_mut(&k)) {
             c.last_span = now;
         }
@@ -311,13 +286,14 @@ impl Attributor {
                 time_ns,
             } => {
                 if self.reqs.contains_key(&id) {
-                    self.refuse("duplicate_id");
-                    return;
+                    return Err(RejectReason::DuplicateId);
                 }
                 // Approach names become label values: keep their number bounded.
-                if !self.metrics.contains_key(&approach) && self.metrics.len() >= MAX_APPROACHES {
-                    self.refuse("too_many_approaches");
-                    return;
+                if !self.approaches.contains(&approach) {
+                    if self.approaches.len() >= MAX_APPROACHES {
+                        return Err(RejectReason::TooManyApproaches);
+                    }
+                    self.approaches.insert(approach.clone());
                 }
                 if self.conns.get(&conn).is_some_and(|c| c.closed.is_some()) {
                     // The 4-tuple was reused: the old connection is over.
@@ -344,7 +320,7 @@ impl Attributor {
                 let seq = c.seqs;
                 self.cut(&conn, snap);
                 let Some(c) = self.conns.get_mut(&conn) else {
-                    return;
+                    return Ok(());
                 };
                 c.active.push(id.clone());
                 c.reqs.push(id.clone());
@@ -354,7 +330,9 @@ impl Attributor {
                     c.only = None;
                 }
                 c.owners = Owners::Requests(c.active.clone());
-                self.approach(&approach).active += 1;
+                self.events.push(Event::Started {
+                    approach: approach.clone(),
+                });
                 self.reqs.insert(
                     id.clone(),
                     Req {
@@ -381,7 +359,7 @@ impl Attributor {
                 Some(r) => {
                     r.first_token_ns.get_or_insert(time_ns);
                 }
-                None => self.refuse("unknown_request"),
+                None => return Err(RejectReason::UnknownRequest),
             },
             Span::End {
                 id,
@@ -391,12 +369,10 @@ impl Attributor {
                 outcome,
             } => {
                 let Some(r) = self.reqs.get_mut(&id) else {
-                    self.refuse("unknown_request");
-                    return;
+                    return Err(RejectReason::UnknownRequest);
                 };
                 if r.outcome.is_some() {
-                    self.refuse("duplicate_end");
-                    return;
+                    return Err(RejectReason::DuplicateEnd);
                 }
                 r.end_ns = Some(time_ns);
                 r.tokens = tokens;
@@ -405,16 +381,15 @@ impl Attributor {
                 let ttft = r
                     .first_token_ns
                     .map(|f| f.saturating_sub(r.start_ns) as f64 / 1e9);
-                let (conn, approach) = (r.conn, r.approach.clone());
-                let m = self.approach(&approach);
-                m.tokens += tokens;
-                *m.requests.entry(outcome).or_default() += 1;
-                m.active = m.active.saturating_sub(1);
-                if let Some(t) = ttft {
-                    m.ttft_seconds.observe(t);
-                }
+                let conn = r.conn;
+                self.events.push(Event::Ended {
+                    approach: r.approach.clone(),
+                    tokens,
+                    outcome,
+                    ttft_seconds: ttft,
+                });
                 let Some(c) = self.conns.get_mut(&conn) else {
-                    return;
+                    return Ok(());
                 };
                 c.active.retain(|a| a != &id);
                 let next = if c.active.is_empty() {
@@ -433,10 +408,10 @@ impl Attributor {
             }
             Span::Close { conn, .. } => {
                 let Some(c) = self.conns.get(&conn) else {
-                    return; // a connection that served no request: nothing to attribute
+                    return Ok(()); // a connection that served no request: nothing to attribute
                 };
                 if c.closed.is_some() {
-                    return;
+                    return Ok(());
                 }
                 let snap = src.snapshot(&conn);
                 self.cut(&conn, snap);
@@ -447,6 +422,7 @@ impl Attributor {
                 self.settle(&conn, false);
             }
         }
+        Ok(())
     }
 
     /// The connection a span's counters must be read from (for a backend to refresh it
@@ -501,7 +477,7 @@ impl Attributor {
         let Some(c) = self.conns.remove(key) else {
             return;
         };
-        self.done_conns.push_back(ConnectionRecord {
+        self.events.push(Event::Connection(ConnectionRecord {
             approach: c.approach,
             transport: c.transport,
             client: key.client,
@@ -513,10 +489,7 @@ impl Attributor {
             total: c.last_cut,
             closed_unix_ns: c.closed.map(|(ns, _)| ns),
             is_final: true,
-        });
-        while self.done_conns.len() > self.keep {
-            self.done_conns.pop_front();
-        }
+        }));
     }
 
     /// Splits shared periods whose owners all ended (or all of them, at the end) and
@@ -583,30 +556,21 @@ impl Attributor {
             }
             if r.outcome.is_none() {
                 r.outcome = Some(Outcome::Unknown);
-                let m = self.approach(&r.approach);
-                *m.requests.entry(Outcome::Unknown).or_default() += 1;
-                m.active = m.active.saturating_sub(1);
+                self.events.push(Event::Ended {
+                    approach: r.approach.clone(),
+                    tokens: 0,
+                    outcome: Outcome::Unknown,
+                    ttft_seconds: None,
+                });
             }
-            let rec = record(&r, r.own, overhead, true);
-            let m = self.approach(&r.approach);
-            m.wire_bytes.observe(rec.wire_bytes as f64);
-            if let Some(b) = rec.bytes_per_token {
-                m.bytes_per_token.observe(b);
-            }
-            if let Some(p) = rec.packets_per_token {
-                m.packets_per_token.observe(p);
-            }
-            self.done.push_back(rec);
-            while self.done.len() > self.keep {
-                self.done.pop_front();
-            }
+            self.events
+                .push(Event::Request(record(&r, r.own, overhead, true)));
         }
     }
 
-    /// The last requests, oldest first: final ones, then those still running (with their
-    /// packets so far).
-    pub fn requests(&self, src: &dyn Counts) -> Vec<RequestRecord> {
-        let mut out: Vec<RequestRecord> = self.done.iter().cloned().collect();
+    /// The requests not yet final, oldest first, with their packets so far.
+    pub fn running(&self, src: &dyn Counts) -> Vec<RequestRecord> {
+        let mut out = Vec::new();
         let mut live: Vec<&Req> = self.reqs.values().collect();
         live.sort_by_key(|r| (r.start_ns, r.seq));
         for r in live {
@@ -623,9 +587,9 @@ impl Attributor {
         out
     }
 
-    /// The last connections that served requests: finished ones, then open ones.
-    pub fn connections(&self, src: &dyn Counts) -> Vec<ConnectionRecord> {
-        let mut out: Vec<ConnectionRecord> = self.done_conns.iter().cloned().collect();
+    /// The connections still followed, with their counters so far.
+    pub fn open_connections(&self, src: &dyn Counts) -> Vec<ConnectionRecord> {
+        let mut out = Vec::new();
         for (k, c) in &self.conns {
             let total = src.snapshot(k);
             let mut teardown = c.teardown;
@@ -811,6 +775,62 @@ mod tests {
         }
     }
 
+    /// An attributor with what it reported kept, as the engine keeps it.
+    struct Kept {
+        a: Attributor,
+        done: Vec<RequestRecord>,
+        conns: Vec<ConnectionRecord>,
+    }
+
+    impl Kept {
+        fn new() -> Self {
+            Self {
+                a: Attributor::new(),
+                done: Vec::new(),
+                conns: Vec::new(),
+            }
+        }
+
+        fn take(&mut self) {
+            for e in self.a.take_events() {
+                match e {
+                    Event::Request(r) => self.done.push(r),
+                    Event::Connection(c) => self.conns.push(c),
+                    _ => {}
+                }
+            }
+        }
+
+        fn apply(
+            &mut self,
+            span: Span,
+            src: &dyn Counts,
+            cut_ns: u64,
+            now: Instant,
+        ) -> Result<(), RejectReason> {
+            let r = self.a.apply(span, src, cut_ns, now);
+            self.take();
+            r
+        }
+
+        fn tick(&mut self, src: &dyn Counts, now: Instant) {
+            self.a.tick(src, now);
+            self.take();
+        }
+
+        fn requests(&self, src: &dyn Counts) -> Vec<RequestRecord> {
+            let mut out = self.done.clone();
+            out.extend(self.a.running(src));
+            out
+        }
+
+        fn connections(&self, src: &dyn Counts) -> Vec<ConnectionRecord> {
+            let mut out = self.conns.clone();
+            out.extend(self.a.open_connections(src));
+            out
+        }
+    }
+
     fn total(recs: &[RequestRecord]) -> u64 {
         recs.iter().map(|r| r.wire_bytes).sum()
     }
@@ -818,17 +838,17 @@ mod tests {
     #[test]
     fn sequential_requests_are_exact_and_setup_stays_apart() {
         let f = Fake(RefCell::default());
-        let mut a = Attributor::new(100);
+        let mut a = Kept::new();
         let now = Instant::now();
         f.add(100, 200); // handshake
-        a.apply(start("a"), &f, 0, now);
+        let _ = a.apply(start("a"), &f, 0, now);
         f.add(10, 20);
-        a.apply(end("a", 2, 20), &f, 0, now);
+        let _ = a.apply(end("a", 2, 20), &f, 0, now);
         f.add(1, 0); // trailing ACK: still a's
-        a.apply(start("b"), &f, 0, now);
+        let _ = a.apply(start("b"), &f, 0, now);
         f.add(30, 40);
-        a.apply(end("b", 4, 40), &f, 0, now);
-        a.apply(close(), &f, 0, now);
+        let _ = a.apply(end("b", 4, 40), &f, 0, now);
+        let _ = a.apply(close(), &f, 0, now);
         f.add(5, 5); // teardown
         a.tick(&f, now + Duration::from_secs(2));
         let recs = a.requests(&f);
@@ -851,13 +871,13 @@ mod tests {
     #[test]
     fn a_lone_request_carries_setup_and_teardown() {
         let f = Fake(RefCell::default());
-        let mut a = Attributor::new(100);
+        let mut a = Kept::new();
         let now = Instant::now();
         f.add(100, 200);
-        a.apply(start("a"), &f, 0, now);
+        let _ = a.apply(start("a"), &f, 0, now);
         f.add(10, 20);
-        a.apply(end("a", 3, 20), &f, 0, now);
-        a.apply(close(), &f, 0, now);
+        let _ = a.apply(end("a", 3, 20), &f, 0, now);
+        let _ = a.apply(close(), &f, 0, now);
         f.add(5, 5);
         assert!(!a.requests(&f)[0].is_final, "waits for the teardown");
         a.tick(&f, now + Duration::from_secs(2));
@@ -870,17 +890,17 @@ mod tests {
     #[test]
     fn concurrent_streams_share_by_app_bytes_and_sum_exactly() {
         let f = Fake(RefCell::default());
-        let mut a = Attributor::new(100);
+        let mut a = Kept::new();
         let now = Instant::now();
         f.add(50, 50);
-        a.apply(start("a"), &f, 0, now);
+        let _ = a.apply(start("a"), &f, 0, now);
         f.add(10, 0); // a alone
-        a.apply(start("b"), &f, 0, now);
+        let _ = a.apply(start("b"), &f, 0, now);
         f.add(100, 201); // shared
-        a.apply(end("a", 1, 100), &f, 0, now);
+        let _ = a.apply(end("a", 1, 100), &f, 0, now);
         f.add(0, 7); // b alone
-        a.apply(end("b", 2, 200), &f, 0, now);
-        a.apply(close(), &f, 0, now);
+        let _ = a.apply(end("b", 2, 200), &f, 0, now);
+        let _ = a.apply(close(), &f, 0, now);
         a.tick(&f, now + Duration::from_secs(2));
         let recs = a.requests(&f);
         assert!(recs.iter().all(|r| r.attribution == Quality::Shared));
@@ -906,13 +926,13 @@ mod tests {
 
     #[test]
     fn a_connection_the_capture_never_saw_is_forgotten_when_its_spans_stop() {
-        let mut a = Attributor::new(100);
-        a.idle_limit = Duration::from_secs(10);
+        let mut a = Kept::new();
+        a.a.idle_limit = Duration::from_secs(10);
         let now = Instant::now();
-        a.apply(start("a"), &Blind, 0, now);
-        assert!(a.due(&Blind, now + Duration::from_secs(5)).is_empty());
-        a.apply(end("a", 1, 1), &Blind, 0, now + Duration::from_secs(8));
-        assert!(a.due(&Blind, now + Duration::from_secs(12)).is_empty());
+        let _ = a.apply(start("a"), &Blind, 0, now);
+        assert!(a.a.due(&Blind, now + Duration::from_secs(5)).is_empty());
+        let _ = a.apply(end("a", 1, 1), &Blind, 0, now + Duration::from_secs(8));
+        assert!(a.a.due(&Blind, now + Duration::from_secs(12)).is_empty());
         a.tick(&Blind, now + Duration::from_secs(19));
         let recs = a.requests(&Blind);
         assert!(recs[0].is_final && recs[0].wire_bytes == 0);
@@ -941,15 +961,20 @@ mod tests {
     #[test]
     fn unknown_and_duplicate_spans_are_counted_not_applied() {
         let f = Fake(RefCell::default());
-        let mut a = Attributor::new(100);
+        let mut a = Kept::new();
         let now = Instant::now();
-        a.apply(end("ghost", 1, 1), &f, 0, now);
-        a.apply(start("a"), &f, 0, now);
-        a.apply(start("a"), &f, 0, now);
-        assert_eq!(a.spans.rejected.get("unknown_request"), Some(&1));
-        assert_eq!(a.spans.rejected.get("duplicate_id"), Some(&1));
+        assert_eq!(
+            a.apply(end("ghost", 1, 1), &f, 0, now),
+            Err(RejectReason::UnknownRequest)
+        );
+        assert_eq!(a.apply(start("a"), &f, 0, now), Ok(()));
+        assert_eq!(
+            a.apply(start("a"), &f, 0, now),
+            Err(RejectReason::DuplicateId)
+        );
+        let mut too_many = 0;
         for i in 0..MAX_APPROACHES + 5 {
-            a.apply(
+            let r = a.apply(
                 Span::Start {
                     id: format!("n{i}"),
                     approach: format!("a{i}"),
@@ -961,9 +986,12 @@ mod tests {
                 0,
                 now,
             );
+            if r == Err(RejectReason::TooManyApproaches) {
+                too_many += 1;
+            }
         }
-        assert_eq!(a.metrics.len(), MAX_APPROACHES);
-        assert_eq!(a.spans.rejected.get("too_many_approaches"), Some(&6));
+        assert_eq!(a.a.approaches.len(), MAX_APPROACHES);
+        assert_eq!(too_many, 6);
         // The first "a" and the 63 new approaches' requests; the 6 refused ones are not.
         assert_eq!(a.requests(&f).len(), MAX_APPROACHES);
     }

@@ -1,14 +1,24 @@
-//! The Prometheus text exposition (format 0.0.4) of what the probe knows: wire counters by
-//! approach, transport and direction; tokens, requests and per-request histograms by
-//! approach; and the probe's own health. Names and meanings: docs/metrics.md. Labels are
-//! bounded (approach, transport, direction, outcome, reason): never a request or a
-//! connection. Platform-free.
+//! The Prometheus exposition (text format 0.0.4) on the `prometheus` crate. Two kinds of
+//! figures, each kept once:
+//!
+//! - Aggregates of requests (tokens, requests by outcome, active requests, the per-request
+//!   histograms), in the crate's own metric vectors, fed by attribution's events
+//!   ([`Metrics::observe`]): a histogram is observed when its request is final.
+//! - The capture's state (wire counters, the probe's health, span counts), which the engine
+//!   already holds: a custom [`Collector`] reads it at scrape time ([`StateCollector`]).
+//!
+//! Names and meanings: docs/metrics.md. Labels are bounded (approach, transport, direction,
+//! outcome, reason): never a request or a connection. Platform-free.
 
-use crate::attribution::{ApproachMetrics, SpanCounts};
-use crate::backend::Health;
+use crate::attribution::Event;
 use crate::flow::Counters;
+use crate::health::Health;
+use crate::spans::{RejectReason, SpanCounts};
+use crate::table::WireKey;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 pub const WIRE_BYTES_BUCKETS: &[f64] = &[
     1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7,
@@ -22,44 +32,168 @@ pub const TTFT_BUCKETS: &[f64] = &[
     0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
 ];
 
-/// A cumulative histogram with fixed upper bounds.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    pub sum: f64,
-    pub count: u64,
+#[derive(Debug, thiserror::Error)]
+#[error("encoding the metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// The request aggregates, by approach.
+pub struct Metrics {
+    tokens: IntCounterVec,
+    requests: IntCounterVec,
+    active: IntGaugeVec,
+    wire_bytes: HistogramVec,
+    bytes_per_token: HistogramVec,
+    packets_per_token: HistogramVec,
+    ttft_seconds: HistogramVec,
 }
 
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["approach"],
+    )
+    .expect("a valid histogram definition")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        // The definitions are constants of this module: they cannot fail at run time.
         Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
+            tokens: IntCounterVec::new(
+                Opts::new(
+                    "tokenwire_tokens_total",
+                    "Tokens servers reported sending, counted when each request ends.",
+                ),
+                &["approach"],
+            )
+            .expect("a valid counter definition"),
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "tokenwire_requests_total",
+                    "Requests ended, by outcome (ok, aborted, error, unknown).",
+                ),
+                &["approach", "outcome"],
+            )
+            .expect("a valid counter definition"),
+            active: IntGaugeVec::new(
+                Opts::new(
+                    "tokenwire_requests_active",
+                    "Requests started and not yet ended.",
+                ),
+                &["approach"],
+            )
+            .expect("a valid gauge definition"),
+            wire_bytes: histogram(
+                "tokenwire_request_wire_bytes",
+                "IP bytes charged to each finished request, both directions.",
+                WIRE_BYTES_BUCKETS,
+            ),
+            bytes_per_token: histogram(
+                "tokenwire_request_bytes_per_token",
+                "Each finished request's IP bytes divided by its tokens (requests with tokens only).",
+                BYTES_PER_TOKEN_BUCKETS,
+            ),
+            packets_per_token: histogram(
+                "tokenwire_request_packets_per_token",
+                "Each finished request's packets divided by its tokens (requests with tokens only).",
+                PACKETS_PER_TOKEN_BUCKETS,
+            ),
+            ttft_seconds: histogram(
+                "tokenwire_request_ttft_seconds",
+                "Time to first token as the server saw it.",
+                TTFT_BUCKETS,
+            ),
         }
     }
 
-    pub fn observe(&mut self, v: f64) {
-        if !v.is_finite() {
-            return;
+    /// Feeds one of attribution's events into the aggregates.
+    pub fn observe(&self, e: &Event) {
+        let observe = |h: &HistogramVec, a: &str, v: f64| {
+            // A NaN or infinite figure would poison the sum; there is none to record.
+            if v.is_finite() {
+                h.with_label_values(&[a]).observe(v);
+            }
+        };
+        match e {
+            Event::Started { approach } => {
+                let a = approach.as_str();
+                self.active.with_label_values(&[a]).inc();
+                // Every series of an approach exists from its first request on, so rate()
+                // and histogram_quantile() see it start from zero.
+                self.tokens.with_label_values(&[a]);
+                for h in self.histograms() {
+                    h.with_label_values(&[a]);
+                }
+            }
+            Event::Ended {
+                approach,
+                tokens,
+                outcome,
+                ttft_seconds,
+            } => {
+                let a = approach.as_str();
+                self.tokens.with_label_values(&[a]).inc_by(*tokens);
+                self.requests
+                    .with_label_values(&[a, outcome.as_str()])
+                    .inc();
+                let active = self.active.with_label_values(&[a]);
+                if active.get() > 0 {
+                    active.dec();
+                }
+                if let Some(t) = ttft_seconds {
+                    observe(&self.ttft_seconds, a, *t);
+                }
+            }
+            Event::Request(r) => {
+                let a = r.approach.as_str();
+                observe(&self.wire_bytes, a, r.wire_bytes as f64);
+                if let Some(b) = r.bytes_per_token {
+                    observe(&self.bytes_per_token, a, b);
+                }
+                if let Some(p) = r.packets_per_token {
+                    observe(&self.packets_per_token, a, p);
+                }
+            }
+            Event::Connection(_) => {}
         }
-        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
+    }
+
+    fn histograms(&self) -> [&HistogramVec; 4] {
+        [
+            &self.wire_bytes,
+            &self.bytes_per_token,
+            &self.packets_per_token,
+            &self.ttft_seconds,
+        ]
+    }
+
+    /// The whole exposition: the aggregates and the state, families in name order.
+    pub fn render(&self, state: &State) -> Result<String, MetricsError> {
+        let mut families: Vec<MetricFamily> = [&self.tokens, &self.requests]
+            .into_iter()
+            .flat_map(Collector::collect)
+            .chain(self.active.collect())
+            .chain(self.histograms().into_iter().flat_map(Collector::collect))
+            .chain(StateCollector::new(state).collect())
+            .filter(|f| !f.get_metric().is_empty())
+            .collect();
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::with_capacity(16 * 1024);
+        prometheus::TextEncoder::new().encode(&families, &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
-/// Wire totals for one (approach, transport, direction).
-pub type WireKey = (String, &'static str, &'static str);
-
-/// Everything one scrape shows.
-pub struct Exposition<'a> {
+/// What the engine holds that a scrape shows as it is.
+pub struct State<'a> {
+    /// Wire totals by (approach, transport, direction), retired connections included.
     pub wire: &'a BTreeMap<WireKey, Counters>,
-    pub approaches: &'a BTreeMap<String, ApproachMetrics>,
     pub spans: &'a SpanCounts,
     pub health: &'a Health,
     pub backend: &'a str,
@@ -69,306 +203,303 @@ pub struct Exposition<'a> {
     pub scrape_seconds: f64,
 }
 
-/// A label value with `\`, `"` and newlines escaped.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Reads [`State`] at scrape time (Prometheus's "custom collector" pattern: the values
+/// live in the probe's own structures and are not copied into metric objects).
+pub struct StateCollector<'a> {
+    state: &'a State<'a>,
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, rows: Vec<(&str, &Histogram)>) {
-    header(out, name, "histogram", help);
-    for (approach, h) in rows {
-        let a = esc(approach);
-        let mut cum = 0;
-        for (b, c) in h.bounds.iter().zip(&h.counts) {
-            cum += c;
-            let _ = writeln!(out, "{name}_bucket{{approach=\"{a}\",le=\"{b}\"}} {cum}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{approach=\"{a}\",le=\"+Inf\"}} {}\n{name}_sum{{approach=\"{a}\"}} {}\n{name}_count{{approach=\"{a}\"}} {}",
-            h.count, h.sum, h.count
-        );
+impl<'a> StateCollector<'a> {
+    pub fn new(state: &'a State<'a>) -> Self {
+        Self { state }
     }
 }
 
-pub fn render(e: &Exposition) -> String {
-    let mut out = String::with_capacity(16 * 1024);
-    let wire = |out: &mut String, name: &str, help: &str, f: fn(&Counters) -> u64| {
-        header(out, name, "counter", help);
-        for ((approach, transport, direction), c) in e.wire {
-            let _ = writeln!(
-                out,
-                "{name}{{approach=\"{}\",transport=\"{transport}\",direction=\"{direction}\"}} {}",
-                esc(approach),
-                f(c)
-            );
-        }
-    };
-    wire(
-        &mut out,
-        "tokenwire_wire_bytes_total",
-        "IP bytes (IP header onward) on the wire.",
-        |c| c.ip_bytes,
-    );
-    wire(
-        &mut out,
-        "tokenwire_wire_packets_total",
-        "Packets on the wire.",
-        |c| c.packets,
-    );
-    wire(
-        &mut out,
-        "tokenwire_link_bytes_total",
-        "Bytes including the link-layer header, as the device carries them.",
-        |c| c.link_bytes,
-    );
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(n, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*n).to_owned());
+            l.set_value((*v).to_owned());
+            l
+        })
+        .collect()
+}
 
-    header(
-        &mut out,
-        "tokenwire_tokens_total",
-        "counter",
-        "Tokens servers reported sending, counted when each request ends.",
-    );
-    for (a, m) in e.approaches {
-        let _ = writeln!(
-            out,
-            "tokenwire_tokens_total{{approach=\"{}\"}} {}",
-            esc(a),
-            m.tokens
-        );
-    }
-    header(
-        &mut out,
-        "tokenwire_requests_total",
-        "counter",
-        "Requests ended, by outcome (ok, aborted, error, unknown).",
-    );
-    for (a, m) in e.approaches {
-        for (o, n) in &m.requests {
-            let _ = writeln!(
-                out,
-                "tokenwire_requests_total{{approach=\"{}\",outcome=\"{}\"}} {n}",
-                esc(a),
-                o.as_str()
-            );
-        }
-    }
-    header(
-        &mut out,
-        "tokenwire_requests_active",
-        "gauge",
-        "Requests started and not yet ended.",
-    );
-    for (a, m) in e.approaches {
-        let _ = writeln!(
-            out,
-            "tokenwire_requests_active{{approach=\"{}\"}} {}",
-            esc(a),
-            m.active
-        );
-    }
-    let rows = |f: fn(&ApproachMetrics) -> &Histogram| {
-        e.approaches
-            .iter()
-            .map(|(a, m)| (a.as_str(), f(m)))
-            .collect::<Vec<_>>()
-    };
-    histogram(
-        &mut out,
-        "tokenwire_request_wire_bytes",
-        "IP bytes charged to each finished request, both directions.",
-        rows(|m| &m.wire_bytes),
-    );
-    histogram(
-        &mut out,
-        "tokenwire_request_bytes_per_token",
-        "Each finished request's IP bytes divided by its tokens (requests with tokens only).",
-        rows(|m| &m.bytes_per_token),
-    );
-    histogram(
-        &mut out,
-        "tokenwire_request_packets_per_token",
-        "Each finished request's packets divided by its tokens (requests with tokens only).",
-        rows(|m| &m.packets_per_token),
-    );
-    histogram(
-        &mut out,
-        "tokenwire_request_ttft_seconds",
-        "Time to first token as the server saw it.",
-        rows(|m| &m.ttft_seconds),
-    );
+fn counter(pairs: &[(&str, &str)], v: f64) -> proto::Metric {
+    let mut c = proto::Counter::default();
+    c.set_value(v);
+    let mut m = proto::Metric::from_label(labels(pairs));
+    m.set_counter(c);
+    m
+}
 
-    let h = e.health;
-    header(
-        &mut out,
-        "tokenwire_probe_info",
-        "gauge",
-        "The probe's capture backend and interfaces (always 1).",
-    );
-    let _ = writeln!(
-        out,
-        "tokenwire_probe_info{{backend=\"{}\",interfaces=\"{}\",version=\"{}\"}} 1",
-        esc(e.backend),
-        esc(e.interfaces),
-        env!("CARGO_PKG_VERSION")
-    );
-    let single = |out: &mut String, name: &str, kind: &str, help: &str, v: String| {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {v}");
-    };
-    single(
-        &mut out,
-        "tokenwire_probe_flows_tracked",
-        "gauge",
-        "Flow keys the capture currently holds (the kernel map, for eBPF).",
-        h.flows_tracked.to_string(),
-    );
-    single(
-        &mut out,
-        "tokenwire_probe_connections",
-        "gauge",
-        "Connections in the probe's flow table.",
-        e.connections.to_string(),
-    );
-    single(
-        &mut out,
-        "tokenwire_probe_evictions_total",
-        "counter",
-        "Idle flow keys removed from the capture (their totals are kept).",
-        e.evictions.to_string(),
-    );
-    single(
-        &mut out,
-        "tokenwire_probe_event_drops_total",
-        "counter",
-        "Capture events lost because the ring buffer was full (eBPF).",
-        h.event_drops.to_string(),
-    );
-    single(
-        &mut out,
-        "tokenwire_probe_payload_copy_failures_total",
-        "counter",
-        "First-payload copies for classification that failed (eBPF).",
-        h.payload_copy_failures.to_string(),
-    );
-    single(
-        &mut out,
-        "tokenwire_probe_kernel_drops_total",
-        "counter",
-        "Packets the kernel dropped before libpcap read them (pcap backend).",
-        h.kernel_drops.to_string(),
-    );
-    header(
-        &mut out,
-        "tokenwire_probe_unattributed_packets_total",
-        "counter",
-        "Packets counted outside any flow: not IP, malformed, or the flow map was full.",
-    );
-    for (reason, c) in [
-        ("not_ip", h.not_ip),
-        ("malformed", h.malformed),
-        ("map_full", h.map_full),
-    ] {
-        let _ = writeln!(
-            out,
-            "tokenwire_probe_unattributed_packets_total{{reason=\"{reason}\"}} {}",
-            c.packets
-        );
+fn gauge(pairs: &[(&str, &str)], v: f64) -> proto::Metric {
+    let mut g = proto::Gauge::default();
+    g.set_value(v);
+    let mut m = proto::Metric::from_label(labels(pairs));
+    m.set_gauge(g);
+    m
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+impl Collector for StateCollector<'_> {
+    /// Unchecked: the families are built fresh from the state on every scrape.
+    fn desc(&self) -> Vec<&Desc> {
+        Vec::new()
     }
-    single(
-        &mut out,
-        "tokenwire_probe_spans_accepted_total",
-        "counter",
-        "Span messages parsed and applied.",
-        e.spans.accepted.to_string(),
-    );
-    header(
-        &mut out,
-        "tokenwire_probe_spans_rejected_total",
-        "counter",
-        "Span messages dropped, by reason.",
-    );
-    for reason in [
-        "too_large",
-        "malformed",
-        "version",
-        "unknown_type",
-        "invalid_field",
-        "unknown_request",
-        "duplicate_id",
-        "duplicate_end",
-        "too_many_approaches",
-    ] {
-        let n = e.spans.rejected.get(reason).copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "tokenwire_probe_spans_rejected_total{{reason=\"{reason}\"}} {n}"
-        );
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let s = self.state;
+        let h = s.health;
+        let wire = |name: &str, help: &str, f: fn(&Counters) -> u64| {
+            let metrics = s
+                .wire
+                .iter()
+                .map(|((approach, transport, direction), c)| {
+                    counter(
+                        &[
+                            ("approach", approach),
+                            ("transport", transport),
+                            ("direction", direction),
+                        ],
+                        f(c) as f64,
+                    )
+                })
+                .collect();
+            family(name, help, MetricType::COUNTER, metrics)
+        };
+        let single = |name: &str, help: &str, kind: MetricType, v: f64| {
+            let m = match kind {
+                MetricType::COUNTER => counter(&[], v),
+                _ => gauge(&[], v),
+            };
+            family(name, help, kind, vec![m])
+        };
+        use MetricType::{COUNTER, GAUGE};
+        vec![
+            wire(
+                "tokenwire_wire_bytes_total",
+                "IP bytes (IP header onward) on the wire.",
+                |c| c.ip_bytes,
+            ),
+            wire(
+                "tokenwire_wire_packets_total",
+                "Packets on the wire.",
+                |c| c.packets,
+            ),
+            wire(
+                "tokenwire_link_bytes_total",
+                "Bytes including the link-layer header, as the device carries them.",
+                |c| c.link_bytes,
+            ),
+            family(
+                "tokenwire_probe_info",
+                "The probe's capture backend and interfaces (always 1).",
+                GAUGE,
+                vec![gauge(
+                    &[
+                        ("backend", s.backend),
+                        ("interfaces", s.interfaces),
+                        ("version", env!("CARGO_PKG_VERSION")),
+                    ],
+                    1.0,
+                )],
+            ),
+            single(
+                "tokenwire_probe_flows_tracked",
+                "Flow keys the capture currently holds (the kernel map, for eBPF).",
+                GAUGE,
+                h.flows_tracked as f64,
+            ),
+            single(
+                "tokenwire_probe_connections",
+                "Connections in the probe's flow table.",
+                GAUGE,
+                s.connections as f64,
+            ),
+            single(
+                "tokenwire_probe_evictions_total",
+                "Idle flow keys removed from the capture (their totals are kept).",
+                COUNTER,
+                s.evictions as f64,
+            ),
+            single(
+                "tokenwire_probe_event_drops_total",
+                "Capture events lost because the ring buffer was full (eBPF).",
+                COUNTER,
+                h.event_drops as f64,
+            ),
+            single(
+                "tokenwire_probe_payload_copy_failures_total",
+                "First-payload copies for classification that failed (eBPF).",
+                COUNTER,
+                h.payload_copy_failures as f64,
+            ),
+            single(
+                "tokenwire_probe_kernel_drops_total",
+                "Packets the kernel dropped before libpcap read them (pcap backend).",
+                COUNTER,
+                h.kernel_drops as f64,
+            ),
+            family(
+                "tokenwire_probe_unattributed_packets_total",
+                "Packets counted outside any flow: not IP, malformed, or the flow map was full.",
+                COUNTER,
+                h.unattributed()
+                    .iter()
+                    .map(|(reason, c)| counter(&[("reason", reason)], c.packets as f64))
+                    .collect(),
+            ),
+            single(
+                "tokenwire_probe_spans_accepted_total",
+                "Span messages parsed and applied.",
+                COUNTER,
+                s.spans.accepted as f64,
+            ),
+            family(
+                "tokenwire_probe_spans_rejected_total",
+                "Span messages dropped, by reason.",
+                COUNTER,
+                RejectReason::all()
+                    .map(|r| {
+                        let n = s.spans.rejected.get(&r).copied().unwrap_or(0);
+                        counter(&[("reason", r.as_str())], n as f64)
+                    })
+                    .collect(),
+            ),
+            single(
+                "tokenwire_probe_bpf_run_seconds_total",
+                "Kernel time in the probe's eBPF programs (0 unless BPF statistics are on).",
+                COUNTER,
+                h.bpf_run_time_ns as f64 / 1e9,
+            ),
+            single(
+                "tokenwire_probe_bpf_runs_total",
+                "Runs of the probe's eBPF programs (0 unless BPF statistics are on).",
+                COUNTER,
+                h.bpf_run_count as f64,
+            ),
+            single(
+                "tokenwire_probe_scrape_duration_seconds",
+                "Time this scrape took to collect the figures.",
+                GAUGE,
+                s.scrape_seconds,
+            ),
+        ]
     }
-    single(
-        &mut out,
-        "tokenwire_probe_bpf_run_seconds_total",
-        "counter",
-        "Kernel time in the probe's eBPF programs (0 unless BPF statistics are on).",
-        format!("{}", h.bpf_run_time_ns as f64 / 1e9),
-    );
-    single(
-        &mut out,
-        "tokenwire_probe_bpf_runs_total",
-        "counter",
-        "Runs of the probe's eBPF programs (0 unless BPF statistics are on).",
-        h.bpf_run_count.to_string(),
-    );
-    single(
-        &mut out,
-        "tokenwire_probe_scrape_duration_seconds",
-        "gauge",
-        "Time this scrape took to collect the figures.",
-        format!("{}", e.scrape_seconds),
-    );
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attribution::{Quality, RequestRecord};
+    use crate::spans::Outcome;
 
-    #[test]
-    fn histogram_buckets_are_cumulative_in_the_output() {
-        let mut m = ApproachMetrics::default();
-        for v in [20.0, 60.0, 60.0, 5000.0, f64::NAN] {
-            m.bytes_per_token.observe(v);
+    fn record(approach: &str, tokens: u64, wire_bytes: u64) -> RequestRecord {
+        let per_token = |x: u64| (tokens > 0).then(|| x as f64 / tokens as f64);
+        RequestRecord {
+            id: "r".into(),
+            approach: approach.into(),
+            transport: "tls",
+            client: "127.0.0.1:1".parse().unwrap(),
+            server: "127.0.0.1:2".parse().unwrap(),
+            seq_on_connection: 1,
+            start_unix_ns: 0,
+            cut_unix_ns: 0,
+            first_token_unix_ns: None,
+            end_unix_ns: None,
+            ttft_ms: None,
+            tokens,
+            app_bytes: 0,
+            outcome: Some(Outcome::Ok),
+            to_server: Counters::default(),
+            to_client: Counters::default(),
+            wire_bytes,
+            packets: 0,
+            bytes_per_token: per_token(wire_bytes),
+            packets_per_token: per_token(0),
+            attribution: Quality::Exact,
+            includes_connection_overhead: false,
+            is_final: true,
         }
-        let approaches = BTreeMap::from([("a\"b".to_owned(), m)]);
-        let wire = BTreeMap::new();
-        let text = render(&Exposition {
-            wire: &wire,
-            approaches: &approaches,
-            spans: &SpanCounts::default(),
+    }
+
+    fn scrape(m: &Metrics, wire: &BTreeMap<WireKey, Counters>, spans: &SpanCounts) -> String {
+        m.render(&State {
+            wire,
+            spans,
             health: &Health::default(),
             backend: "pcap",
             interfaces: "lo",
             connections: 0,
             evictions: 0,
             scrape_seconds: 0.001,
-        });
-        assert!(
-            text.contains(r#"tokenwire_request_bytes_per_token_bucket{approach="a\"b",le="25"} 1"#)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_output() {
+        let m = Metrics::new();
+        let a = "a.b";
+        m.observe(&Event::Started { approach: a.into() });
+        // 20, 60, 60 and 5000 bytes per token; a zero-token request has none.
+        for (tokens, bytes) in [(1, 20), (1, 60), (2, 120), (1, 5000), (0, 10)] {
+            m.observe(&Event::Request(record(a, tokens, bytes)));
+        }
+        let text = scrape(&m, &BTreeMap::new(), &SpanCounts::default());
+        for line in [
+            r#"tokenwire_request_bytes_per_token_bucket{approach="a.b",le="25"} 1"#,
+            r#"tokenwire_request_bytes_per_token_bucket{approach="a.b",le="75"} 3"#,
+            r#"tokenwire_request_bytes_per_token_bucket{approach="a.b",le="+Inf"} 4"#,
+            r#"tokenwire_request_bytes_per_token_count{approach="a.b"} 4"#,
+            r#"tokenwire_request_wire_bytes_count{approach="a.b"} 5"#,
+            r#"tokenwire_tokens_total{approach="a.b"} 0"#,
+            r#"tokenwire_requests_active{approach="a.b"} 1"#,
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn state_is_read_at_scrape_time_and_every_reason_is_listed() {
+        let m = Metrics::new();
+        let mut wire = BTreeMap::new();
+        wire.insert(
+            ("sse".to_owned(), "tls", "to_server"),
+            Counters {
+                packets: 3,
+                ip_bytes: 300,
+                link_bytes: 342,
+            },
         );
+        let mut spans = SpanCounts::default();
+        spans.reject(RejectReason::DuplicateEnd);
+        let text = scrape(&m, &wire, &spans);
+        assert!(text.contains(
+            "tokenwire_wire_bytes_total{approach=\"sse\",transport=\"tls\",direction=\"to_server\"} 300\n"
+        ));
         assert!(
-            text.contains(r#"tokenwire_request_bytes_per_token_bucket{approach="a\"b",le="75"} 3"#)
+            text.contains("tokenwire_probe_spans_rejected_total{reason=\"duplicate_end\"} 1\n")
         );
-        assert!(
-            text.contains(
-                r#"tokenwire_request_bytes_per_token_bucket{approach="a\"b",le="+Inf"} 4"#
-            )
-        );
-        assert!(text.contains(r#"tokenwire_request_bytes_per_token_count{approach="a\"b"} 4"#));
+        for r in RejectReason::all() {
+            assert!(text.contains(&format!(
+                "tokenwire_probe_spans_rejected_total{{reason=\"{}\"}}",
+                r.as_str()
+            )));
+        }
+        // No requests yet: no request series (and no empty family that would fail encoding).
+        assert!(!text.contains("tokenwire_tokens_total{"));
+        assert!(text.contains("tokenwire_probe_info{backend=\"pcap\",interfaces=\"lo\""));
     }
 }

@@ -1,6 +1,6 @@
 //! The live table and JSON lines `tokenwire-probe run` prints.
 
-use crate::backend::Health;
+use crate::health::Health;
 use crate::table::FlowRow;
 use std::fmt::Write as _;
 
@@ -34,6 +34,20 @@ pub fn table(rows: &[FlowRow], names: &[(u32, String)]) -> String {
     s
 }
 
+/// A row as JSON, with its interface's name.
+fn row_json(r: &FlowRow, names: &[(u32, String)]) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("iface".into(), iface_name(r.ifindex, names).into());
+    }
+    v
+}
+
+/// The rows as a JSON array (GET /api/flows).
+pub fn flows_json(rows: &[FlowRow], names: &[(u32, String)]) -> Vec<serde_json::Value> {
+    rows.iter().map(|r| row_json(r, names)).collect()
+}
+
 /// One JSON object per row, tagged with the snapshot number; `final` on the last one.
 pub fn json_lines(
     rows: &[FlowRow],
@@ -43,15 +57,37 @@ pub fn json_lines(
 ) -> String {
     let mut s = String::new();
     for r in rows {
-        let mut v = serde_json::to_value(r).unwrap_or_default();
+        let mut v = row_json(r, names);
         if let Some(o) = v.as_object_mut() {
-            o.insert("iface".into(), iface_name(r.ifindex, names).into());
             o.insert("snapshot".into(), snapshot.into());
             o.insert("final".into(), is_final.into());
         }
         let _ = writeln!(s, "{v}");
     }
     s
+}
+
+/// What `run` prints at each snapshot: the table and the health line, or JSON lines.
+pub fn snapshot(
+    rows: &[FlowRow],
+    names: &[(u32, String)],
+    health: &Health,
+    evictions: u64,
+    snapshot: u64,
+    is_final: bool,
+    json: bool,
+) -> String {
+    if json {
+        json_lines(rows, names, snapshot, is_final)
+            + &health_json(health, evictions, snapshot, is_final)
+    } else {
+        format!(
+            "{}{}  evictions {}\n\n",
+            table(rows, names),
+            health_line(health),
+            evictions
+        )
+    }
 }
 
 /// Per-request records as a table.

@@ -228,17 +228,55 @@ fn transport(
     }
 }
 
-#[cfg(test)]
 pub mod build {
-    //! Hand-built packets for tests (in the manner of Retina's packet builders).
+    //! Hand-built packets for tests and benches (in the manner of Retina's packet
+    //! builders): valid headers, checksums zero.
+
+    /// An IPv4 header for `l4_len` bytes of protocol `proto` after it.
+    fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: usize) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+        p[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+        p.extend(src);
+        p.extend(dst);
+        p
+    }
+
+    /// An IPv6 header for `l4_len` bytes of protocol `proto` after it.
+    fn ipv6(src: [u8; 16], dst: [u8; 16], proto: u8, l4_len: usize) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend((l4_len as u16).to_be_bytes());
+        p.extend([proto, 64]);
+        p.extend(src);
+        p.extend(dst);
+        p
+    }
+
+    /// A TCP segment (flags, no options) with `payload`.
+    fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = sport.to_be_bytes().to_vec();
+        p.extend(dport.to_be_bytes());
+        p.extend([0u8; 8]);
+        p.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        p.extend(payload);
+        p
+    }
+
+    /// IPv4 + TCP (flags, no options) with `payload`.
+    pub fn tcp4(
+        src: [u8; 4],
+        sport: u16,
+        dst: [u8; 4],
+        dport: u16,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let seg = tcp(sport, dport, flags, payload);
+        [ipv4(src, dst, 6, seg.len()), seg].concat()
+    }
 
     /// IPv4 + UDP with `payload`, checksums zero.
     pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
-        let total = 20 + 8 + payload.len();
-        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p.extend(src);
-        p.extend(dst);
+        let mut p = ipv4(src, dst, 17, 8 + payload.len());
         p.extend(sport.to_be_bytes());
         p.extend(dport.to_be_bytes());
         p.extend(((8 + payload.len()) as u16).to_be_bytes());
@@ -256,17 +294,8 @@ pub mod build {
         flags: u8,
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut p = vec![0x60, 0, 0, 0];
-        p.extend(((20 + payload.len()) as u16).to_be_bytes());
-        p.extend([6, 64]);
-        p.extend(src);
-        p.extend(dst);
-        p.extend(sport.to_be_bytes());
-        p.extend(dport.to_be_bytes());
-        p.extend([0u8; 8]);
-        p.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        p.extend(payload);
-        p
+        let seg = tcp(sport, dport, flags, payload);
+        [ipv6(src, dst, 6, seg.len()), seg].concat()
     }
 
     pub fn ethernet(ethertype: u16, ip: &[u8]) -> Vec<u8> {
@@ -281,6 +310,39 @@ pub mod build {
 mod tests {
     use super::build::*;
     use super::*;
+
+    /// macOS's lo0 (DLT_NULL): a 4-byte address family in host byte order (little-endian on
+    /// Intel and Apple silicon alike), AF_INET 2, and AF_INET6 30 on macOS, 28 on FreeBSD,
+    /// 24 on NetBSD/OpenBSD; a capture file may come from a big-endian writer too.
+    #[test]
+    fn macos_loopback_families_in_either_byte_order() {
+        let lo6 = {
+            let mut a = [0u8; 16];
+            a[15] = 1;
+            a
+        };
+        let v6 = tcp6(lo6, 50000, lo6, 8080, 0x02, b"");
+        let v4 = udp4([127, 0, 0, 1], 50000, [127, 0, 0, 1], 4433, b"q");
+        for (family, ip, is_v6) in [
+            (2u32, &v4, false),
+            (24, &v6, true),
+            (28, &v6, true),
+            (30, &v6, true),
+        ] {
+            for header in [family.to_le_bytes(), family.to_be_bytes()] {
+                let mut frame = header.to_vec();
+                frame.extend(ip.iter());
+                let p = parse(LinkType::Null, &frame).unwrap();
+                assert_eq!(p.link_len, 4, "family {family}");
+                assert_eq!(p.src.is_ipv6(), is_v6, "family {family}");
+                assert_eq!(p.dst.port(), if is_v6 { 8080 } else { 4433 });
+            }
+        }
+        assert!(matches!(
+            parse(LinkType::Null, &[7, 0, 0, 0, 0x45]),
+            Err(PacketError::NotIp(_))
+        ));
+    }
 
     #[test]
     fn every_link_type() {

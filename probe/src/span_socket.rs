@@ -20,7 +20,7 @@ pub enum SpanSocketError {
 
 /// The bound socket; the file is removed on drop.
 pub struct SpanSocket {
-    pub socket: tokio::net::UnixDatagram,
+    socket: tokio::net::UnixDatagram,
     path: PathBuf,
 }
 
@@ -53,6 +53,12 @@ impl SpanSocket {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The next datagram into `buf`; its length. A datagram longer than `buf` is cut to
+    /// it (give one byte more than the limit to tell).
+    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.socket.recv(buf).await
     }
 }
 

@@ -142,15 +142,61 @@ pub enum SpanError {
 }
 
 impl SpanError {
-    /// A short, bounded reason for metrics.
-    pub fn reason(&self) -> &'static str {
+    /// Its reason, for the rejection counter.
+    pub fn reason(&self) -> RejectReason {
         match self {
-            SpanError::TooLarge(_) => "too_large",
-            SpanError::Json(_) => "malformed",
-            SpanError::Version(_) => "version",
-            SpanError::UnknownType(_) => "unknown_type",
-            SpanError::Field(_) => "invalid_field",
+            SpanError::TooLarge(_) => RejectReason::TooLarge,
+            SpanError::Json(_) => RejectReason::Malformed,
+            SpanError::Version(_) => RejectReason::Version,
+            SpanError::UnknownType(_) => RejectReason::UnknownType,
+            SpanError::Field(_) => RejectReason::InvalidField,
         }
+    }
+}
+
+/// Every reason a span message is dropped, as `tokenwire_probe_spans_rejected_total`'s
+/// `reason` label: those of a message that does not parse ([`SpanError`]) and those of a
+/// parsed one that cannot apply. The exporter lists them all from here.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, strum::EnumIter, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum RejectReason {
+    TooLarge,
+    Malformed,
+    Version,
+    UnknownType,
+    InvalidField,
+    /// An end or first token for a request the probe does not know.
+    UnknownRequest,
+    /// A start reusing a running request's id.
+    DuplicateId,
+    /// A second end for one request.
+    DuplicateEnd,
+    /// A start naming a new approach once the approach limit is reached.
+    TooManyApproaches,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    pub fn all() -> impl Iterator<Item = RejectReason> {
+        <Self as strum::IntoEnumIterator>::iter()
+    }
+}
+
+/// Span messages taken and refused.
+#[derive(Debug, Default, Clone)]
+pub struct SpanCounts {
+    pub accepted: u64,
+    pub rejected: std::collections::BTreeMap<RejectReason, u64>,
+}
+
+impl SpanCounts {
+    pub fn reject(&mut self, reason: RejectReason) {
+        *self.rejected.entry(reason).or_default() += 1;
     }
 }
 
@@ -332,7 +378,7 @@ mod tests {
         ];
         for (input, reason) in cases {
             let e = parse(input).unwrap_err();
-            assert_eq!(e.reason(), reason, "{e}");
+            assert_eq!(e.reason().as_str(), reason, "{e}");
         }
     }
 }

@@ -10,13 +10,15 @@ use crate::attribution::{Counts, Snapshot};
 use crate::classify::{TcpPayload, classify_tcp, is_quic_long_header};
 use crate::flow::{Counters, Direction, IPPROTO_TCP, IPPROTO_UDP, PacketKey, Transport};
 use crate::labels::Labels;
-use crate::metrics::WireKey;
 use crate::spans::ConnRef;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokenwire_probe_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// Wire totals are kept per (approach, transport, direction): the exporter's labels.
+pub type WireKey = (String, &'static str, &'static str);
 
 /// A connection on one interface: both directions, both hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

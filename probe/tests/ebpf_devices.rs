@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tokenwire_probe::backend::Backend;
 use tokenwire_probe::backend::ebpf::EbpfBackend;
 use tokenwire_probe::flow::Direction;
 use tokenwire_probe::labels::Labels;
@@ -91,7 +92,7 @@ fn veth_into_a_namespace_matches_tcpdump() {
     });
 
     let dump = Tcpdump::start(&host, "host 10.77.0.2", "veth");
-    let mut probe = EbpfBackend::start(std::slice::from_ref(&host), 4096).unwrap();
+    let mut probe = EbpfBackend::start(std::slice::from_ref(&host), 4096, false).unwrap();
     // TCP: connect (retry while the server starts), 50 echoes, close.
     let start = Instant::now();
     let mut tcp = loop {
@@ -121,11 +122,7 @@ fn veth_into_a_namespace_matches_tcpdump() {
     let mut table = FlowTable::new(Labels::default());
     probe.poll(&mut table, Instant::now()).unwrap();
     let (truth, not_ip) = dump.stop_all(LinkType::Ethernet);
-    assert_eq!(
-        probe.health(0).not_ip,
-        not_ip,
-        "ARP and other non-IP frames"
-    );
+    assert_eq!(probe.health().not_ip, not_ip, "ARP and other non-IP frames");
     let peer_ip: std::net::IpAddr = "10.77.0.2".parse().unwrap();
     let seen = probe_view(&table, |s, d| s.ip() == peer_ip || d.ip() == peer_ip);
     assert_eq!(
@@ -261,7 +258,7 @@ fn tun_without_link_header_matches_tcpdump() {
 
     // tcpdump's view (LINKTYPE_RAW: IP bytes = captured length).
     let file = std::fs::File::open(&pcap).unwrap();
-    let mut r = tokenwire_probe::pcapfile::PcapReader::new(file).unwrap();
+    let mut r = tokenwire_probe::capture_file::PcapReader::new(file).unwrap();
     assert_eq!(LinkType::from_pcap(r.linktype), Some(LinkType::Raw));
     let mut truth: Truth = BTreeMap::new();
     while let Some(rec) = r.next_record().unwrap() {

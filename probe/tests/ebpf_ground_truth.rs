@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokenwire_bench::approach::Approach;
 use tokenwire_bench::client::tls::Trust;
 use tokenwire_bench::client::{ApproachClient, Targets};
+use tokenwire_probe::backend::Backend;
 use tokenwire_probe::backend::ebpf::EbpfBackend;
 use tokenwire_probe::backend::pcap::{PcapBackend, PcapOptions};
 use tokenwire_probe::flow::{Counters, Direction, Transport};
@@ -94,7 +95,7 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
     )
     .unwrap();
     let dump = Tcpdump::start("lo", &port_filter(&ports), "lo");
-    let mut probe = EbpfBackend::start(&["lo".to_owned()], 65_536).unwrap();
+    let mut probe = EbpfBackend::start(&["lo".to_owned()], 65_536, false).unwrap();
     // The libpcap backend on the same traffic, side by side.
     let mut pcap = PcapBackend::start(&["lo".to_owned()], &PcapOptions::default()).unwrap();
 
@@ -146,7 +147,7 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
     let mut table = FlowTable::new(labels.clone());
     probe.poll(&mut table, Instant::now()).unwrap();
     let mut pcap_table = FlowTable::new(labels.clone());
-    pcap.poll(&mut pcap_table, Instant::now());
+    pcap.poll(&mut pcap_table, Instant::now()).unwrap();
     assert_eq!(pcap.health().kernel_drops, 0, "libpcap dropped packets");
     let (truth, file) = dump.stop_keep(LinkType::Ethernet);
     drop(probe);

@@ -82,6 +82,9 @@ enum Task {
 /// dashboard test queries.
 const APT_PACKAGES: [&str; 4] = ["libpcap-dev", "tcpdump", "iproute2", "prometheus"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The probe's pcap fallback must keep building for macOS: `test` checks and lints it for
+/// these targets (the probe only: the servers and bench need the macOS SDK for ring).
+const MACOS_TARGETS: [&str; 2] = ["x86_64-apple-darwin", "aarch64-apple-darwin"];
 
 fn main() {
     // Errors are for people: one line with its causes, no backtrace.
@@ -169,6 +172,7 @@ fn describe(cmd: &Command) -> String {
 fn setup() -> Result<()> {
     apt_install(&APT_PACKAGES)?;
     rust_src()?;
+    rust_targets(&MACOS_TARGETS)?;
     bpf_linker()?;
     build_ebpf()?;
     certs(false)
@@ -263,6 +267,41 @@ fn rust_src() -> Result<()> {
             "no nightly toolchain (the eBPF crate needs it): `rustup toolchain install nightly --component rust-src`"
         ),
     }
+}
+
+/// The standard library for `targets` on the stable toolchain (rustup), for cross-checking.
+fn rust_targets(targets: &[&str]) -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    let have = String::from_utf8_lossy(&installed.stdout).into_owned();
+    let missing: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| !have.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: rustup targets present: {}", targets.join(" "));
+        return Ok(());
+    }
+    run(Command::new("rustup")
+        .args(["target", "add"])
+        .args(&missing))
+}
+
+/// `cargo clippy -D warnings` of the probe (and probe-common) for each macOS target: the
+/// libpcap fallback and capture files, no aya, no Linux-only item. Clippy runs the whole of
+/// `cargo check` first (type and borrow checking of every item), so a separate check pass
+/// would only compile the dependencies a second time.
+fn check_macos() -> Result<()> {
+    for target in MACOS_TARGETS {
+        run(cargo()
+            .args(["clippy", "--quiet", "--target", target])
+            .args(["-p", "tokenwire-probe", "-p", "tokenwire-probe-common"])
+            .args(["--", "-D", "warnings"]))?;
+    }
+    Ok(())
 }
 
 /// bpf-linker built against the nightly toolchain's own libLLVM (Debian's LLVM is older
@@ -459,6 +498,7 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    check_macos()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]);
     eprintln!("xtask: $ {}", describe(&cmd));

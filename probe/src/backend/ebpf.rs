@@ -7,8 +7,10 @@
 //! Older kernels use a clsact qdisc and netlink filters; there, stale filters of ours are
 //! removed at start, and a qdisc we added is deleted on exit.
 
-use super::Health;
+use super::capture::{Backend, BackendError, wall_clock_ns};
 use crate::flow::{Counters, PacketKey};
+use crate::health::Health;
+use crate::spans::Span;
 use crate::table::{EventKind, FlowTable};
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};
@@ -167,12 +169,17 @@ pub struct EbpfBackend {
     ifaces: Vec<Iface>,
     /// Interfaces where this process added the clsact qdisc (netlink mode only).
     added_qdisc: Vec<String>,
+    /// Keys in the kernel map at the last full read.
+    tracked: u64,
+    /// Keeps the kernel's BPF run-time statistics on while it lives (`--bpf-stats`).
+    _stats: Option<std::os::fd::OwnedFd>,
     _ebpf: aya::Ebpf,
 }
 
 impl EbpfBackend {
-    /// Loads the object with room for `max_flows` keys and attaches it to `ifaces`.
-    pub fn start(ifaces: &[String], max_flows: u32) -> Result<Self, EbpfError> {
+    /// Loads the object with room for `max_flows` keys and attaches it to `ifaces`; with
+    /// `bpf_stats`, turns on the kernel's BPF run-time statistics while it runs.
+    pub fn start(ifaces: &[String], max_flows: u32, bpf_stats: bool) -> Result<Self, EbpfError> {
         let ifaces: Vec<Iface> = ifaces
             .iter()
             .map(|n| Iface::lookup(n))
@@ -264,6 +271,11 @@ impl EbpfBackend {
             .map_err(map_err(common::UNATTRIBUTED_MAP))?;
         let failures = PerCpuArray::try_from(take(&mut ebpf, common::FAILURES_MAP)?)
             .map_err(map_err(common::FAILURES_MAP))?;
+        let stats = if bpf_stats {
+            Some(Self::enable_stats()?)
+        } else {
+            None
+        };
         Ok(Self {
             flows,
             events,
@@ -271,6 +283,8 @@ impl EbpfBackend {
             failures,
             ifaces,
             added_qdisc,
+            tracked: 0,
+            _stats: stats,
             _ebpf: ebpf,
         })
     }
@@ -325,10 +339,42 @@ impl EbpfBackend {
         }
         Ok(n)
     }
+}
+
+impl Backend for EbpfBackend {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn interfaces(&self) -> Vec<(u32, String)> {
+        self.ifaces
+            .iter()
+            .map(|i| (i.index, i.name.clone()))
+            .collect()
+    }
+
+    fn drain(&mut self, table: &mut FlowTable) {
+        self.drain_events(table);
+    }
+
+    /// Events first (they classify), then counters.
+    fn poll(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, BackendError> {
+        self.drain_events(table);
+        let n = self
+            .read_counters(table, now)
+            .map_err(|e| BackendError(e.to_string()))?;
+        self.drain_events(table);
+        self.tracked = n;
+        Ok(n)
+    }
+
+    fn cut_time_ns(&self, _span: &Span) -> u64 {
+        wall_clock_ns()
+    }
 
     /// Reads just `keys` (a connection a span names) into the table: a span's cut must see
     /// the counters as they are now, and a full read costs a syscall per key.
-    pub fn refresh(&mut self, table: &mut FlowTable, keys: &[PacketKey], now: Instant) {
+    fn refresh(&mut self, table: &mut FlowTable, keys: &[PacketKey], now: Instant) {
         for k in keys {
             let Ok(per_cpu) = self.flows.get(&k.to_raw(), 0) else {
                 continue; // evicted: the table holds its totals
@@ -338,32 +384,17 @@ impl EbpfBackend {
         }
     }
 
-    /// Events first (they classify), then counters.
-    pub fn poll(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, EbpfError> {
-        self.drain_events(table);
-        let n = self.read_counters(table, now)?;
-        self.drain_events(table);
-        Ok(n)
-    }
-
-    /// Deletes idle keys from the kernel map after a final read; their totals stay in
-    /// the table.
-    pub fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
-        let raw: Vec<common::FlowKey> = match self.flows.keys().collect::<Result<Vec<_>, _>>() {
-            Ok(k) => k,
-            Err(_) => return,
-        };
-        for k in raw {
-            if let Some(pk) = PacketKey::from_raw(&k)
-                && keys.contains(&pk)
-                && self.flows.remove(&k).is_ok()
-            {
-                table.evicted(&pk);
+    /// Deletes idle keys from the kernel map after a final read (one delete per key);
+    /// their totals stay in the table.
+    fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
+        for k in keys {
+            if self.flows.remove(&k.to_raw()).is_ok() {
+                table.evicted(k);
             }
         }
     }
 
-    pub fn health(&self, flows_tracked: u64) -> Health {
+    fn health(&self) -> Health {
         let sum_u = |i: u32| {
             let mut c = Counters::default();
             if let Ok(v) = self.unattributed.get(&i, 0) {
@@ -396,7 +427,7 @@ impl EbpfBackend {
             map_full: sum_u(common::unattributed::MAP_FULL),
             event_drops: sum_f(common::failure::RINGBUF_FULL),
             payload_copy_failures: sum_f(common::failure::PAYLOAD_COPY),
-            flows_tracked,
+            flows_tracked: self.tracked,
             kernel_drops: 0,
             bpf_run_count,
             bpf_run_time_ns,

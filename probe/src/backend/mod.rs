@@ -1,36 +1,21 @@
-//! Capture backends. Each one feeds the platform-free [`crate::table::FlowTable`] with
-//! cumulative per-key counters and rare events; the eBPF backend counts in the kernel.
+//! Capture backends: where packets come from. Each one feeds the platform-free
+//! [`crate::table::FlowTable`] with cumulative per-key counters and rare events (first packet, first
+//! payload, FIN/RST), behind the one [`Backend`] trait the engine drives:
+//!
+//! - `ebpf` (Linux): a TC classifier counts in the kernel; the probe reads its maps.
+//! - `pcap`: libpcap copies headers to user space, where [`accumulate`] counts them.
+//! - `replay`: a capture file and the spans sent during it, in time order (`analyze`).
+//!
+//! A new backend implements [`Backend`] and, for live capture, gets a [`BackendKind`] arm
+//! in [`open`]. Platform `#[cfg]`s live here and in the backends, nowhere else.
 
+pub mod accumulate;
+mod capture;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
+mod factory;
 pub mod pcap;
+pub mod replay;
 
-/// The backend's own health figures.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Health {
-    /// Packets that were not IP (ARP, ...).
-    pub not_ip: crate::flow::Counters,
-    /// Packets too short or with bad header lengths: counted, not keyed.
-    pub malformed: crate::flow::Counters,
-    /// Packets counted outside their flow because the flow map was full.
-    pub map_full: crate::flow::Counters,
-    /// Events lost because the ring buffer was full.
-    pub event_drops: u64,
-    /// First-payload copies that failed.
-    pub payload_copy_failures: u64,
-    /// Keys currently held (in the kernel map, for eBPF).
-    pub flows_tracked: u64,
-    /// Packets the kernel dropped before libpcap read them (pcap backend).
-    pub kernel_drops: u64,
-    /// Runs of the probe's programs and their total time, from the kernel's BPF run-time
-    /// statistics (zero unless kernel.bpf_stats_enabled is on, e.g. with `--bpf-stats`).
-    pub bpf_run_count: u64,
-    pub bpf_run_time_ns: u64,
-}
-
-impl Health {
-    /// Mean kernel time per packet, when the kernel keeps BPF statistics.
-    pub fn ns_per_packet(&self) -> Option<f64> {
-        (self.bpf_run_count > 0).then(|| self.bpf_run_time_ns as f64 / self.bpf_run_count as f64)
-    }
-}
+pub use capture::{Backend, BackendError, wall_clock_ns};
+pub use factory::{BackendKind, DEFAULT_IFACE, LiveOptions, OpenError, Opened, open};

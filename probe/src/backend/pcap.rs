@@ -3,10 +3,12 @@
 //! them in user space with the same rules as the kernel side; kernel drops are read from
 //! libpcap's statistics and reported, never hidden.
 
-use super::Health;
-use crate::accumulate::Accumulator;
+use super::accumulate::Accumulator;
+use super::capture::{Backend, BackendError, wall_clock_ns};
 use crate::flow::PacketKey;
+use crate::health::Health;
 use crate::packet::LinkType;
+use crate::spans::Span;
 use crate::table::FlowTable;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,14 @@ use std::time::Instant;
 /// Enough for Ethernet + VLAN + IPv6 with extension headers + TCP options + the first
 /// payload bytes the classifier reads (a TLS ClientHello's SNI and ALPN).
 pub const DEFAULT_SNAPLEN: i32 = 600;
+
+/// What a capture that was refused needs, on this platform.
+#[cfg(target_os = "linux")]
+const PERMISSION_HINT: &str = ": capturing needs CAP_NET_RAW (or root)";
+/// libpcap opens /dev/bpf*, root-only unless Wireshark's ChmodBPF (macOS) or devfs rules
+/// (FreeBSD) open it to a group.
+#[cfg(not(target_os = "linux"))]
+const PERMISSION_HINT: &str = ": capturing needs read access to /dev/bpf*: run with sudo, or install Wireshark's ChmodBPF (macOS) and join the access_bpf group";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapBackendError {
@@ -83,7 +93,7 @@ impl PcapBackend {
             let open_err = |e: pcap::Error| {
                 let mut reason = e.to_string();
                 if reason.contains("not permitted") || reason.contains("ermission denied") {
-                    reason.push_str(": capturing needs CAP_NET_RAW (or root)");
+                    reason.push_str(PERMISSION_HINT);
                 }
                 PcapBackendError::Open {
                     iface: name.clone(),
@@ -129,29 +139,46 @@ impl PcapBackend {
             ifaces: names,
         })
     }
+}
 
-    /// Hands what the capture threads counted to the table; returns the keys held.
-    pub fn poll(&mut self, table: &mut FlowTable, now: Instant) -> u64 {
-        let mut s = lock(&self.shared);
-        s.acc.flush(table, now);
-        s.acc.health.flows_tracked
+impl Backend for PcapBackend {
+    fn name(&self) -> &'static str {
+        "pcap"
     }
 
-    pub fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
+    fn interfaces(&self) -> Vec<(u32, String)> {
+        self.ifaces.clone()
+    }
+
+    /// Hands what the capture threads counted to the table; returns the keys held.
+    fn poll(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, BackendError> {
+        let mut s = lock(&self.shared);
+        if let Some(e) = &s.error {
+            return Err(BackendError(e.clone()));
+        }
+        s.acc.flush(table, now);
+        Ok(s.acc.health.flows_tracked)
+    }
+
+    fn cut_time_ns(&self, _span: &Span) -> u64 {
+        wall_clock_ns()
+    }
+
+    /// Counted in user space: hands over everything counted so far.
+    fn refresh(&mut self, table: &mut FlowTable, _keys: &[PacketKey], now: Instant) {
+        lock(&self.shared).acc.flush(table, now);
+    }
+
+    fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
         lock(&self.shared).acc.evict(table, keys);
     }
 
-    pub fn health(&self) -> Health {
+    fn health(&self) -> Health {
         let s = lock(&self.shared);
         Health {
             kernel_drops: s.drops.iter().sum(),
             ..s.acc.health
         }
-    }
-
-    /// A capture thread's fatal error, if one stopped.
-    pub fn error(&self) -> Option<String> {
-        lock(&self.shared).error.clone()
     }
 }
 

@@ -10,9 +10,9 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use tokenwire_probe::capture_file::PcapReader;
 use tokenwire_probe::flow::Counters;
 use tokenwire_probe::packet::{LinkType, parse};
-use tokenwire_probe::pcapfile::PcapReader;
 
 /// These tests attach real eBPF programs and run tcpdump: they need root (CI is root).
 pub fn require_root() {

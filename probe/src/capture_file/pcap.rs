@@ -1,23 +1,8 @@
 //! Reading classic pcap files (tcpdump -w), microsecond or nanosecond, either byte order.
 //! Errors name the packet and byte offset where the file broke.
 
+use super::common::{CaptureFileError, read_full, u32_in};
 use std::io::Read;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PcapError {
-    #[error("reading the file: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("not a pcap file (magic {0:#010x}); pcapng is not read yet")]
-    BadMagic(u32),
-    #[error("file ends inside the {0}-byte global header")]
-    ShortHeader(usize),
-    #[error("packet {index} at byte {offset}: {reason}")]
-    BadRecord {
-        index: u64,
-        offset: u64,
-        reason: String,
-    },
-}
 
 /// One record.
 #[derive(Debug, Clone)]
@@ -44,11 +29,11 @@ pub struct PcapReader<R> {
 const MAX_RECORD: u32 = 256 * 1024;
 
 impl<R: Read> PcapReader<R> {
-    pub fn new(mut r: R) -> Result<Self, PcapError> {
+    pub fn new(mut r: R) -> Result<Self, CaptureFileError> {
         let mut h = [0u8; 24];
         let n = read_full(&mut r, &mut h)?;
         if n < 4 {
-            return Err(PcapError::ShortHeader(24));
+            return Err(CaptureFileError::ShortHeader(24));
         }
         let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let (big_endian, nanos) = match magic {
@@ -56,10 +41,10 @@ impl<R: Read> PcapReader<R> {
             0xa1b2_3c4d => (false, true),
             0xd4c3_b2a1 => (true, false),
             0x4d3c_b2a1 => (true, true),
-            m => return Err(PcapError::BadMagic(m)),
+            m => return Err(CaptureFileError::BadMagic(m)),
         };
         if n < 24 {
-            return Err(PcapError::ShortHeader(24));
+            return Err(CaptureFileError::ShortHeader(24));
         }
         let u32_at = |i: usize| u32_in(&h[i..], big_endian);
         Ok(Self {
@@ -78,13 +63,13 @@ impl<R: Read> PcapReader<R> {
     }
 
     /// The next record; `Ok(None)` at a clean end of file.
-    pub fn next_record(&mut self) -> Result<Option<Record>, PcapError> {
+    pub fn next_record(&mut self) -> Result<Option<Record>, CaptureFileError> {
         let mut h = [0u8; 16];
         let n = read_full(&mut self.r, &mut h)?;
         if n == 0 {
             return Ok(None);
         }
-        let bad = |s: &Self, reason: String| PcapError::BadRecord {
+        let bad = |s: &Self, reason: String| CaptureFileError::BadRecord {
             index: s.index,
             offset: s.offset,
             reason,
@@ -137,40 +122,6 @@ impl<R: Read> PcapReader<R> {
     }
 }
 
-/// The first four bytes of `b` in the file's byte order (callers check the length).
-pub(crate) fn u32_in(b: &[u8], big_endian: bool) -> u32 {
-    let b = [b[0], b[1], b[2], b[3]];
-    if big_endian {
-        u32::from_be_bytes(b)
-    } else {
-        u32::from_le_bytes(b)
-    }
-}
-
-/// The first two bytes of `b` in the file's byte order.
-pub(crate) fn u16_in(b: &[u8], big_endian: bool) -> u16 {
-    let b = [b[0], b[1]];
-    if big_endian {
-        u16::from_be_bytes(b)
-    } else {
-        u16::from_le_bytes(b)
-    }
-}
-
-/// Reads until `buf` is full or the input ends; returns how much it read.
-pub(crate) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,11 +158,11 @@ mod tests {
         );
         assert!(matches!(
             PcapReader::new(&b"garbage!"[..]),
-            Err(PcapError::BadMagic(_))
+            Err(CaptureFileError::BadMagic(_))
         ));
         assert!(matches!(
             PcapReader::new(&f[..10]),
-            Err(PcapError::ShortHeader(24))
+            Err(CaptureFileError::ShortHeader(24))
         ));
     }
 }

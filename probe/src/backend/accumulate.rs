@@ -2,8 +2,8 @@
 //! capture files): per key counters and the same rare events the eBPF program sends, fed
 //! into the flow table. Platform-free.
 
-use crate::backend::Health;
 use crate::flow::{Counters, PacketKey};
+use crate::health::Health;
 use crate::packet::{LinkType, PacketError, parse};
 use crate::table::{EventKind, FlowTable};
 use std::collections::HashMap;

@@ -1,0 +1,76 @@
+//! The [`Backend`] trait the engine drives, and what its implementations share.
+
+use crate::flow::PacketKey;
+use crate::health::Health;
+use crate::spans::Span;
+use crate::table::FlowTable;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What a capture backend does for the engine.
+pub trait Backend {
+    /// Its name in output and in `tokenwire_probe_info`: `ebpf`, `pcap` or `replay`.
+    fn name(&self) -> &'static str;
+
+    /// The interfaces it captures, as (index, name).
+    fn interfaces(&self) -> Vec<(u32, String)>;
+
+    /// Hands pending rare events (classification, close) to the table. Cheap: the engine
+    /// calls it often and before every span's cut, so the span can find its connection.
+    fn drain(&mut self, _table: &mut FlowTable) {}
+
+    /// Hands pending events and every key's counters to the table; returns the number of
+    /// keys the capture holds.
+    fn poll(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, BackendError>;
+
+    /// The time a cut made now stands for: the wall clock when capturing live, the span's
+    /// own time in a replay (whose counters are then exactly those of the packets up to
+    /// it). Called right before [`Backend::refresh`].
+    fn cut_time_ns(&self, span: &Span) -> u64;
+
+    /// Brings the table's counters for `keys` (one connection's) up to the cut.
+    fn refresh(&mut self, table: &mut FlowTable, keys: &[PacketKey], now: Instant);
+
+    /// Forgets `keys` (idle) to bound memory; the table keeps their totals.
+    fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]);
+
+    fn health(&self) -> Health;
+}
+
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn interfaces(&self) -> Vec<(u32, String)> {
+        (**self).interfaces()
+    }
+    fn drain(&mut self, table: &mut FlowTable) {
+        (**self).drain(table)
+    }
+    fn poll(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, BackendError> {
+        (**self).poll(table, now)
+    }
+    fn cut_time_ns(&self, span: &Span) -> u64 {
+        (**self).cut_time_ns(span)
+    }
+    fn refresh(&mut self, table: &mut FlowTable, keys: &[PacketKey], now: Instant) {
+        (**self).refresh(table, keys, now)
+    }
+    fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
+        (**self).evict(table, keys)
+    }
+    fn health(&self) -> Health {
+        (**self).health()
+    }
+}
+
+/// A running capture that stopped working.
+#[derive(Debug, thiserror::Error)]
+#[error("the capture stopped: {0}")]
+pub struct BackendError(pub String);
+
+/// The wall clock, Unix nanoseconds: a live capture's cut time.
+pub fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,128 @@
+//! Choosing and opening a live backend from `--backend` and the platform.
+
+use super::capture::Backend;
+#[cfg(target_os = "linux")]
+use super::ebpf;
+use super::pcap;
+
+/// Which live backend to use (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// eBPF where it can load and attach, else libpcap (says which, and why). On other
+    /// systems than Linux: libpcap.
+    Auto,
+    /// A TC classifier counting in the kernel (Linux, root or CAP_BPF + CAP_NET_ADMIN).
+    Ebpf,
+    /// libpcap: headers copied to user space and counted there (needs CAP_NET_RAW, or
+    /// read access to /dev/bpf* on macOS and the BSDs).
+    Pcap,
+}
+
+/// The interface a live capture watches unless told otherwise: the loopback device.
+#[cfg(any(target_os = "macos", target_os = "freebsd", target_os = "openbsd"))]
+pub const DEFAULT_IFACE: &str = "lo0";
+#[cfg(not(any(target_os = "macos", target_os = "freebsd", target_os = "openbsd")))]
+pub const DEFAULT_IFACE: &str = "lo";
+
+/// How to open a live capture.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    pub ifaces: Vec<String>,
+    /// eBPF: most keys the kernel map holds.
+    pub max_flows: u32,
+    /// eBPF: turn on the kernel's BPF run-time statistics while running.
+    pub bpf_stats: bool,
+    pub pcap: pcap::PcapOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
+    #[error(transparent)]
+    Pcap(#[from] pcap::PcapBackendError),
+    #[error("the eBPF backend needs Linux; use --backend pcap")]
+    EbpfNeedsLinux,
+    /// `auto`: neither backend could start; both reasons.
+    #[error("eBPF unavailable ({ebpf}); falling back to the pcap backend failed too: {pcap}")]
+    Neither { ebpf: String, pcap: Box<OpenError> },
+}
+
+/// A live backend, and what the user should hear about the choice (a fallback).
+pub struct Opened {
+    pub backend: Box<dyn Backend>,
+    pub notice: Option<String>,
+}
+
+/// Opens the live backend `kind` asks for on this platform.
+pub fn open(kind: BackendKind, opts: &LiveOptions) -> Result<Opened, OpenError> {
+    let pcap = || -> Result<Box<dyn Backend>, OpenError> {
+        Ok(Box::new(pcap::PcapBackend::start(
+            &opts.ifaces,
+            &opts.pcap,
+        )?))
+    };
+    match kind {
+        BackendKind::Pcap => Ok(Opened {
+            backend: pcap()?,
+            notice: None,
+        }),
+        BackendKind::Ebpf => open_ebpf(opts).map(|backend| Opened {
+            backend,
+            notice: None,
+        }),
+        BackendKind::Auto => auto(opts, pcap),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_ebpf(opts: &LiveOptions) -> Result<Box<dyn Backend>, OpenError> {
+    Ok(Box::new(ebpf::EbpfBackend::start(
+        &opts.ifaces,
+        opts.max_flows,
+        opts.bpf_stats,
+    )?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_ebpf(_opts: &LiveOptions) -> Result<Box<dyn Backend>, OpenError> {
+    Err(OpenError::EbpfNeedsLinux)
+}
+
+#[cfg(target_os = "linux")]
+fn auto(
+    opts: &LiveOptions,
+    pcap: impl FnOnce() -> Result<Box<dyn Backend>, OpenError>,
+) -> Result<Opened, OpenError> {
+    match open_ebpf(opts) {
+        Ok(backend) => Ok(Opened {
+            backend,
+            notice: None,
+        }),
+        Err(e @ OpenError::Ebpf(ebpf::EbpfError::NoInterface(_))) => Err(e),
+        Err(e) => match pcap() {
+            Ok(backend) => Ok(Opened {
+                backend,
+                notice: Some(format!(
+                    "eBPF unavailable ({e}); falling back to the pcap backend"
+                )),
+            }),
+            Err(p) => Err(OpenError::Neither {
+                ebpf: e.to_string(),
+                pcap: Box::new(p),
+            }),
+        },
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn auto(
+    _opts: &LiveOptions,
+    pcap: impl FnOnce() -> Result<Box<dyn Backend>, OpenError>,
+) -> Result<Opened, OpenError> {
+    Ok(Opened {
+        backend: pcap()?,
+        notice: Some("eBPF needs Linux; using the pcap backend".into()),
+    })
+}

@@ -1,0 +1,154 @@
+//! The probe's command line.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokenwire_probe::backend::{self, BackendKind, LiveOptions};
+use tokenwire_probe::engine::EngineOptions;
+use tokenwire_probe::labels::Labels;
+use tokenwire_probe::spans;
+
+/// Attributes every packet on an interface to a flow, a transport (tls, http, tcp, quic,
+/// udp) and an approach (by server port), and prints live per-flow packet and byte counts.
+/// With the servers' spans (docs/spans.md) it charges packets to requests, and it serves
+/// Prometheus metrics and JSON on --listen (docs/metrics.md).
+#[derive(Parser)]
+#[command(name = "tokenwire-probe", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Capture live and print a table per flow and direction every --interval and on exit
+    /// (SIGINT/SIGTERM or --duration).
+    Run(RunArgs),
+    /// Read a capture file (pcap from tcpdump -w, or pcapng from tshark/Wireshark) and print
+    /// the same table (or JSON lines) as a live run. A truncated or corrupt file prints
+    /// the totals up to the broken packet, then says where it broke (exit status 1).
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AnalyzeArgs {
+    /// The capture file.
+    pub file: PathBuf,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Server port to approach name, e.g. 9000=my-server (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// The spans sent during the capture, one JSON message per line (what `run
+    /// --spans-log` writes): adds the per-request records, with connections cut at each
+    /// span's own time. Bad lines are reported and skipped.
+    #[arg(long)]
+    pub spans: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Interfaces to capture (repeatable). Loopback is counted on egress only (each packet
+    /// passes it once); others on ingress and egress.
+    #[arg(long = "iface", default_value = backend::DEFAULT_IFACE)]
+    pub ifaces: Vec<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Seconds between printed tables.
+    #[arg(long, default_value_t = 2.0)]
+    pub interval: f64,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Print JSON lines instead of tables: one object per flow direction and one `health`
+    /// object per snapshot, each with the snapshot number and `final` on the last one.
+    #[arg(long)]
+    pub json: bool,
+    /// Most flow keys the kernel map holds; packets of flows beyond it are counted as
+    /// "map full", never dropped.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_flows: u32,
+    /// Seconds without packets after which a key leaves the kernel map (its totals stay).
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout: u64,
+    /// The same once its connection closed (FIN/RST).
+    #[arg(long, default_value_t = 30)]
+    pub closed_timeout: u64,
+    /// Turn on the kernel's BPF run-time statistics while running and report the probe's
+    /// own cost in ns per packet.
+    #[arg(long)]
+    pub bpf_stats: bool,
+    /// pcap: bytes kept of each packet (headers and the first payload bytes suffice).
+    #[arg(long, default_value_t = backend::pcap::DEFAULT_SNAPLEN)]
+    pub snaplen: i32,
+    /// pcap: kernel buffer size in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub buffer_size: i32,
+    /// pcap: a BPF capture filter (tcpdump syntax), e.g. "port 8080 or port 4433".
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// pcap: capture only the labelled ports (a filter built from the labels).
+    #[arg(long, conflicts_with = "filter")]
+    pub filter_labelled: bool,
+    /// Server port to approach name, e.g. 9000=my-server (repeatable). Defaults:
+    /// 11435=raw_api 8080=sse 4433=webtransport 11434=upstream.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Where to serve GET /metrics, /api/requests, /api/connections, /api/flows and
+    /// /healthz; port 0 picks a free one (printed). The probe's own connections on it are
+    /// never counted.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Serve no HTTP endpoints.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
+    /// The Unix datagram socket servers send spans to (docs/spans.md). A stale socket file
+    /// is replaced; one another process receives on is an error.
+    #[arg(long, env = spans::SOCKET_ENV, default_value = spans::DEFAULT_SOCKET)]
+    pub spans: PathBuf,
+    /// Receive no spans (flows are still counted; no per-request records).
+    #[arg(long, conflicts_with = "spans")]
+    pub no_spans: bool,
+    /// Finished requests (and connections) kept for /api/requests.
+    #[arg(long, default_value_t = 10_000)]
+    pub keep_requests: usize,
+    /// Print no tables (serve the endpoints only).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Append every accepted span to FILE, one JSON message per line (for `analyze
+    /// --spans` next to a capture taken at the same time).
+    #[arg(long)]
+    pub spans_log: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// How to open the live backend.
+    pub fn live_options(&self, labels: &Labels) -> LiveOptions {
+        let filter = if self.filter_labelled {
+            let ports: Vec<String> = labels.ports().map(|p| format!("port {p}")).collect();
+            Some(ports.join(" or "))
+        } else {
+            self.filter.clone()
+        };
+        LiveOptions {
+            ifaces: self.ifaces.clone(),
+            max_flows: self.max_flows,
+            bpf_stats: self.bpf_stats,
+            pcap: backend::pcap::PcapOptions {
+                snaplen: self.snaplen,
+                buffer_size: self.buffer_size,
+                filter,
+            },
+        }
+    }
+
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            keep_requests: self.keep_requests,
+            idle: Duration::from_secs(self.idle_timeout),
+            closed: Duration::from_secs(self.closed_timeout),
+        }
+    }
+}

@@ -311,6 +311,11 @@ pub fn run(
                 probe_backend: backend,
                 wire_note,
             });
+            // Every thread that carried traffic was inside its namespace, or the run is void.
+            cli_rt
+                .check()
+                .and_then(|()| srv_rt.check())
+                .map_err(|e| MatrixError::Setup(e.to_string()))?;
             drop(cli_rt);
             drop(srv_rt);
             drop(em);

@@ -36,14 +36,9 @@ impl Snapshot {
     /// What happened between `earlier` and `self` (saturating: totals never go back, but
     /// a source that lost a key must not make a period negative).
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
-        let sub = |a: Counters, b: Counters| Counters {
-            packets: a.packets.saturating_sub(b.packets),
-            ip_bytes: a.ip_bytes.saturating_sub(b.ip_bytes),
-            link_bytes: a.link_bytes.saturating_sub(b.link_bytes),
-        };
         Snapshot {
-            to_server: sub(self.to_server, earlier.to_server),
-            to_client: sub(self.to_client, earlier.to_client),
+            to_server: self.to_server.saturating_sub(&earlier.to_server),
+            to_client: self.to_client.saturating_sub(&earlier.to_client),
         }
     }
 }
@@ -130,16 +125,19 @@ pub struct ConnectionRecord {
     pub is_final: bool,
 }
 
+/// A request's id inside attribution: shared, so owner lists copy pointers, not strings.
+type Id = std::sync::Arc<str>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Owners {
     Setup,
-    Requests(Vec<String>),
+    Requests(Vec<Id>),
     Teardown,
 }
 
 #[derive(Debug)]
 struct Req {
-    id: String,
+    id: Id,
     approach: String,
     conn: ConnRef,
     transport: &'static str,
@@ -160,7 +158,7 @@ struct Req {
 #[derive(Debug)]
 struct SharedPeriod {
     delta: Snapshot,
-    owners: Vec<String>,
+    owners: Vec<Id>,
 }
 
 #[derive(Debug)]
@@ -169,8 +167,8 @@ struct Conn {
     transport: &'static str,
     seqs: u32,
     /// Requests not yet final, in start order.
-    reqs: Vec<String>,
-    active: Vec<String>,
+    reqs: Vec<Id>,
+    active: Vec<Id>,
     owners: Owners,
     last_cut: Snapshot,
     setup: Snapshot,
@@ -178,7 +176,7 @@ struct Conn {
     pending: Vec<SharedPeriod>,
     closed: Option<(u64, std::time::Instant)>,
     /// The first request's id, kept until it is known whether it was the only one.
-    only: Option<String>,
+    only: Option<Id>,
     first_start_ns: u64,
     /// When a span last named it.
     last_span: std::time::Instant,
@@ -204,10 +202,33 @@ pub enum Event {
     Connection(ConnectionRecord),
 }
 
+/// What attribution holds at most: each start beyond a limit is refused (and counted by
+/// reason), so memory stays bounded and a span's work stays bounded by
+/// `streams_per_connection` (the owners one period can have), whatever senders do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests not yet final, over all connections.
+    pub open_requests: usize,
+    /// Connections followed at once.
+    pub connections: usize,
+    /// Requests running at once on one connection (streams of one QUIC connection).
+    pub streams_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            open_requests: 100_000,
+            connections: 65_536,
+            streams_per_connection: 1_024,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Attributor {
     conns: HashMap<ConnRef, Conn>,
-    reqs: HashMap<String, Req>,
+    reqs: HashMap<Id, Req>,
     /// Approach names seen in starts (they become label values: bounded).
     approaches: BTreeSet<String>,
     /// Reported, not yet taken.
@@ -216,6 +237,7 @@ pub struct Attributor {
     pub close_grace: Duration,
     /// How long a connection may carry nothing before it counts as gone without a close.
     pub idle_limit: Duration,
+    pub limits: Limits,
 }
 
 impl Attributor {
@@ -285,8 +307,24 @@ impl Attributor {
                 transport,
                 time_ns,
             } => {
-                if self.reqs.contains_key(&id) {
+                if self.reqs.contains_key(id.as_str()) {
                     return Err(RejectReason::DuplicateId);
+                }
+                // Bounded memory and bounded work per span, whatever senders do.
+                if self.reqs.len() >= self.limits.open_requests {
+                    return Err(RejectReason::TooManyRequests);
+                }
+                match self.conns.get(&conn) {
+                    Some(c)
+                        if c.closed.is_none()
+                            && c.active.len() >= self.limits.streams_per_connection =>
+                    {
+                        return Err(RejectReason::TooManyStreams);
+                    }
+                    None if self.conns.len() >= self.limits.connections => {
+                        return Err(RejectReason::TooManyConnections);
+                    }
+                    _ => {}
                 }
                 // Approach names become label values: keep their number bounded.
                 if !self.approaches.contains(&approach) {
@@ -322,6 +360,7 @@ impl Attributor {
                 let Some(c) = self.conns.get_mut(&conn) else {
                     return Ok(());
                 };
+                let id: Id = id.into();
                 c.active.push(id.clone());
                 c.reqs.push(id.clone());
                 if seq == 1 {
@@ -355,7 +394,7 @@ impl Attributor {
                 );
                 self.settle(&conn, false);
             }
-            Span::FirstToken { id, time_ns } => match self.reqs.get_mut(&id) {
+            Span::FirstToken { id, time_ns } => match self.reqs.get_mut(id.as_str()) {
                 Some(r) => {
                     r.first_token_ns.get_or_insert(time_ns);
                 }
@@ -368,7 +407,7 @@ impl Attributor {
                 app_bytes,
                 outcome,
             } => {
-                let Some(r) = self.reqs.get_mut(&id) else {
+                let Some(r) = self.reqs.get_mut(id.as_str()) else {
                     return Err(RejectReason::UnknownRequest);
                 };
                 if r.outcome.is_some() {
@@ -381,7 +420,7 @@ impl Attributor {
                 let ttft = r
                     .first_token_ns
                     .map(|f| f.saturating_sub(r.start_ns) as f64 / 1e9);
-                let conn = r.conn;
+                let (conn, r_id) = (r.conn, r.id.clone());
                 self.events.push(Event::Ended {
                     approach: r.approach.clone(),
                     tokens,
@@ -391,6 +430,7 @@ impl Attributor {
                 let Some(c) = self.conns.get_mut(&conn) else {
                     return Ok(());
                 };
+                let id = r_id;
                 c.active.retain(|a| a != &id);
                 let next = if c.active.is_empty() {
                     Owners::Requests(vec![id])
@@ -430,7 +470,7 @@ impl Attributor {
     pub fn conn_of(&self, span: &Span) -> Option<ConnRef> {
         match span {
             Span::Start { conn, .. } | Span::Close { conn, .. } => Some(*conn),
-            Span::End { id, .. } => self.reqs.get(id).map(|r| r.conn),
+            Span::End { id, .. } => self.reqs.get(id.as_str()).map(|r| r.conn),
             Span::FirstToken { .. } => None,
         }
     }
@@ -539,7 +579,7 @@ impl Attributor {
                 || (r.outcome.is_some()
                     && !owning
                     && r.pending == 0
-                    && !(single && only.as_deref() == Some(id.as_str())));
+                    && !(single && only.as_ref() == Some(id)));
             if is_final {
                 finals.push(id.clone());
             }
@@ -549,7 +589,7 @@ impl Attributor {
             let Some(mut r) = self.reqs.remove(&id) else {
                 continue;
             };
-            let overhead = single && only.as_deref() == Some(id.as_str());
+            let overhead = single && only.as_ref() == Some(&id);
             if overhead {
                 r.own += setup;
                 r.own += teardown;
@@ -622,7 +662,7 @@ fn record(r: &Req, own: Snapshot, overhead: bool, is_final: bool) -> RequestReco
     let total = own.total();
     let per_token = |x: u64| (r.tokens > 0).then(|| x as f64 / r.tokens as f64);
     RequestRecord {
-        id: r.id.clone(),
+        id: r.id.to_string(),
         approach: r.approach.clone(),
         transport: r.transport,
         client: r.conn.client,
@@ -710,6 +750,7 @@ mod tests {
     use super::*;
     use crate::spans::SpanTransport;
     use std::cell::RefCell;
+    use std::net::SocketAddr;
     use std::time::Instant;
 
     /// A connection whose counters the test moves by hand.
@@ -994,5 +1035,47 @@ mod tests {
         assert_eq!(too_many, 6);
         // The first "a" and the 63 new approaches' requests; the 6 refused ones are not.
         assert_eq!(a.requests(&f).len(), MAX_APPROACHES);
+    }
+
+    #[test]
+    fn starts_beyond_the_limits_are_refused_by_reason() {
+        let f = Fake(RefCell::default());
+        let mut a = Kept::new();
+        a.a.limits = Limits {
+            open_requests: 6,
+            connections: 2,
+            streams_per_connection: 3,
+        };
+        let now = Instant::now();
+        let on = |port: u16, id: &str| Span::Start {
+            id: id.into(),
+            approach: "webtransport".into(),
+            conn: ConnRef {
+                client: SocketAddr::from(([127, 0, 0, 1], port)),
+                ..conn()
+            },
+            transport: "quic",
+            time_ns: 1,
+        };
+        let mut results = Vec::new();
+        for i in 0..4 {
+            results.push(a.apply(on(1, &format!("a{i}")), &f, 0, now));
+        }
+        assert_eq!(results[..3], [Ok(()), Ok(()), Ok(())]);
+        assert_eq!(results[3], Err(RejectReason::TooManyStreams));
+        assert_eq!(a.apply(on(2, "b0"), &f, 0, now), Ok(()));
+        assert_eq!(
+            a.apply(on(3, "c0"), &f, 0, now),
+            Err(RejectReason::TooManyConnections)
+        );
+        assert_eq!(a.apply(on(2, "b1"), &f, 0, now), Ok(()));
+        assert_eq!(a.apply(on(2, "b2"), &f, 0, now), Ok(()));
+        assert_eq!(
+            a.apply(on(2, "b3"), &f, 0, now),
+            Err(RejectReason::TooManyRequests)
+        );
+        // An end frees its stream (and, owning nothing more, it is final): room again.
+        assert_eq!(a.apply(end("a0", 1, 1), &f, 0, now), Ok(()));
+        assert_eq!(a.apply(on(1, "a4"), &f, 0, now), Ok(()));
     }
 }

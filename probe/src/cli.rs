@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokenwire_probe::attribution::Limits;
 use tokenwire_probe::backend::{self, BackendKind, LiveOptions};
 use tokenwire_probe::engine::EngineOptions;
 use tokenwire_probe::labels::Labels;
@@ -66,8 +67,8 @@ pub struct RunArgs {
     /// object per snapshot, each with the snapshot number and `final` on the last one.
     #[arg(long)]
     pub json: bool,
-    /// Most flow keys the kernel map holds; packets of flows beyond it are counted as
-    /// "map full", never dropped.
+    /// Most flow keys the capture holds (the kernel map for eBPF, the user-space table for
+    /// pcap); packets of flows beyond it are counted as "map full", never dropped.
     #[arg(long, default_value_t = 65_536)]
     pub max_flows: u32,
     /// Seconds without packets after which a key leaves the kernel map (its totals stay).
@@ -108,9 +109,26 @@ pub struct RunArgs {
     /// is replaced; one another process receives on is an error.
     #[arg(long, env = spans::SOCKET_ENV, default_value = spans::DEFAULT_SOCKET)]
     pub spans: PathBuf,
+    /// The group whose members may send spans (name or gid): the socket is mode 0660,
+    /// owned by the probe's user and this group. Default: the probe's own group (root only,
+    /// when the probe runs as root).
+    #[arg(long, conflicts_with = "no_spans")]
+    pub spans_group: Option<String>,
     /// Receive no spans (flows are still counted; no per-request records).
     #[arg(long, conflicts_with = "spans")]
     pub no_spans: bool,
+    /// Requests not yet final the probe follows at once; starts beyond are refused and
+    /// counted (`tokenwire_probe_spans_rejected_total{reason="too_many_requests"}`).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_open_requests: usize,
+    /// Connections the spans name that the probe follows at once (reason
+    /// `too_many_connections` beyond).
+    #[arg(long, default_value_t = 65_536)]
+    pub max_span_connections: usize,
+    /// Requests running at once on one connection, e.g. streams of one WebTransport
+    /// session (reason `too_many_streams` beyond). Bounds the work of each span.
+    #[arg(long, default_value_t = 1_024)]
+    pub max_streams_per_connection: usize,
     /// Finished requests (and connections) kept for /api/requests.
     #[arg(long, default_value_t = 10_000)]
     pub keep_requests: usize,
@@ -140,6 +158,7 @@ impl RunArgs {
                 snaplen: self.snaplen,
                 buffer_size: self.buffer_size,
                 filter,
+                max_flows: self.max_flows,
             },
         }
     }
@@ -149,6 +168,11 @@ impl RunArgs {
             keep_requests: self.keep_requests,
             idle: Duration::from_secs(self.idle_timeout),
             closed: Duration::from_secs(self.closed_timeout),
+            limits: Limits {
+                open_requests: self.max_open_requests.max(1),
+                connections: self.max_span_connections.max(1),
+                streams_per_connection: self.max_streams_per_connection.max(1),
+            },
         }
     }
 }

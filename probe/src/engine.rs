@@ -15,7 +15,7 @@
 //! nothing needs privileges: tests drive it with packets built in memory.
 
 use crate::api::{Answer, JSON_TYPE, METRICS_TYPE, Query};
-use crate::attribution::{Attributor, ConnectionRecord, Counts, Event, RequestRecord};
+use crate::attribution::{Attributor, ConnectionRecord, Counts, Event, Limits, RequestRecord};
 use crate::backend::{Backend, BackendError};
 use crate::health::Health;
 use crate::labels::Labels;
@@ -37,6 +37,8 @@ pub struct EngineOptions {
     pub idle: Duration,
     /// The same for a key whose connection closed (FIN/RST).
     pub closed: Duration,
+    /// What attribution holds at most.
+    pub limits: Limits,
 }
 
 impl Default for EngineOptions {
@@ -45,6 +47,7 @@ impl Default for EngineOptions {
             keep_requests: 10_000,
             idle: Duration::from_secs(300),
             closed: Duration::from_secs(30),
+            limits: Limits::default(),
         }
     }
 }
@@ -69,6 +72,7 @@ impl<B: Backend> Engine<B> {
     pub fn new(backend: B, labels: Labels, opts: EngineOptions) -> Self {
         let mut attributor = Attributor::new();
         attributor.idle_limit = opts.idle;
+        attributor.limits = opts.limits;
         Self {
             interfaces: backend.interfaces(),
             backend,
@@ -233,7 +237,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The Prometheus exposition of everything as it stands.
-    pub fn metrics_text(&self, scrape_seconds: f64) -> Result<String, metrics::MetricsError> {
+    pub fn metrics_text(&mut self, scrape_seconds: f64) -> Result<String, metrics::MetricsError> {
         let wire = self.table.wire_totals();
         let health = self.health();
         let interfaces = self

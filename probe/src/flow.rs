@@ -73,6 +73,17 @@ pub struct Counters {
     pub link_bytes: u64,
 }
 
+impl Counters {
+    /// Field by field, never below zero.
+    pub fn saturating_sub(&self, o: &Counters) -> Counters {
+        Counters {
+            packets: self.packets.saturating_sub(o.packets),
+            ip_bytes: self.ip_bytes.saturating_sub(o.ip_bytes),
+            link_bytes: self.link_bytes.saturating_sub(o.link_bytes),
+        }
+    }
+}
+
 impl std::ops::AddAssign for Counters {
     fn add_assign(&mut self, o: Self) {
         self.packets += o.packets;

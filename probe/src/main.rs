@@ -13,7 +13,8 @@ use tokenwire_probe::api::{self, Ask};
 use tokenwire_probe::backend;
 use tokenwire_probe::engine::Engine;
 use tokenwire_probe::labels::Labels;
-use tokenwire_probe::{output, shutdown, span_socket::SpanSocket, spans};
+use tokenwire_probe::span_socket::{self, SpanSocket};
+use tokenwire_probe::{output, shutdown, spans};
 
 fn main() {
     if let Err(e) = real_main() {
@@ -57,7 +58,10 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let span_socket = match args.no_spans {
         true => None,
-        false => Some(SpanSocket::bind(&args.spans)?),
+        false => {
+            let group = args.spans_group.as_deref().map(span_socket::group_id);
+            Some(SpanSocket::bind(&args.spans, group.transpose()?)?)
+        }
     };
     let opened = backend::open(args.backend, &args.live_options(&labels))?;
     if let Some(notice) = &opened.notice {

@@ -175,6 +175,12 @@ pub enum RejectReason {
     DuplicateEnd,
     /// A start naming a new approach once the approach limit is reached.
     TooManyApproaches,
+    /// A start while `--max-open-requests` requests are not yet final.
+    TooManyRequests,
+    /// A start on a new connection while `--max-span-connections` are followed.
+    TooManyConnections,
+    /// A start on a connection already running `--max-streams-per-connection` requests.
+    TooManyStreams,
 }
 
 impl RejectReason {

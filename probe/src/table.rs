@@ -63,6 +63,42 @@ struct KeyState {
     /// The capture's current totals.
     live: Counters,
     last_change: Option<Instant>,
+    /// The wire series this key's packets were last exported under, and its total then.
+    exported: Option<(WireKey, Counters)>,
+    /// What was exported under earlier series before the key's labels changed (a TCP
+    /// connection exported as `tcp` before its ClientHello made it `tls`): it stays there.
+    pinned: Vec<(WireKey, Counters)>,
+}
+
+impl KeyState {
+    fn total(&self) -> Counters {
+        self.base + self.live
+    }
+
+    /// The key's totals by wire series, now that its labels are `now`: what earlier series
+    /// were shown stays with them (an exported counter never goes down), the rest is
+    /// `now`'s. Remembers `now` as the series last shown.
+    fn export(&mut self, now: &WireKey) -> Vec<(WireKey, Counters)> {
+        let total = self.total();
+        if let Some((before, at)) = self.exported.take()
+            && &before != now
+        {
+            let shown = at.saturating_sub(&sum(&self.pinned));
+            self.pinned.push((before, shown));
+        }
+        self.exported = Some((now.clone(), total));
+        let rest = total.saturating_sub(&sum(&self.pinned));
+        let mut out = self.pinned.clone();
+        out.push((now.clone(), rest));
+        out
+    }
+}
+
+fn sum(parts: &[(WireKey, Counters)]) -> Counters {
+    parts.iter().fold(Counters::default(), |mut s, (_, c)| {
+        s += *c;
+        s
+    })
 }
 
 #[derive(Debug)]
@@ -193,10 +229,49 @@ impl FlowTable {
 
     /// Wire totals by approach, transport and direction, retired connections included;
     /// the probe's own connections left out.
-    pub fn wire_totals(&self) -> BTreeMap<WireKey, Counters> {
+    ///
+    /// A connection's series are those of its labels when first exported: a later
+    /// classification (the ClientHello that makes a `tcp` connection `tls`) changes the
+    /// rows and the API at once, but what was exported stays in its series and only what
+    /// follows goes to the new one, so no exported counter ever goes down or disappears.
+    pub fn wire_totals(&mut self) -> BTreeMap<WireKey, Counters> {
         let mut out = self.retired.clone();
-        for row in self.rows() {
-            *out.entry(wire_key(&row)).or_default() += row.counters;
+        let ids: Vec<ConnId> = self
+            .conns
+            .keys()
+            .filter(|id| !self.is_excluded(id))
+            .copied()
+            .collect();
+        for id in ids {
+            for (k, c) in self.export(&id) {
+                *out.entry(k).or_default() += c;
+            }
+        }
+        out
+    }
+
+    /// A connection's totals by wire series (see [`FlowTable::wire_totals`]).
+    fn export(&mut self, id: &ConnId) -> Vec<(WireKey, Counters)> {
+        let Some(c) = self.conns.get(id) else {
+            return Vec::new();
+        };
+        let (server, _, transport, approach) = self.describe(id, c);
+        let mut out = Vec::new();
+        for (k, ks) in self
+            .conns
+            .get_mut(id)
+            .into_iter()
+            .flat_map(|c| c.keys.iter_mut())
+        {
+            if ks.total().packets == 0 {
+                continue; // known from an event only: nothing to show yet
+            }
+            let d = if k.dst == server {
+                Direction::ToServer
+            } else {
+                Direction::ToClient
+            };
+            out.extend(ks.export(&(approach.clone(), transport.as_str(), d.as_str())));
         }
         out
     }
@@ -220,10 +295,8 @@ impl FlowTable {
             if self.is_excluded(id) {
                 continue;
             }
-            if let Some(c) = self.conns.get(id) {
-                for row in self.conn_rows(id, c) {
-                    *self.retired.entry(wire_key(&row)).or_default() += row.counters;
-                }
+            for (k, c) in self.export(id) {
+                *self.retired.entry(k).or_default() += c;
             }
         }
         for id in gone {
@@ -364,7 +437,8 @@ impl FlowTable {
             .collect()
     }
 
-    fn conn_rows(&self, id: &ConnId, c: &Conn) -> Vec<FlowRow> {
+    /// A connection's server, client, transport and approach as known now.
+    fn describe(&self, id: &ConnId, c: &Conn) -> (SocketAddr, SocketAddr, Transport, String) {
         let server = self.server(id, c);
         let client = if server == id.a { id.b } else { id.a };
         let transport = c.transport.unwrap_or(match id.proto {
@@ -373,6 +447,11 @@ impl FlowTable {
             _ => Transport::Other,
         });
         let approach = self.labels.get(server.port()).unwrap_or("other").to_owned();
+        (server, client, transport, approach)
+    }
+
+    fn conn_rows(&self, id: &ConnId, c: &Conn) -> Vec<FlowRow> {
+        let (server, client, transport, approach) = self.describe(id, c);
         let mut dirs: BTreeMap<Direction, Counters> = BTreeMap::new();
         for (k, ks) in &c.keys {
             let d = if k.dst == server {
@@ -380,7 +459,7 @@ impl FlowTable {
             } else {
                 Direction::ToClient
             };
-            *dirs.entry(d).or_default() += ks.base + ks.live;
+            *dirs.entry(d).or_default() += ks.total();
         }
         dirs.into_iter()
             .filter(|(_, counters)| counters.packets > 0)
@@ -399,14 +478,6 @@ impl FlowTable {
             })
             .collect()
     }
-}
-
-fn wire_key(row: &FlowRow) -> WireKey {
-    (
-        row.approach.clone(),
-        row.transport.as_str(),
-        row.direction.as_str(),
-    )
 }
 
 /// A connection's counters as the spans name it: the direction comes from the span's

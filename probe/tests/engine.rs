@@ -444,6 +444,62 @@ fn bad_span_datagrams_are_counted_by_reason_and_lose_nothing() {
     );
 }
 
+#[test]
+fn exported_counters_never_go_down_when_a_connection_is_classified_later() {
+    // A TLS connection scraped after its handshake and before its ClientHello: `tcp` then.
+    let mut c = Conversation::tcp(40_002, 8080);
+    c.send(1, true, SYN, b"")
+        .send(2, false, SYN | ACK, b"")
+        .send(3, true, ACK, b"");
+    c.send(10, true, PSH_ACK, CLIENT_HELLO)
+        .send(11, false, PSH_ACK, &[0x16; 300]);
+    c.send(20, true, FIN_ACK, b"").send(21, false, FIN_ACK, b"");
+    let mut e = engine(&[&c], Vec::new());
+    let series = |text: &str, transport: &str| -> Vec<u64> {
+        ["to_server", "to_client"]
+            .iter()
+            .map(|d| {
+                let prefix = format!(
+                    "tokenwire_wire_bytes_total{{approach=\"sse\",transport=\"{transport}\",direction=\"{d}\"}} "
+                );
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .map_or(0, |v| v.parse().unwrap())
+            })
+            .collect()
+    };
+    e.backend_mut().advance_to(5).unwrap();
+    let first = scrape(&mut e);
+    let handshake = c.window(0, 5);
+    assert_eq!(
+        series(&first, "tcp"),
+        [handshake[0].ip_bytes, handshake[1].ip_bytes]
+    );
+    play(&mut e);
+    let second = scrape(&mut e);
+    assert_eq!(
+        series(&second, "tcp"),
+        series(&first, "tcp"),
+        "what was exported as tcp stays there"
+    );
+    let rest = c.window(5, u64::MAX);
+    assert_eq!(series(&second, "tls"), [rest[0].ip_bytes, rest[1].ip_bytes]);
+    // The flow table and the API say tls for the whole connection.
+    assert!(
+        e.table()
+            .rows()
+            .iter()
+            .all(|r| r.transport.as_str() == "tls")
+    );
+    // Evicted and retired: the same series, the same values.
+    e.poll(Instant::now() + Duration::from_secs(31)).unwrap();
+    assert_eq!(e.table().len(), 0);
+    let third = scrape(&mut e);
+    for t in ["tcp", "tls"] {
+        assert_eq!(series(&third, t), series(&second, t), "{t} after retiring");
+    }
+}
+
 fn scrape(e: &mut TestEngine) -> String {
     let (status, content_type, body) = e.answer(Query::Metrics);
     assert_eq!(status, 200);

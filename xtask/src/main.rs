@@ -75,12 +75,38 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Fuzz every parser that takes outside input (cargo-fuzz, libFuzzer, nightly): the
+    /// targets of fuzz/ in turn, sharing the time; prints a table for docs/reliability.md.
+    /// A crash keeps its input in fuzz/artifacts/ and fails the task.
+    Fuzz {
+        /// Minutes for all targets together.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
+    /// Measure how fast a release-build probe takes spans and what they cost it in memory
+    /// (as root): N starts naming one real connection (all but the per-connection limit
+    /// refused), then N/2 start/end pairs on it. Prints a Markdown table for
+    /// docs/performance.md.
+    BenchSpans {
+        /// Spans per workload.
+        #[arg(long, default_value_t = 100_000)]
+        spans: usize,
+        /// The probe's backend.
+        #[arg(long, default_value = "ebpf")]
+        backend: String,
+    },
 }
 
 /// Debian packages the project needs: libpcap for the probe's pcap backend, tcpdump as
 /// the ground truth of byte counts, prometheus for promtool and the real server the
-/// dashboard test queries.
-const APT_PACKAGES: [&str; 4] = ["libpcap-dev", "tcpdump", "iproute2", "prometheus"];
+/// dashboard test queries, python3 for the span-access test's unprivileged sender.
+const APT_PACKAGES: [&str; 5] = [
+    "libpcap-dev",
+    "tcpdump",
+    "iproute2",
+    "prometheus",
+    "python3",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The probe's pcap fallback must keep building for macOS: `test` checks and lints it for
 /// these targets (the probe only: the servers and bench need the macOS SDK for ring).
@@ -132,10 +158,20 @@ fn real_main() -> Result<()> {
             setup()?;
             bench_probe::run(seconds, rounds)
         }
+        Task::Fuzz { minutes } => {
+            rust_src()?;
+            fuzz::run(minutes)
+        }
+        Task::BenchSpans { spans, backend } => {
+            setup()?;
+            bench_spans::run(spans, &backend)
+        }
     }
 }
 
 mod bench_probe;
+mod bench_spans;
+mod fuzz;
 
 fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -28,16 +28,36 @@ struct PendingEvent {
     payload: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Accumulator {
     keys: HashMap<PacketKey, KeyAcc>,
     events: Vec<PendingEvent>,
+    /// Most keys held, as the kernel map's size bounds eBPF's: packets of a new key beyond
+    /// it are counted as "map full", never dropped.
+    max_keys: usize,
     pub health: Health,
 }
 
+impl Default for Accumulator {
+    fn default() -> Self {
+        Self::with_max_keys(usize::MAX)
+    }
+}
+
 impl Accumulator {
+    /// Unbounded (a capture file: its keys go when it ends).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Holding at most `max_keys` keys (live capture).
+    pub fn with_max_keys(max_keys: usize) -> Self {
+        Self {
+            keys: HashMap::new(),
+            events: Vec::new(),
+            max_keys,
+            health: Health::default(),
+        }
     }
 
     /// Counts one packet: `data` is what was captured, `orig_len` its length on the wire.
@@ -71,6 +91,14 @@ impl Accumulator {
             ifindex,
             ingress: false,
         };
+        if self.keys.len() >= self.max_keys && !self.keys.contains_key(&key) {
+            self.health.map_full += Counters {
+                packets: 1,
+                ip_bytes,
+                link_bytes,
+            };
+            return;
+        }
         let acc = self.keys.entry(key).or_default();
         let first = acc.counters.packets == 0;
         acc.counters += Counters {
@@ -127,5 +155,41 @@ impl Accumulator {
                 table.evicted(k);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::Labels;
+    use crate::packet::build::{ethernet, udp4};
+
+    #[test]
+    fn keys_beyond_the_bound_are_counted_as_map_full_never_dropped() {
+        let lo = [127, 0, 0, 1];
+        let packet = |port: u16| ethernet(0x0800, &udp4(lo, port, lo, 9, b"x"));
+        let mut acc = Accumulator::with_max_keys(2);
+        let mut table = FlowTable::new(Labels::default());
+        for port in [1000, 1001, 1002, 1000] {
+            let p = packet(port);
+            acc.packet(LinkType::Ethernet, &p, p.len() as u32, 1);
+        }
+        let now = Instant::now();
+        acc.flush(&mut table, now);
+        let counted: u64 = table.rows().iter().map(|r| r.counters.packets).sum();
+        assert_eq!((counted, acc.health.map_full.packets), (3, 1));
+        // Evicting a key makes room; its totals stay in the table.
+        let first = table.idle_keys(
+            now + std::time::Duration::from_secs(1),
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+        );
+        acc.evict(&mut table, &first);
+        let p = packet(1002);
+        acc.packet(LinkType::Ethernet, &p, p.len() as u32, 1);
+        acc.flush(&mut table, now);
+        let counted: u64 = table.rows().iter().map(|r| r.counters.packets).sum();
+        assert_eq!((counted, acc.health.map_full.packets), (4, 1));
+        assert_eq!(table.evictions, 2);
     }
 }

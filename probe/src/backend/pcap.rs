@@ -46,6 +46,8 @@ pub struct PcapOptions {
     pub buffer_size: i32,
     /// A BPF capture filter, e.g. "port 8080 or port 4433".
     pub filter: Option<String>,
+    /// Most flow keys held (`--max-flows`, as for the kernel map).
+    pub max_flows: u32,
 }
 
 impl Default for PcapOptions {
@@ -54,6 +56,7 @@ impl Default for PcapOptions {
             snaplen: DEFAULT_SNAPLEN,
             buffer_size: 8 << 20,
             filter: None,
+            max_flows: 65_536,
         }
     }
 }
@@ -81,7 +84,7 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 impl PcapBackend {
     pub fn start(ifaces: &[String], opts: &PcapOptions) -> Result<Self, PcapBackendError> {
         let shared = Arc::new(Mutex::new(Shared {
-            acc: Accumulator::new(),
+            acc: Accumulator::with_max_keys(opts.max_flows as usize),
             drops: vec![0; ifaces.len()],
             error: None,
         }));

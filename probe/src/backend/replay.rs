@@ -83,6 +83,20 @@ impl<S: PacketSource> ReplayBackend<S> {
     /// run out (or the file breaks), the remaining spans; `None` at the end of both.
     /// Packets without a timestamp are counted where they stand.
     pub fn next_span(&mut self) -> Result<Option<Span>, ReplayError> {
+        let due = self.spans.front().map_or(u64::MAX, Span::time_ns);
+        self.count_until(due)?;
+        Ok(self.spans.pop_front())
+    }
+
+    /// Counts the packets before `ts_ns` (stops early at a span due before then, which
+    /// [`ReplayBackend::next_span`] hands out).
+    pub fn advance_to(&mut self, ts_ns: u64) -> Result<(), ReplayError> {
+        let due = self.spans.front().map_or(u64::MAX, Span::time_ns);
+        self.count_until(due.min(ts_ns))
+    }
+
+    /// Counts packets with a time before `limit_ns`.
+    fn count_until(&mut self, limit_ns: u64) -> Result<(), ReplayError> {
         while !self.ended {
             let p = match self.held.take() {
                 Some(p) => p,
@@ -101,16 +115,14 @@ impl<S: PacketSource> ReplayBackend<S> {
             };
             let link =
                 LinkType::from_pcap(p.linktype).ok_or(ReplayError::UnknownLinkType(p.linktype))?;
-            if let (Some(ts), Some(next)) = (p.ts_ns, self.spans.front())
-                && next.time_ns() <= ts
-            {
+            if p.ts_ns.is_some_and(|ts| ts >= limit_ns) {
                 self.held = Some(p);
-                return Ok(self.spans.pop_front());
+                return Ok(());
             }
             self.acc.packet(link, &p.data, p.orig_len, p.iface);
             self.packets += 1;
         }
-        Ok(self.spans.pop_front())
+        Ok(())
     }
 
     /// Packets counted so far.

@@ -83,6 +83,13 @@ enum Task {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
     },
+    /// The demo's workload for N minutes with the probe's memory and descriptors sampled
+    /// every 10 s (as root): a table for docs/reliability.md, and an error if either grew
+    /// by more than 10% from the second minute to the last.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Measure how fast a release-build probe takes spans and what they cost it in memory
     /// (as root): N starts naming one real connection (all but the per-connection limit
     /// refused), then N/2 start/end pairs on it. Prints a Markdown table for
@@ -158,6 +165,10 @@ fn real_main() -> Result<()> {
             setup()?;
             bench_probe::run(seconds, rounds)
         }
+        Task::Soak { minutes } => {
+            setup()?;
+            soak::run(minutes)
+        }
         Task::Fuzz { minutes } => {
             rust_src()?;
             fuzz::run(minutes)
@@ -172,6 +183,7 @@ fn real_main() -> Result<()> {
 mod bench_probe;
 mod bench_spans;
 mod fuzz;
+mod soak;
 
 fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -73,6 +73,10 @@ impl Probe {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(self.api).unwrap();
         write!(

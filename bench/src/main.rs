@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokenwire_bench::approach::Approach;
-use tokenwire_bench::client::Targets;
 use tokenwire_bench::client::https::HttpsClient;
 use tokenwire_bench::client::tls::Trust;
+use tokenwire_bench::client::{ReferenceClient, Targets};
 use tokenwire_bench::report::{self, Summary};
 use tokenwire_bench::runner::{self, ApproachRun, RunConfig};
 use tokenwire_bench::{server_info, wire, workload};
@@ -228,6 +228,40 @@ struct RunArgs {
     /// run says so and reports application figures only.
     #[arg(long, default_value = "127.0.0.1:9464")]
     probe: SocketAddr,
+    /// The reference study's client (docs/reference.md): all of --no-usage,
+    /// --legacy-chunks, --count-end-frame, --p50-mean, --connection-close, --short-cids,
+    /// --no-keepalive and --sse-v6. Start
+    /// the servers with `--reference` too (SSE also on [::1], 4-byte QUIC connection IDs).
+    #[arg(long)]
+    reference: bool,
+    /// raw: no `stream_options.include_usage` (the reference never sent it): no usage chunk;
+    /// tokens counted from the chunks.
+    #[arg(long)]
+    no_usage: bool,
+    /// raw: ask the model for /v1 chunks in the legacy format (role in every chunk), as the
+    /// Ollama of the reference sent them (a request header the embedded model honours).
+    #[arg(long)]
+    legacy_chunks: bool,
+    /// wt: count the `0:` end frame as a token, as the reference did.
+    #[arg(long)]
+    count_end_frame: bool,
+    /// P50 as the mean of the two middle values (the reference's), not the nearest rank.
+    #[arg(long)]
+    p50_mean: bool,
+    /// raw and sse without --reuse: send `Connection: close` (the reference's fresh mode).
+    #[arg(long)]
+    connection_close: bool,
+    /// wt: 4-byte QUIC connection IDs for the client, as quic-go (the reference's client)
+    /// uses; the servers' own are `tokenwire-servers --quic-cid-len`.
+    #[arg(long)]
+    short_cids: bool,
+    /// wt: no keep-alive PINGs from the client (the reference's client sent none).
+    #[arg(long)]
+    no_keepalive: bool,
+    /// sse over IPv6 loopback ([::1] at --sse's port): the reference's SSE client dialled
+    /// `localhost`, which macOS resolves to ::1 first (its other clients used IPv4).
+    #[arg(long)]
+    sse_v6: bool,
     /// Do not ask a probe for wire figures.
     #[arg(long, conflicts_with = "probe")]
     no_probe: bool,
@@ -490,12 +524,32 @@ async fn run(args: RunArgs) -> Result<()> {
             approaches.push(*a);
         }
     }
+    let r = args.reference;
+    let reference = ReferenceClient {
+        no_usage: r || args.no_usage,
+        legacy_chunks: r || args.legacy_chunks,
+        count_end_frame: r || args.count_end_frame,
+        connection_close: r || args.connection_close,
+        short_cids: r || args.short_cids,
+        no_keepalive: r || args.no_keepalive,
+    };
+    let p50 = if r || args.p50_mean {
+        report::Median::MeanOfMiddle
+    } else {
+        report::Median::NearestRank
+    };
+    let sse = if r || args.sse_v6 {
+        SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), args.sse.port())
+    } else {
+        args.sse
+    };
     let targets = Targets {
         raw: args.raw,
-        sse: args.sse,
+        sse,
         wt_url: args.wt_url.clone(),
         host: args.host.clone(),
         model: args.model.clone(),
+        reference,
     };
     let show = !args.quiet && std::io::stdout().is_terminal();
     // Ask the probe first: a run of minutes should not end in "no probe".
@@ -571,7 +625,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .collect();
     let summaries: Vec<Summary> = runs
         .iter()
-        .map(|r| report::summarise(r.approach, &all, r.connections))
+        .map(|r| report::summarise_with(r.approach, &all, r.connections, p50))
         .collect();
     println!("\n{}", report::markdown(&summaries));
     let wire_figures = match probe {
@@ -579,7 +633,12 @@ async fn run(args: RunArgs) -> Result<()> {
             let mut out = Vec::new();
             for run in runs.iter().filter(|r| r.unreachable.is_none()) {
                 match wire::collect(addr, run, Duration::from_secs(10)).await {
-                    Ok(w) => out.push(w),
+                    Ok(mut w) => {
+                        if reference.count_end_frame && run.approach == Approach::Wt {
+                            w.add_tokens_per_request(1);
+                        }
+                        out.push(w)
+                    }
                     Err(e) => eprintln!("{}: wire figures left out: {e}", run.approach),
                 }
             }
@@ -629,6 +688,7 @@ async fn run(args: RunArgs) -> Result<()> {
             targets: serde_json::json!({
                 "raw": targets.raw, "sse": targets.sse, "wt": targets.wt_url,
                 "host": targets.host, "model": targets.model,
+                "reference": targets.reference, "p50_mean": p50 == report::Median::MeanOfMiddle,
             }),
             server,
             summaries: &summaries,

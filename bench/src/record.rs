@@ -99,6 +99,12 @@ impl Recorder {
         self.rec.text.push_str(text);
     }
 
+    /// Counts a token that carries no text (the reference counted WebTransport's `0:` end
+    /// frame as one): the count only, no timing.
+    pub fn uncounted_as_text(&mut self) {
+        self.rec.tokens_counted += 1;
+    }
+
     pub fn reported(&mut self, tokens: u64) {
         self.rec.tokens_reported = Some(tokens);
     }

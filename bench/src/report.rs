@@ -49,6 +49,27 @@ fn mean(v: impl IntoIterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
+/// How a median is taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Median {
+    /// The nearest-rank percentile, as P90 and P99 (tokenwire's default).
+    #[default]
+    NearestRank,
+    /// The mean of the two middle values of an even count (the reference's P50).
+    MeanOfMiddle,
+}
+
+/// The median of sorted values by `rule`.
+pub fn median(sorted: &[f64], rule: Median) -> Option<f64> {
+    let n = sorted.len();
+    match rule {
+        Median::MeanOfMiddle if n > 0 && n.is_multiple_of(2) => {
+            Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0)
+        }
+        _ => percentile(sorted, 0.5),
+    }
+}
+
 /// Nearest-rank percentile (`p` in 0..=1) of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
@@ -59,6 +80,16 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 pub fn summarise(approach: Approach, records: &[RequestRecord], connections: u64) -> Summary {
+    summarise_with(approach, records, connections, Median::NearestRank)
+}
+
+/// [`summarise`] with the P50s taken by `p50`.
+pub fn summarise_with(
+    approach: Approach,
+    records: &[RequestRecord],
+    connections: u64,
+    p50: Median,
+) -> Summary {
     let mine: Vec<&RequestRecord> = records.iter().filter(|r| r.approach == approach).collect();
     let ok: Vec<&RequestRecord> = mine.iter().copied().filter(|r| r.ok()).collect();
     let mut ttfts: Vec<f64> = ok.iter().filter_map(|r| r.ttft).map(ms).collect();
@@ -82,12 +113,12 @@ pub fn summarise(approach: Approach, records: &[RequestRecord], connections: u64
         failed: mine.len() - ok.len(),
         connections,
         avg_app_bytes: mean(ok.iter().map(|r| r.app_bytes as f64)),
-        p50_ttft_ms: percentile(&ttfts, 0.5),
+        p50_ttft_ms: median(&ttfts, p50),
         p90_ttft_ms: percentile(&ttfts, 0.9),
         p99_ttft_ms: percentile(&ttfts, 0.99),
         avg_tbt_ms,
         avg_tbt_per_request_ms: mean(ok.iter().filter_map(|r| r.mean_gap()).map(ms)),
-        p50_gap_ms: percentile(&gaps, 0.5),
+        p50_gap_ms: median(&gaps, p50),
         p99_gap_ms: percentile(&gaps, 0.99),
         avg_total_s: mean(ok.iter().filter_map(|r| r.total).map(|d| d.as_secs_f64())),
         avg_tokens: mean(ok.iter().map(|r| r.tokens() as f64)),

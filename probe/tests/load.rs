@@ -220,12 +220,13 @@ fn hundred_thousand_flows(backend: &str) {
         "evictions {evictions}"
     );
     assert!(sample(&m, "tokenwire_probe_flows_tracked") <= u64::from(MAX_FLOWS));
-    // Memory: flat after the first waves (within 16 MiB of the third wave's).
-    let (third, last) = (rss[2], rss[rss.len() - 1]);
-    assert!(
-        last <= third + 16 * 1024,
-        "RSS grew from {third} to {last} KiB: {rss:?}"
-    );
+    // Memory: no growth from wave to wave. The second half of the waves peaks no higher than
+    // the first (within 8 MiB: the capture thread's allocator takes and returns memory in
+    // large steps).
+    let half = rss.len() / 2;
+    let first = rss[..half].iter().max().copied().unwrap_or(0);
+    let second = rss[half..].iter().max().copied().unwrap_or(0);
+    assert!(second <= first + 8 * 1024, "RSS by wave, KiB: {rss:?}");
 }
 
 #[test]

@@ -44,7 +44,17 @@ pub struct RelayOptions {
     pub stall: Duration,
     /// Where request spans go (docs/spans.md).
     pub spans: SpanSink,
+    /// Length of the WebTransport server's QUIC connection IDs (quinn's default is 8;
+    /// quic-go, which the reference ran, uses 4). Every short-header packet the server
+    /// receives carries one.
+    pub quic_cid_len: usize,
+    /// How often the WebTransport server sends a keep-alive PING on an idle session
+    /// (`None`: never). 3 s by default; quic-go's server in the reference used 30 s.
+    pub wt_keep_alive: Option<Duration>,
 }
+
+/// quinn's connection ID length.
+pub const DEFAULT_QUIC_CID_LEN: usize = 8;
 
 impl Default for RelayOptions {
     fn default() -> Self {
@@ -55,6 +65,8 @@ impl Default for RelayOptions {
             max_frame: crate::protocol::framing::MAX_FRAME,
             stall: Duration::from_secs(10),
             spans: SpanSink::disabled(),
+            quic_cid_len: DEFAULT_QUIC_CID_LEN,
+            wt_keep_alive: Some(Duration::from_secs(3)),
         }
     }
 }
@@ -240,11 +252,17 @@ pub async fn start_wt(
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::new(&opts.upstream)?;
     let identity = crate::tls::wt_identity(id).map_err(|e| LaunchError::Tls(e.to_string()))?;
-    let config = wtransport::ServerConfig::builder()
+    let mut config = wtransport::ServerConfig::builder()
         .with_bind_address(addr)
         .with_identity(identity)
-        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .keep_alive_interval(opts.wt_keep_alive)
         .build();
+    let cid_len = opts.quic_cid_len;
+    if cid_len != DEFAULT_QUIC_CID_LEN {
+        config.quic_endpoint_config_mut().cid_generator(move || {
+            Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_len))
+        });
+    }
     let endpoint = wtransport::Endpoint::server(config)
         .map_err(|source| LaunchError::Bind { addr, source })?;
     let addr = endpoint.local_addr().unwrap_or(addr);

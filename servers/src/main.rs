@@ -74,6 +74,13 @@ enum Command {
         /// A real Ollama to relay (e.g. http://127.0.0.1:11434); default: the embedded model.
         #[arg(long)]
         upstream: Option<String>,
+        /// The reference study's server side (docs/reference.md): the SSE relay also on
+        /// [::1] at --sse-listen's port (its client reached SSE over IPv6), 4-byte QUIC
+        /// connection IDs and keep-alive PINGs every 30 s (its quic-go server's), and the
+        /// model's legacy /v1 chunk format. Pair with
+        /// `tokenwire-bench run --reference`.
+        #[arg(long)]
+        reference: bool,
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
@@ -184,6 +191,14 @@ struct RelayTuning {
     /// Send no spans.
     #[arg(long, conflicts_with = "spans")]
     no_spans: bool,
+    /// Length of the WebTransport server's QUIC connection IDs, 1 to 20 bytes (quic-go, which
+    /// the reference ran, uses 4).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=20))]
+    quic_cid_len: u8,
+    /// Seconds between the WebTransport server's keep-alive PINGs on an idle session; 0
+    /// sends none (quic-go's server in the reference used 30).
+    #[arg(long, default_value_t = 3)]
+    wt_keepalive_secs: u64,
 }
 
 impl RelayTuning {
@@ -200,6 +215,9 @@ impl RelayTuning {
             max_frame: self.max_frame,
             stall: Duration::from_secs(self.stall_secs),
             spans,
+            quic_cid_len: usize::from(self.quic_cid_len),
+            wt_keep_alive: (self.wt_keepalive_secs > 0)
+                .then(|| Duration::from_secs(self.wt_keepalive_secs)),
         })
     }
 }
@@ -285,12 +303,16 @@ async fn run(command: Command) -> Result<()> {
             sse_listen,
             wt_listen,
             upstream,
-            model,
+            reference,
+            mut model,
             relay,
             common,
         } => {
             grace = Duration::from_secs(common.grace_secs);
             let id = identity(&relay.certs)?;
+            if reference {
+                model.openai_format = OpenAiFormat::Legacy;
+            }
             let upstream = match upstream {
                 Some(u) => u,
                 None => {
@@ -302,12 +324,21 @@ async fn run(command: Command) -> Result<()> {
                     url
                 }
             };
-            let opts = relay.options(upstream)?;
-            for (kind, addr) in [
+            let mut opts = relay.options(upstream)?;
+            let mut listeners = vec![
                 (Companion::Raw, raw_listen),
                 (Companion::Sse, sse_listen),
                 (Companion::Wt, wt_listen),
-            ] {
+            ];
+            if reference {
+                opts.quic_cid_len = 4;
+                opts.wt_keep_alive = Some(Duration::from_secs(30));
+                let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), sse_listen.port());
+                if v6 != sse_listen {
+                    listeners.push((Companion::Sse, v6));
+                }
+            }
+            for (kind, addr) in listeners {
                 running.push(
                     launch::start_companion(kind, addr, &id, &opts, shutdown.clone(), grace)
                         .await?,

@@ -24,6 +24,11 @@ pub struct HttpsClient {
     sender: Option<SendRequest<Full<Bytes>>>,
     /// Connections opened so far.
     pub connections: u64,
+    /// Headers added to every request.
+    pub extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// A request that does not reuse its connection says `Connection: close` (as Go's
+    /// client did for the reference's fresh mode).
+    pub close_when_fresh: bool,
 }
 
 impl HttpsClient {
@@ -35,6 +40,8 @@ impl HttpsClient {
             tls: tokio_rustls::TlsConnector::from(tls),
             sender: None,
             connections: 0,
+            extra_headers: Vec::new(),
+            close_when_fresh: false,
         }
     }
 
@@ -101,11 +108,18 @@ impl HttpsClient {
             .ready()
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(header::HOST, &self.host)
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in &self.extra_headers {
+            req = req.header(name, value);
+        }
+        if !reuse && self.close_when_fresh {
+            req = req.header(header::CONNECTION, "close");
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let resp = sender

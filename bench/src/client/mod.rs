@@ -44,6 +44,28 @@ pub struct Targets {
     pub host: String,
     /// Model name for the raw approach.
     pub model: String,
+    /// What the client does as the reference study's did (docs/reference.md).
+    pub reference: ReferenceClient,
+}
+
+/// The reference study's client behaviours, each on its own (`--reference` sets them all;
+/// docs/reference.md measures each one's effect).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReferenceClient {
+    /// raw: no `stream_options.include_usage` (no usage chunk; tokens counted from chunks).
+    pub no_usage: bool,
+    /// raw: ask the model for `/v1` chunks in the legacy format (role in every chunk), as
+    /// the Ollama the reference ran sent them.
+    pub legacy_chunks: bool,
+    /// wt: count the `0:` end frame as a token.
+    pub count_end_frame: bool,
+    /// raw and sse without --reuse: send `Connection: close`.
+    pub connection_close: bool,
+    /// wt: 4-byte QUIC connection IDs for the client (quic-go's; quinn's are 8). Every
+    /// short-header packet the server sends carries the client's.
+    pub short_cids: bool,
+    /// wt: no keep-alive PINGs from the client (the reference's client sent none).
+    pub no_keepalive: bool,
 }
 
 impl Default for Targets {
@@ -54,15 +76,16 @@ impl Default for Targets {
             wt_url: "https://127.0.0.1:4433/wt".to_owned(),
             host: "localhost".to_owned(),
             model: "gemma3:12b".to_owned(),
+            reference: ReferenceClient::default(),
         }
     }
 }
 
 /// One client per approach, holding its connection between prompts in reuse mode.
 pub enum ApproachClient {
-    Raw(https::HttpsClient, String),
+    Raw(https::HttpsClient, String, ReferenceClient),
     Sse(https::HttpsClient),
-    Wt(wt::WtClient),
+    Wt(wt::WtClient, ReferenceClient),
 }
 
 impl ApproachClient {
@@ -76,15 +99,33 @@ impl ApproachClient {
                 .client_config()
                 .map_err(|e| ClientError::Http(format!("TLS configuration: {e}")))
         };
+        let reference = targets.reference;
+        let https = |addr| -> Result<https::HttpsClient, ClientError> {
+            let mut c = https::HttpsClient::new(addr, &targets.host, cfg()?);
+            c.close_when_fresh = reference.connection_close;
+            Ok(c)
+        };
         Ok(match approach {
-            Approach::Raw => ApproachClient::Raw(
-                https::HttpsClient::new(targets.raw, &targets.host, cfg()?),
-                targets.model.clone(),
-            ),
-            Approach::Sse => {
-                ApproachClient::Sse(https::HttpsClient::new(targets.sse, &targets.host, cfg()?))
+            Approach::Raw => {
+                let mut c = https(targets.raw)?;
+                if reference.legacy_chunks {
+                    c.extra_headers.push((
+                        http::HeaderName::from_static(
+                            tokenwire_servers::model::OPENAI_FORMAT_HEADER,
+                        ),
+                        http::HeaderValue::from_static("legacy"),
+                    ));
+                }
+                ApproachClient::Raw(c, targets.model.clone(), reference)
             }
-            Approach::Wt => ApproachClient::Wt(wt::WtClient::new(&targets.wt_url, trust)?),
+            Approach::Sse => ApproachClient::Sse(https(targets.sse)?),
+            Approach::Wt => {
+                let cid_len = reference.short_cids.then_some(4);
+                let keep_alive = (!reference.no_keepalive).then_some(wt::KEEP_ALIVE);
+                let client =
+                    wt::WtClient::with_options(&targets.wt_url, trust, cid_len, keep_alive)?;
+                ApproachClient::Wt(client, reference)
+            }
         })
     }
 
@@ -92,22 +133,22 @@ impl ApproachClient {
         match self {
             ApproachClient::Raw(..) => Approach::Raw,
             ApproachClient::Sse(_) => Approach::Sse,
-            ApproachClient::Wt(_) => Approach::Wt,
+            ApproachClient::Wt(..) => Approach::Wt,
         }
     }
 
     /// Connections (or sessions) opened so far.
     pub fn connections(&self) -> u64 {
         match self {
-            ApproachClient::Raw(c, _) | ApproachClient::Sse(c) => c.connections,
-            ApproachClient::Wt(c) => c.connections,
+            ApproachClient::Raw(c, ..) | ApproachClient::Sse(c) => c.connections,
+            ApproachClient::Wt(c, _) => c.connections,
         }
     }
 
     /// Closes what the client holds open (a WebTransport session is closed explicitly;
     /// TCP connections close when dropped).
     pub async fn shutdown(self) {
-        if let ApproachClient::Wt(mut c) = self {
+        if let ApproachClient::Wt(mut c, _) = self {
             c.shutdown().await;
         }
     }
@@ -139,13 +180,15 @@ impl ApproachClient {
         let mut rec = Recorder::new(approach, index, due);
         let result = tokio::time::timeout(timeout, async {
             match self {
-                ApproachClient::Raw(c, model) => {
-                    let body = serde_json::json!({
+                ApproachClient::Raw(c, model, reference) => {
+                    let mut body = serde_json::json!({
                         "model": model,
                         "messages": [{"role": "user", "content": prompt}],
                         "stream": true,
-                        "stream_options": {"include_usage": true},
                     });
+                    if !reference.no_usage {
+                        body["stream_options"] = serde_json::json!({"include_usage": true});
+                    }
                     let resp = c
                         .post_json("/v1/chat/completions", body.to_string(), reuse)
                         .await?;
@@ -156,8 +199,9 @@ impl ApproachClient {
                     let resp = c.post_json("/chat", body.to_string(), reuse).await?;
                     read_sse(resp, &mut rec, SseKind::Relay).await
                 }
-                ApproachClient::Wt(c) => {
-                    let r = wt_stream(c, prompt, reuse, &mut rec).await;
+                ApproachClient::Wt(c, reference) => {
+                    let count_end = reference.count_end_frame;
+                    let r = wt_stream(c, prompt, reuse, count_end, &mut rec).await;
                     if !reuse {
                         c.close();
                     }
@@ -247,6 +291,7 @@ async fn wt_stream(
     c: &mut wt::WtClient,
     prompt: &str,
     reuse: bool,
+    count_end_frame: bool,
     rec: &mut Recorder,
 ) -> Result<(), ClientError> {
     let session = c.session(reuse).await?;
@@ -276,6 +321,9 @@ async fn wt_stream(
             }
             if frame.is_empty() {
                 done = true;
+                if count_end_frame {
+                    rec.uncounted_as_text();
+                }
             } else {
                 let text = std::str::from_utf8(&frame)
                     .map_err(|_| ClientError::Stream("token is not UTF-8".into()))?;

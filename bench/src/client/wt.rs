@@ -7,6 +7,9 @@ use std::time::Duration;
 use wtransport::endpoint::endpoint_side::Client;
 use wtransport::{ClientConfig, Connection, Endpoint};
 
+/// The client's keep-alive PING interval by default.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
 pub struct WtClient {
     endpoint: Endpoint<Client>,
     url: String,
@@ -18,6 +21,18 @@ pub struct WtClient {
 impl WtClient {
     /// `url` is the session URL, e.g. `https://127.0.0.1:4433/wt`.
     pub fn new(url: &str, trust: &Trust) -> Result<Self, ClientError> {
+        Self::with_options(url, trust, None, Some(KEEP_ALIVE))
+    }
+
+    /// Like [`Self::new`], with `cid_len`-byte connection IDs for this client (quinn's 8
+    /// when `None`: the server puts the client's ID in every short-header packet it sends)
+    /// and keep-alive PINGs every `keep_alive` (none when `None`).
+    pub fn with_options(
+        url: &str,
+        trust: &Trust,
+        cid_len: Option<usize>,
+        keep_alive: Option<Duration>,
+    ) -> Result<Self, ClientError> {
         let builder = ClientConfig::builder().with_bind_default();
         let builder = match trust.sha256() {
             Some(hash) => {
@@ -25,11 +40,16 @@ impl WtClient {
             }
             None => builder.with_no_cert_validation(),
         };
-        let config = builder
-            .keep_alive_interval(Some(Duration::from_secs(3)))
+        let mut config = builder
+            .keep_alive_interval(keep_alive)
             .max_idle_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| ClientError::Wt(e.to_string()))?
             .build();
+        if let Some(len) = cid_len {
+            config.quic_endpoint_config_mut().cid_generator(move || {
+                Box::new(quinn_proto::RandomConnectionIdGenerator::new(len))
+            });
+        }
         let endpoint = Endpoint::client(config).map_err(|e| ClientError::Wt(e.to_string()))?;
         Ok(Self {
             endpoint,

@@ -9,4 +9,4 @@ pub mod generation;
 mod server;
 
 pub use generation::{DoneReason, Plan, Timing};
-pub use server::{Model, ModelConfig, OpenAiFormat};
+pub use server::{Model, ModelConfig, OPENAI_FORMAT_HEADER, OpenAiFormat};

@@ -20,6 +20,10 @@ const NDJSON: &str = "application/x-ndjson";
 const JSON: &str = "application/json; charset=utf-8";
 const EVENT_STREAM: &str = "text/event-stream";
 
+/// Request header choosing `/v1/chat/completions`' chunk format for one request:
+/// `legacy` (role and `created` in every chunk, Ollama <= 0.32.5) or `current`.
+pub const OPENAI_FORMAT_HEADER: &str = "x-tokenwire-openai-format";
+
 /// Which `/v1/chat/completions` chunk format to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OpenAiFormat {
@@ -297,6 +301,17 @@ impl Model {
     }
 
     async fn openai(&self, req: Request<Incoming>) -> Response<Body> {
+        // A client may ask for the chunk format of its request (the bench's reference mode:
+        // the Ollama the reference study ran). A tokenwire extension; Ollama ignores it.
+        let legacy = match req
+            .headers()
+            .get(OPENAI_FORMAT_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("legacy") => true,
+            Some("current") => false,
+            _ => self.cfg.openai_format == OpenAiFormat::Legacy,
+        };
         let body = match read_body(req, self.cfg.max_body).await {
             Ok(b) => b,
             Err(e) => return openai_error(body_status(&e), &e.to_string()),
@@ -340,7 +355,7 @@ impl Model {
             id: format!("chatcmpl-{}", rand::rng().random_range(0..999)),
             created: OffsetDateTime::now_utc().unix_timestamp(),
             include_usage: r.stream_options.is_some_and(|o| o.include_usage),
-            legacy: self.cfg.openai_format == OpenAiFormat::Legacy,
+            legacy,
             sent_role: false,
         };
         if r.stream {

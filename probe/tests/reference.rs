@@ -1,0 +1,155 @@
+//! A short `run --reuse --reference` against the reference's server side, with the probe:
+//! the SSE relay reached over IPv6 loopback, 4-byte QUIC connection IDs, the raw request
+//! without `stream_options` and with legacy chunks, WebTransport's end frame counted as a
+//! token, P50 as the mean of the middle pair, and the wire table's lo0 column (IP bytes
+//! plus 4 per packet) — docs/reference.md. Runs as root.
+
+mod common;
+
+use common::live::{Probe, spans_path};
+use common::require_root;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokenwire_bench::approach::Approach;
+use tokenwire_bench::client::tls::Trust;
+use tokenwire_bench::client::{ReferenceClient, Targets};
+use tokenwire_bench::report::{Median, summarise_with};
+use tokenwire_bench::runner::{RunConfig, run};
+use tokenwire_bench::wire;
+use tokenwire_bench::workload::{default_prompts, jobs};
+use tokenwire_servers::launch::{self, RelayOptions};
+use tokenwire_servers::model::{ModelConfig, Timing};
+use tokenwire_servers::spans::SpanSink;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
+    require_root();
+    let path = spans_path("reference");
+    let shutdown = CancellationToken::new();
+    let grace = Duration::from_secs(1);
+    let id = tokenwire_servers::certs::ensure(
+        &std::env::temp_dir().join(format!("tokenwire-ref-certs-{}", std::process::id())),
+    )
+    .unwrap();
+    let cfg = ModelConfig {
+        timing: Timing {
+            speed: 10.0,
+            mean_tokens: 40,
+            ..Timing::default()
+        },
+        ..ModelConfig::default()
+    };
+    let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (model, _) = launch::start_model(v4, cfg, shutdown.clone(), grace)
+        .await
+        .unwrap();
+    let opts = RelayOptions {
+        upstream: model.url.clone(),
+        spans: SpanSink::to_path(&path).unwrap(),
+        quic_cid_len: 4,
+        ..RelayOptions::default()
+    };
+    let raw = launch::start_raw(v4, &id, &opts, shutdown.clone(), grace)
+        .await
+        .unwrap();
+    let sse = launch::start_sse(v4, &id, &opts, shutdown.clone(), grace)
+        .await
+        .unwrap();
+    // The reference's SSE client reached the relay over IPv6 (macOS resolves localhost
+    // to ::1 first): the relay listens there too, on the same port.
+    let sse6_addr: SocketAddr = format!("[::1]:{}", sse.addr.port()).parse().unwrap();
+    let sse6 = launch::start_sse(sse6_addr, &id, &opts, shutdown.clone(), grace)
+        .await
+        .unwrap();
+    let wt = launch::start_wt(v4, &id, &opts, shutdown.clone(), grace)
+        .await
+        .unwrap();
+    let labels = vec![
+        format!("{}=raw_api", raw.addr.port()),
+        format!("{}=sse", sse.addr.port()),
+        format!("{}=webtransport", wt.addr.port()),
+    ];
+    let probe = Probe::start("ebpf", &path, &labels);
+    let reference = ReferenceClient {
+        no_usage: true,
+        legacy_chunks: true,
+        count_end_frame: true,
+        connection_close: true,
+        short_cids: true,
+        no_keepalive: true,
+    };
+    let targets = Targets {
+        raw: raw.addr,
+        sse: sse6.addr,
+        wt_url: wt.url.clone(),
+        reference,
+        ..Targets::default()
+    };
+    let cfg = RunConfig {
+        approaches: Approach::ALL.to_vec(),
+        reuse: true,
+        jobs: jobs(&default_prompts(), Some(2), 1).unwrap(),
+        concurrency: 1,
+        rate: None,
+        seed: 1,
+        timeout: Duration::from_secs(60),
+        warmup: true,
+        targets,
+        trust: Trust::Pinned(id.cert_der.clone()),
+        progress: false,
+    };
+    let runs = run(&cfg).await;
+    let all: Vec<_> = runs.iter().flat_map(|r| r.records.clone()).collect();
+    for r in &runs {
+        let s = summarise_with(r.approach, &all, r.connections, Median::MeanOfMiddle);
+        assert_eq!(
+            s.failed,
+            0,
+            "{:?}",
+            r.records.iter().find_map(|x| x.error.clone())
+        );
+        // Two requests: the P50 is the mean of both.
+        let ttfts: Vec<f64> = r
+            .records
+            .iter()
+            .map(|x| x.ttft.unwrap().as_secs_f64() * 1e3)
+            .collect();
+        let mean = (ttfts[0] + ttfts[1]) / 2.0;
+        assert!((s.p50_ttft_ms.unwrap() - mean).abs() < 1e-9);
+        let mut w = wire::collect(probe.api, r, Duration::from_secs(15))
+            .await
+            .unwrap();
+        assert_eq!(w.requests, 2);
+        let server_tokens = w.tokens;
+        match r.approach {
+            // No usage chunk: the tokens are the chunks the client counted.
+            Approach::Raw => {
+                assert!(r.records.iter().all(|x| x.tokens_reported.is_none()));
+                let counted: u64 = r.records.iter().map(|x| x.tokens_counted).sum();
+                assert_eq!(counted, server_tokens);
+            }
+            // The end frame counts as a token, as the reference counted it.
+            Approach::Wt => {
+                let counted: u64 = r.records.iter().map(|x| x.tokens()).sum();
+                assert_eq!(counted, server_tokens + 2);
+                w.add_tokens_per_request(1);
+                assert_eq!(w.tokens, counted);
+            }
+            Approach::Sse => {}
+        }
+        let lo0 = (w.wire_bytes + 4 * w.packets) as f64 / w.tokens as f64;
+        assert!((w.lo0_bytes_per_token.unwrap() - lo0).abs() < 1e-9);
+        assert!(w.lo0_bytes_per_token > w.bytes_per_token);
+    }
+    // The SSE requests (the warm-up's and the two measured) travelled over IPv6.
+    let reqs = probe.json("/api/requests?approach=sse");
+    let reqs = reqs["requests"].as_array().unwrap();
+    assert_eq!(reqs.len(), 3);
+    assert!(
+        reqs.iter()
+            .all(|r| r["client"].as_str().unwrap().starts_with("[::1]")),
+        "{reqs:#?}"
+    );
+    shutdown.cancel();
+}

@@ -154,15 +154,17 @@ impl<B: Backend> Engine<B> {
 
     /// Applies one span: the span-cut sequence. Whether it was applied.
     pub fn span(&mut self, span: Span, now: Instant) -> bool {
-        let mut cut_ns = self.backend.cut_time_ns(&span);
-        if let Some(conn) = self.attributor.conn_of(&span) {
-            // Events first: a connection's first packets may only be known from them.
+        let conn = self.attributor.conn_of(&span);
+        // Events first: a connection's first packets may only be known from them.
+        let keys = conn.map(|c| {
             self.backend.drain(&mut self.table);
-            let keys = self.table.keys_of(&conn);
-            // The cut's time is taken right before the counters are read (a lookup per
-            // key, microseconds): a capture cut at this time agrees with the read but for
-            // a packet counted within those microseconds.
-            cut_ns = self.backend.cut_time_ns(&span);
+            self.table.keys_of(&c)
+        });
+        // The cut's time is taken right before the counters are read (a lookup per key,
+        // microseconds): a capture cut at this time agrees with the read but for a packet
+        // counted within those microseconds.
+        let cut_ns = self.backend.cut_time_ns(&span);
+        if let (Some(conn), Some(keys)) = (conn, keys) {
             self.backend.refresh(&mut self.table, &keys, now);
             tracing::debug!(?conn, keys = keys.len(), conns = self.table.len(), snapshot = ?self.table.snapshot(&conn), "span cut");
         }

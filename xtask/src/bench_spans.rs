@@ -10,7 +10,7 @@
 //! the socket; the time runs until the probe's counters account for every span sent.
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
@@ -52,48 +52,29 @@ impl Probe {
         Ok(Self { child, api, dir })
     }
 
-    fn metrics(&self) -> Result<String> {
-        let mut s = TcpStream::connect(self.api)?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    }
-
     /// (accepted, rejected by reason) from /metrics.
     fn span_counts(&self) -> Result<(u64, Vec<(String, u64)>)> {
-        let text = self.metrics()?;
-        let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        let mut accepted = 0;
-        let mut rejected = Vec::new();
-        for l in text.lines() {
-            if l.starts_with("tokenwire_probe_spans_accepted_total ") {
-                accepted = value(l).unwrap_or(0.0) as u64;
-            } else if let Some(rest) =
-                l.strip_prefix("tokenwire_probe_spans_rejected_total{reason=\"")
-            {
-                let reason = rest.split('"').next().unwrap_or("").to_owned();
-                rejected.push((reason, value(l).unwrap_or(0.0) as u64));
-            }
-        }
+        let text = crate::observe::metrics(self.api)?;
+        let accepted = crate::observe::sample(&text, "tokenwire_probe_spans_accepted_total ");
+        let rejected = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("tokenwire_probe_spans_rejected_total{reason=\""))
+            .filter_map(|rest| {
+                let (reason, value) = rest.split_once('"')?;
+                let n = value.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
+                Some((reason.to_owned(), n))
+            })
+            .collect();
         Ok((accepted, rejected))
     }
 
     /// Resident and peak resident set size, KiB.
     fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        let pid = self.child.id();
+        (
+            crate::observe::status_kib(pid, "VmRSS:"),
+            crate::observe::status_kib(pid, "VmHWM:"),
+        )
     }
 }
 

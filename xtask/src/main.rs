@@ -183,6 +183,7 @@ fn real_main() -> Result<()> {
 mod bench_probe;
 mod bench_spans;
 mod fuzz;
+mod observe;
 mod soak;
 
 fn workspace_root() -> PathBuf {

@@ -5,40 +5,20 @@
 //! whether both stayed flat (the last samples within 10% of those after the first minute).
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const API: &str = "127.0.0.1:19464";
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// One sample of a metric from the probe's exposition.
+/// One sample of a metric from the probe's exposition (0 while it does not answer).
 fn metric(name: &str) -> u64 {
-    let Ok(mut s) = std::net::TcpStream::connect(API) else {
-        return 0;
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
-    );
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let api = API.parse().expect("a constant address");
+    crate::observe::metrics(api).map_or(0, |text| crate::observe::sample(&text, name))
 }
 
 struct Stop(Vec<Child>);
@@ -143,7 +123,7 @@ pub fn run(minutes: f64) -> Result<()> {
         std::thread::sleep(Duration::from_secs(10));
         samples.push((
             started.elapsed().as_secs(),
-            rss_kib(pid),
+            crate::observe::status_kib(pid, "VmRSS:"),
             fds(pid),
             metric("tokenwire_probe_connections"),
             metric("tokenwire_requests_total{"),

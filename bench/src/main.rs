@@ -85,6 +85,12 @@ struct MatrixArgs {
     /// Seconds one request may take before it counts as failed.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// The reference study's setup (docs/reference.md), as `run --reference` with
+    /// `tokenwire-servers all --reference`: the link carries IPv6 too and SSE travels over
+    /// it, 4-byte QUIC connection IDs, no ECN, 30 s server keep-alives, legacy chunks, the
+    /// reference's client and P50.
+    #[arg(long)]
+    reference: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -230,8 +236,8 @@ struct RunArgs {
     probe: SocketAddr,
     /// The reference study's client (docs/reference.md): all of --no-usage,
     /// --legacy-chunks, --count-end-frame, --p50-mean, --connection-close, --short-cids,
-    /// --no-keepalive and --sse-v6. Start
-    /// the servers with `--reference` too (SSE also on [::1], 4-byte QUIC connection IDs).
+    /// --no-keepalive, --no-ecn and --sse-v6. Start the servers with `--reference` too
+    /// (SSE also on [::1], 4-byte QUIC connection IDs, no ECN).
     #[arg(long)]
     reference: bool,
     /// raw: no `stream_options.include_usage` (the reference never sent it): no usage chunk;
@@ -258,6 +264,11 @@ struct RunArgs {
     /// wt: no keep-alive PINGs from the client (the reference's client sent none).
     #[arg(long)]
     no_keepalive: bool,
+    /// wt: the client neither reads nor reports ECN marks, so its ACKs carry no ECN
+    /// counters (about 4 bytes each) and the server stops marking; quic-go on macOS, the
+    /// reference's client, does not use ECN. The servers' own: `--no-quic-ecn`.
+    #[arg(long)]
+    no_ecn: bool,
     /// sse over IPv6 loopback ([::1] at --sse's port): the reference's SSE client dialled
     /// `localhost`, which macOS resolves to ::1 first (its other clients used IPv4).
     #[arg(long)]
@@ -358,6 +369,7 @@ fn matrix(args: MatrixArgs) -> Result<()> {
         congestion_control: args.congestion_control.clone(),
         probe_bin,
         work_dir: work_dir.clone(),
+        reference: args.reference,
     };
     let cells = cfg.profiles.len() * cfg.directions.len() * cfg.modes.len();
     eprintln!(
@@ -416,6 +428,11 @@ fn matrix(args: MatrixArgs) -> Result<()> {
         mean_tokens,
         seed: args.seed,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        setup: if args.reference {
+            "the reference's (`--reference`, docs/reference.md): SSE over IPv6, the others over IPv4; 4-byte QUIC connection IDs, no ECN, keep-alives every 30 s from the server and none from the client; legacy /v1 chunks, no `stream_options`; WebTransport's end frame counted as a token; P50 the mean of the middle pair".into()
+        } else {
+            "tokenwire's default: IPv4 for every approach, quinn's QUIC defaults, the current /v1 chunk format, nearest-rank P50".into()
+        },
     };
     tokenwire_bench::results::write(&args.out, &results, &methodology)
         .with_context(|| format!("writing {}", args.out.display()))?;
@@ -532,6 +549,7 @@ async fn run(args: RunArgs) -> Result<()> {
         connection_close: r || args.connection_close,
         short_cids: r || args.short_cids,
         no_keepalive: r || args.no_keepalive,
+        no_ecn: r || args.no_ecn,
     };
     let p50 = if r || args.p50_mean {
         report::Median::MeanOfMiddle

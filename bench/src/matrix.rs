@@ -7,10 +7,15 @@
 //! the companions' default ports on the server side's address), and tokenwire-probe there
 //! too, on the server-side device (the client legs) and on lo (the upstream leg). The
 //! bench client runs in the client namespace.
+//!
+//! With `reference`, every part of the reference's setup that `run --reference` reproduces
+//! (docs/reference.md) is reproduced here too: the link also carries IPv6 and the SSE
+//! client reaches its relay over it, the servers' QUIC uses 4-byte connection IDs, 30 s
+//! keep-alives and no ECN, the model sends legacy chunks, and the client is the reference's.
 
 use crate::approach::Approach;
-use crate::client::Targets;
 use crate::client::tls::Trust;
+use crate::client::{ReferenceClient, Targets};
 use crate::netem::emulator::{Emulator, EmulatorConfig, EmulatorReport, runtime_in};
 use crate::netem::profile::{Direction, Profile};
 use crate::report::{self, Summary};
@@ -23,7 +28,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokenwire_servers::launch::{self, RelayOptions};
-use tokenwire_servers::model::{ModelConfig, Timing};
+use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
 use tokenwire_servers::spans::SpanSink;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +53,8 @@ pub struct MatrixConfig {
     /// tokenwire-probe; `None` runs without wire figures.
     pub probe_bin: Option<PathBuf>,
     pub work_dir: PathBuf,
+    /// The reference's setup instead of tokenwire's default (module comment).
+    pub reference: bool,
 }
 
 /// One approach in one (profile, direction, mode).
@@ -151,6 +158,7 @@ pub fn run(
                 seed: cfg.seed,
                 congestion_control: cfg.congestion_control.clone(),
                 server_netns: true,
+                ipv6: cfg.reference,
                 ..EmulatorConfig::default()
             })?;
             let srv_ns = em
@@ -173,11 +181,21 @@ pub fn run(
             // The servers, in the server namespace.
             let shutdown = CancellationToken::new();
             let server = em.server_addr;
-            let model_cfg = ModelConfig {
+            let sse6 = em.server_addr6.map(|a| SocketAddr::new(a.into(), 8080));
+            let mut model_cfg = ModelConfig {
                 timing: cfg.timing.clone(),
                 ..ModelConfig::default()
             };
-            let sink = SpanSink::to_path(&spans).unwrap_or_default();
+            let mut opts = RelayOptions {
+                spans: SpanSink::to_path(&spans).unwrap_or_default(),
+                ..RelayOptions::default()
+            };
+            if cfg.reference {
+                model_cfg.openai_format = OpenAiFormat::Legacy;
+                opts.quic_cid_len = 4;
+                opts.wt_keep_alive = Some(Duration::from_secs(30));
+                opts.quic_ecn = false;
+            }
             let (sd, idc) = (shutdown.clone(), id.clone());
             let started = srv_rt.block_on(srv_rt.spawn(async move {
                 let grace = Duration::from_secs(2);
@@ -191,11 +209,13 @@ pub fn run(
                 .await?;
                 let opts = RelayOptions {
                     upstream: model.url.clone(),
-                    spans: sink,
-                    ..RelayOptions::default()
+                    ..opts
                 };
                 launch::start_raw(any(11435), &idc, &opts, sd.clone(), grace).await?;
                 launch::start_sse(any(8080), &idc, &opts, sd.clone(), grace).await?;
+                if let Some(addr) = sse6 {
+                    launch::start_sse(addr, &idc, &opts, sd.clone(), grace).await?;
+                }
                 launch::start_wt(any(4433), &idc, &opts, sd.clone(), grace).await?;
                 drop(model);
                 Ok::<_, launch::LaunchError>(())
@@ -207,9 +227,19 @@ pub fn run(
             }
             let targets = Targets {
                 raw: SocketAddr::new(server.into(), 11435),
-                sse: SocketAddr::new(server.into(), 8080),
+                sse: sse6.unwrap_or(SocketAddr::new(server.into(), 8080)),
                 wt_url: format!("https://{server}:4433/wt"),
+                reference: if cfg.reference {
+                    ReferenceClient::ALL
+                } else {
+                    ReferenceClient::default()
+                },
                 ..Targets::default()
+            };
+            let median = if cfg.reference {
+                report::Median::MeanOfMiddle
+            } else {
+                report::Median::NearestRank
             };
             for &reuse in &cfg.modes {
                 let rc = RunConfig {
@@ -239,13 +269,20 @@ pub fn run(
                     mode_name(reuse)
                 );
                 for run in &runs {
-                    let summary = report::summarise(run.approach, &all, run.connections);
+                    let summary =
+                        report::summarise_with(run.approach, &all, run.connections, median);
                     let w = if probe.is_some() && run.unreachable.is_none() {
                         let r = run.clone();
                         match srv_rt.block_on(srv_rt.spawn(async move {
                             wire::collect(api, &r, Duration::from_secs(15)).await
                         })) {
-                            Ok(Ok(w)) => Some(w),
+                            Ok(Ok(mut w)) => {
+                                if targets.reference.count_end_frame && run.approach == Approach::Wt
+                                {
+                                    w.add_tokens_per_request(1);
+                                }
+                                Some(w)
+                            }
                             Ok(Err(e)) => {
                                 wire_note = Some(e.to_string());
                                 None

@@ -26,6 +26,8 @@ pub struct Methodology {
     pub mean_tokens: u32,
     pub seed: u64,
     pub command: String,
+    /// Which setup ran: tokenwire's default or the reference's.
+    pub setup: String,
 }
 
 const REF_B_PER_TOK: [f64; 3] = crate::wire::REFERENCE_B_PER_TOK;
@@ -85,6 +87,7 @@ pub fn markdown(r: &MatrixResults, m: &Methodology) -> String {
         m.command, m.date, m.machine
     );
     s.push_str("## Methodology\n\n");
+    let _ = writeln!(s, "- Setup: {}.", m.setup);
     let _ = writeln!(s, "- Link: {} (docs/emulator.md).", m.emulator);
     let _ = writeln!(
         s,
@@ -174,10 +177,11 @@ pub fn markdown(r: &MatrixResults, m: &Methodology) -> String {
                     row,
                     " {} |",
                     w.map_or("-".into(), |w| format!(
-                        "{} ({} pkts, {} B/tok; streams {} B/tok)",
+                        "{} ({} pkts, {} B/tok, lo0 {}; streams {} B/tok)",
                         thousands(w.wire_bytes),
                         thousands(w.packets),
                         opt(w.bytes_per_token, "", 0),
+                        opt(w.lo0_bytes_per_token, "", 0),
                         opt(w.stream_bytes_per_token, "", 0)
                     ))
                 );

@@ -111,6 +111,9 @@ pub struct WireSummary {
     pub shared: usize,
     /// Not every record was final when the bench stopped waiting.
     pub incomplete: bool,
+    /// The IP versions the requests travelled over (4, 6): each packet's header is 20
+    /// bytes longer over IPv6.
+    pub ip_versions: Vec<u8>,
 }
 
 /// A plain HTTP/1.1 GET of the probe's JSON.
@@ -235,6 +238,12 @@ fn summarise(
         stream_bytes_per_token: None,
         shared: reqs.iter().filter(|r| r.attribution == "shared").count(),
         incomplete,
+        ip_versions: reqs
+            .iter()
+            .map(|r| if r.server.is_ipv6() { 6 } else { 4 })
+            .collect::<BTreeSet<u8>>()
+            .into_iter()
+            .collect(),
     };
     w.per_token();
     w

@@ -355,3 +355,63 @@ fn a_small_matrix_writes_its_report_with_wire_figures() {
     );
     assert!(md.contains("## Analysis"));
 }
+
+#[test]
+fn a_reference_matrix_sends_sse_over_ipv6_and_counts_as_the_reference() {
+    require_root();
+    let _serial = serial();
+    let bin = env!("CARGO_BIN_EXE_tokenwire-bench");
+    let out = std::env::temp_dir().join(format!("tokenwire-refmatrix-test-{}", std::process::id()));
+    let status = std::process::Command::new(bin)
+        .args([
+            "matrix",
+            "--reference",
+            "--profiles",
+            "baseline",
+            "--directions",
+            "up",
+        ])
+        .args([
+            "--modes",
+            "reuse",
+            "--limit",
+            "2",
+            "--mean-tokens",
+            "10",
+            "--speed",
+            "5",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let md = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(md.contains("- Setup: the reference's"), "{md}");
+    for c in json["results"]["cells"].as_array().unwrap() {
+        assert_eq!(c["summary"]["failed"], 0, "{c}");
+        let w = &c["wire"];
+        // SSE went over the link's IPv6, the others over IPv4, as on the reference's Mac.
+        let v = if c["approach"] == "sse" { 6 } else { 4 };
+        assert_eq!(w["ip_versions"], serde_json::json!([v]), "{c}");
+        let (bytes, packets, tokens) = (
+            w["wire_bytes"].as_f64().unwrap(),
+            w["packets"].as_f64().unwrap(),
+            w["tokens"].as_f64().unwrap(),
+        );
+        let lo0 = w["lo0_bytes_per_token"].as_f64().unwrap();
+        assert!((lo0 - (bytes + 4.0 * packets) / tokens).abs() < 1e-6, "{c}");
+        // Two measured requests: P50 is the mean of the two TTFTs.
+        let t: Vec<f64> = c["ttfts_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let p50 = c["summary"]["p50_ttft_ms"].as_f64().unwrap();
+        assert!((p50 - (t[0] + t[1]) / 2.0).abs() < 1e-6, "{c}");
+    }
+}

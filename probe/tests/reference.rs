@@ -2,12 +2,14 @@
 //! the SSE relay reached over IPv6 loopback, 4-byte QUIC connection IDs, the raw request
 //! without `stream_options` and with legacy chunks, WebTransport's end frame counted as a
 //! token, P50 as the mean of the middle pair, and the wire table's lo0 column (IP bytes
-//! plus 4 per packet) — docs/reference.md. Runs as root.
+//! plus 4 per packet), and QUIC without ECN on either side, as quic-go ran on macOS; a
+//! session with quinn's default ECN beside it shows the switch is what removes the marks
+//! (tcpdump counts the ECN-capable packets) — docs/reference.md. Runs as root.
 
 mod common;
 
 use common::live::{Probe, spans_path};
-use common::require_root;
+use common::{Tcpdump, Truth, require_root};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokenwire_bench::approach::Approach;
@@ -17,6 +19,7 @@ use tokenwire_bench::report::{Median, summarise_with};
 use tokenwire_bench::runner::{RunConfig, run};
 use tokenwire_bench::wire;
 use tokenwire_bench::workload::{default_prompts, jobs};
+use tokenwire_probe::packet::LinkType;
 use tokenwire_servers::launch::{self, RelayOptions};
 use tokenwire_servers::model::{ModelConfig, Timing};
 use tokenwire_servers::spans::SpanSink;
@@ -48,6 +51,7 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
         upstream: model.url.clone(),
         spans: SpanSink::to_path(&path).unwrap(),
         quic_cid_len: 4,
+        quic_ecn: false,
         ..RelayOptions::default()
     };
     let raw = launch::start_raw(v4, &id, &opts, shutdown.clone(), grace)
@@ -65,6 +69,26 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
     let wt = launch::start_wt(v4, &id, &opts, shutdown.clone(), grace)
         .await
         .unwrap();
+    // quinn's defaults (ECN on), for the comparison.
+    let wt_ecn = launch::start_wt(
+        v4,
+        &id,
+        &RelayOptions {
+            quic_ecn: true,
+            ..opts.clone()
+        },
+        shutdown.clone(),
+        grace,
+    )
+    .await
+    .unwrap();
+    let udp = format!(
+        "udp port {} or udp port {}",
+        wt.addr.port(),
+        wt_ecn.addr.port()
+    );
+    let all_udp = Tcpdump::start("lo", &udp, "ref-udp");
+    let ect_udp = Tcpdump::start("lo", &format!("({udp}) and ip[1] & 3 != 0"), "ref-ect");
     let labels = vec![
         format!("{}=raw_api", raw.addr.port()),
         format!("{}=sse", sse.addr.port()),
@@ -78,6 +102,7 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
         connection_close: true,
         short_cids: true,
         no_keepalive: true,
+        no_ecn: true,
     };
     let targets = Targets {
         raw: raw.addr,
@@ -100,6 +125,44 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
         progress: false,
     };
     let runs = run(&cfg).await;
+    let ecn_run = RunConfig {
+        approaches: vec![Approach::Wt],
+        targets: Targets {
+            wt_url: wt_ecn.url.clone(),
+            ..Targets::default()
+        },
+        ..cfg.clone()
+    };
+    let ecn_runs = run(&ecn_run).await;
+    assert!(ecn_runs[0].records.iter().all(|r| r.error.is_none()));
+    // Packets to or from each WebTransport port: all of them, and those marked ECN-capable.
+    let per_port = |truth: &Truth, port: u16| -> u64 {
+        truth
+            .iter()
+            .filter(|((_, s, d), _)| s.port() == port || d.port() == port)
+            .map(|(_, c)| c.packets)
+            .sum()
+    };
+    let (all, ect) = (
+        all_udp.stop(LinkType::Ethernet),
+        ect_udp.stop(LinkType::Ethernet),
+    );
+    let (quiet, marked) = (wt.addr.port(), wt_ecn.addr.port());
+    let (quiet_all, quiet_ect) = (per_port(&all, quiet), per_port(&ect, quiet));
+    let (marked_all, marked_ect) = (per_port(&all, marked), per_port(&ect, marked));
+    eprintln!(
+        "ECN-capable packets: {quiet_ect} of {quiet_all} without ECN reports, {marked_ect} of {marked_all} with"
+    );
+    // Without ECN reports, each side stops marking at the peer's first ACK: a handful of
+    // packets of the handshake at most. quinn's default marks nearly every packet.
+    assert!(
+        quiet_all > 100 && quiet_ect <= 8,
+        "{quiet_ect} of {quiet_all} marked"
+    );
+    assert!(
+        marked_ect * 10 >= marked_all * 9,
+        "{marked_ect} of {marked_all} marked"
+    );
     let all: Vec<_> = runs.iter().flat_map(|r| r.records.clone()).collect();
     for r in &runs {
         let s = summarise_with(r.approach, &all, r.connections, Median::MeanOfMiddle);

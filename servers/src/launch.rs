@@ -51,6 +51,10 @@ pub struct RelayOptions {
     /// How often the WebTransport server sends a keep-alive PING on an idle session
     /// (`None`: never). 3 s by default; quic-go's server in the reference used 30 s.
     pub wt_keep_alive: Option<Duration>,
+    /// Whether the WebTransport server reads received packets' ECN bits and reports them
+    /// in its ACKs (quinn's default); quic-go on macOS, the reference's, does not
+    /// (`crate::quic_socket`).
+    pub quic_ecn: bool,
 }
 
 /// quinn's connection ID length.
@@ -67,6 +71,7 @@ impl Default for RelayOptions {
             spans: SpanSink::disabled(),
             quic_cid_len: DEFAULT_QUIC_CID_LEN,
             wt_keep_alive: Some(Duration::from_secs(3)),
+            quic_ecn: true,
         }
     }
 }
@@ -252,8 +257,15 @@ pub async fn start_wt(
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::new(&opts.upstream)?;
     let identity = crate::tls::wt_identity(id).map_err(|e| LaunchError::Tls(e.to_string()))?;
-    let mut config = wtransport::ServerConfig::builder()
-        .with_bind_address(addr)
+    let builder = wtransport::ServerConfig::builder();
+    let (builder, ecn_switch) = if opts.quic_ecn {
+        (builder.with_bind_address(addr), None)
+    } else {
+        let (socket, handle) =
+            crate::quic_socket::bind(addr).map_err(|source| LaunchError::Bind { addr, source })?;
+        (builder.with_bind_socket(socket), Some(handle))
+    };
+    let mut config = builder
         .with_identity(identity)
         .keep_alive_interval(opts.wt_keep_alive)
         .build();
@@ -265,6 +277,10 @@ pub async fn start_wt(
     }
     let endpoint = wtransport::Endpoint::server(config)
         .map_err(|source| LaunchError::Bind { addr, source })?;
+    if let Some(handle) = ecn_switch {
+        crate::quic_socket::ignore_received_ecn(&handle)
+            .map_err(|source| LaunchError::Bind { addr, source })?;
+    }
     let addr = endpoint.local_addr().unwrap_or(addr);
     let stats = Stats::new();
     let relay = WtRelay::new(

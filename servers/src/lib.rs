@@ -9,6 +9,7 @@ pub mod launch;
 pub mod logging;
 pub mod model;
 pub mod protocol;
+pub mod quic_socket;
 pub mod raw;
 pub mod spans;
 pub mod sse_relay;

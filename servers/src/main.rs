@@ -76,8 +76,8 @@ enum Command {
         upstream: Option<String>,
         /// The reference study's server side (docs/reference.md): the SSE relay also on
         /// [::1] at --sse-listen's port (its client reached SSE over IPv6), 4-byte QUIC
-        /// connection IDs and keep-alive PINGs every 30 s (its quic-go server's), and the
-        /// model's legacy /v1 chunk format. Pair with
+        /// connection IDs, keep-alive PINGs every 30 s and no ECN (its quic-go server's on
+        /// macOS), and the model's legacy /v1 chunk format. Pair with
         /// `tokenwire-bench run --reference`.
         #[arg(long)]
         reference: bool,
@@ -199,6 +199,11 @@ struct RelayTuning {
     /// sends none (quic-go's server in the reference used 30).
     #[arg(long, default_value_t = 3)]
     wt_keepalive_secs: u64,
+    /// The WebTransport server neither reads nor reports ECN marks: its ACKs carry no ECN
+    /// counters (about 4 bytes each) and clients stop marking, as with quic-go on macOS,
+    /// the reference's stack.
+    #[arg(long)]
+    no_quic_ecn: bool,
 }
 
 impl RelayTuning {
@@ -218,6 +223,7 @@ impl RelayTuning {
             quic_cid_len: usize::from(self.quic_cid_len),
             wt_keep_alive: (self.wt_keepalive_secs > 0)
                 .then(|| Duration::from_secs(self.wt_keepalive_secs)),
+            quic_ecn: !self.no_quic_ecn,
         })
     }
 }
@@ -333,6 +339,7 @@ async fn run(command: Command) -> Result<()> {
             if reference {
                 opts.quic_cid_len = 4;
                 opts.wt_keep_alive = Some(Duration::from_secs(30));
+                opts.quic_ecn = false;
                 let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), sse_listen.port());
                 if v6 != sse_listen {
                     listeners.push((Companion::Sse, v6));

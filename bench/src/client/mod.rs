@@ -66,6 +66,21 @@ pub struct ReferenceClient {
     pub short_cids: bool,
     /// wt: no keep-alive PINGs from the client (the reference's client sent none).
     pub no_keepalive: bool,
+    /// wt: the client neither reads nor reports ECN marks (quic-go on macOS did neither).
+    pub no_ecn: bool,
+}
+
+impl ReferenceClient {
+    /// Every one of the reference's behaviours (`--reference`).
+    pub const ALL: Self = Self {
+        no_usage: true,
+        legacy_chunks: true,
+        count_end_frame: true,
+        connection_close: true,
+        short_cids: true,
+        no_keepalive: true,
+        no_ecn: true,
+    };
 }
 
 impl Default for Targets {
@@ -120,10 +135,12 @@ impl ApproachClient {
             }
             Approach::Sse => ApproachClient::Sse(https(targets.sse)?),
             Approach::Wt => {
-                let cid_len = reference.short_cids.then_some(4);
-                let keep_alive = (!reference.no_keepalive).then_some(wt::KEEP_ALIVE);
-                let client =
-                    wt::WtClient::with_options(&targets.wt_url, trust, cid_len, keep_alive)?;
+                let opts = wt::WtOptions {
+                    cid_len: reference.short_cids.then_some(4),
+                    keep_alive: (!reference.no_keepalive).then_some(wt::KEEP_ALIVE),
+                    ecn: !reference.no_ecn,
+                };
+                let client = wt::WtClient::with_options(&targets.wt_url, trust, opts)?;
                 ApproachClient::Wt(client, reference)
             }
         })

@@ -69,6 +69,8 @@ impl Trust {
                 .with_no_client_auth(),
         };
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Session keys go to $SSLKEYLOGFILE when it is set (nothing otherwise).
+        cfg.key_log = Arc::new(rustls::KeyLogFile::new());
         Ok(Arc::new(cfg))
     }
 }

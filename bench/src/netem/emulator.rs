@@ -15,7 +15,7 @@
 use super::model::{Fate, LinkModel, LinkStats, Shape};
 use super::tun::Tun;
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -53,6 +53,9 @@ pub struct EmulatorConfig {
     /// there, so both ends have an explicit congestion control and the host is left
     /// alone); otherwise the server side is the host.
     pub server_netns: bool,
+    /// Give the link IPv6 addresses too (fd77:0:0:N::1 and ::2, beside 10.77.N.1 and .2);
+    /// otherwise IPv6 is off on both sides (no router solicitations through the link).
+    pub ipv6: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -64,6 +67,7 @@ impl Default for EmulatorConfig {
             mtu: 1500,
             congestion_control: "cubic".into(),
             server_netns: false,
+            ipv6: false,
         }
     }
 }
@@ -179,6 +183,9 @@ pub struct Emulator {
     /// The host side's address: where the client side reaches the servers.
     pub server_addr: Ipv4Addr,
     pub client_addr: Ipv4Addr,
+    /// The IPv6 ones, with [`EmulatorConfig::ipv6`].
+    pub server_addr6: Option<Ipv6Addr>,
+    pub client_addr6: Option<Ipv6Addr>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     reports: Arc<Mutex<EmulatorReport>>,
@@ -216,6 +223,8 @@ impl Emulator {
             server_if: server_if.clone(),
             server_addr: Ipv4Addr::UNSPECIFIED,
             client_addr: Ipv4Addr::UNSPECIFIED,
+            server_addr6: None,
+            client_addr6: None,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             reports: Arc::new(Mutex::new(EmulatorReport::default())),
@@ -263,6 +272,10 @@ impl Emulator {
                 .ok_or(EmulatorError::NoSubnet)?;
             em.server_addr = Ipv4Addr::new(10, 77, n, 1);
             em.client_addr = Ipv4Addr::new(10, 77, n, 2);
+            if cfg.ipv6 {
+                em.server_addr6 = Some(Ipv6Addr::new(0xfd77, 0, 0, n.into(), 0, 0, 0, 1));
+                em.client_addr6 = Some(Ipv6Addr::new(0xfd77, 0, 0, n.into(), 0, 0, 0, 2));
+            }
             in_ns(
                 srv_ns.as_deref(),
                 &[
@@ -275,15 +288,45 @@ impl Emulator {
                 ],
             )?;
         }
-        // No IPv6 chatter (router solicitations) through the link.
-        let _ = in_ns(
-            srv_ns.as_deref(),
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{server_if}.disable_ipv6=1"),
-            ],
-        );
+        // No IPv6 chatter (router solicitations, duplicate address detection, link-local
+        // addresses) through the link: IPv6 is off, or only the fixed addresses are on.
+        let quiet_v6 = |ns: Option<&str>, dev: &str| -> Result<(), EmulatorError> {
+            for setting in ["accept_ra=0", "router_solicitations=0", "addr_gen_mode=1"] {
+                in_ns(
+                    ns,
+                    &["sysctl", "-qw", &format!("net.ipv6.conf.{dev}.{setting}")],
+                )?;
+            }
+            Ok(())
+        };
+        match em.server_addr6 {
+            None => {
+                let _ = in_ns(
+                    srv_ns.as_deref(),
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{server_if}.disable_ipv6=1"),
+                    ],
+                );
+            }
+            Some(a) => {
+                quiet_v6(srv_ns.as_deref(), &server_if)?;
+                in_ns(
+                    srv_ns.as_deref(),
+                    &[
+                        "ip",
+                        "-6",
+                        "addr",
+                        "add",
+                        &format!("{a}/64"),
+                        "dev",
+                        &server_if,
+                        "nodad",
+                    ],
+                )?;
+            }
+        }
         in_ns(
             srv_ns.as_deref(),
             &["ip", "link", "set", &server_if, "mtu", &mtu, "up"],
@@ -293,7 +336,9 @@ impl Emulator {
             a.extend_from_slice(args);
             ip(&a)
         };
-        nsx(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        if em.client_addr6.is_none() {
+            nsx(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        }
         nsx(&[
             "sysctl",
             "-qw",
@@ -308,8 +353,24 @@ impl Emulator {
             "dev",
             &client_if,
         ])?;
+        if let Some(a) = em.client_addr6 {
+            quiet_v6(Some(&netns), &client_if)?;
+            nsx(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                &client_if,
+                "nodad",
+            ])?;
+        }
         nsx(&["ip", "link", "set", &client_if, "mtu", &mtu, "up"])?;
         nsx(&["ip", "route", "add", "default", "dev", &client_if])?;
+        if em.client_addr6.is_some() {
+            nsx(&["ip", "-6", "route", "add", "default", "dev", &client_if])?;
+        }
 
         let start = Instant::now();
         let client_tun = Arc::new(client_tun);

@@ -179,19 +179,32 @@ impl Profile {
                     " queue {}",
                     self.queue_packets.unwrap_or(DEFAULT_QUEUE)
                 ));
-                let ports = "{ 11435, 8080, 4433 }";
-                out.push(format!("sudo dnctl pipe 1 config {cfg}"));
-                out.push(format!("sudo dnctl pipe 2 config {cfg}"));
+                // One pipe per port and direction, as the reference's benchmark.sh: a
+                // pipe's bandwidth and queue are then never shared between approaches.
+                let ports = [("tcp", 8080), ("udp", 4433), ("tcp", 11435)];
                 let mut rules = Vec::new();
-                if shaped(Direction::Up) {
-                    rules.push(format!(
-                        "dummynet out proto {{ tcp, udp }} from any to any port {ports} pipe 1"
-                    ));
-                }
-                if shaped(Direction::Down) {
-                    rules.push(format!(
-                        "dummynet out proto {{ tcp, udp }} from any port {ports} to any pipe 2"
-                    ));
+                let mut pipe = 0;
+                for (d, side, name) in [
+                    (Direction::Up, "to", "up"),
+                    (Direction::Down, "from", "down"),
+                ] {
+                    if !shaped(d) {
+                        continue;
+                    }
+                    for (proto, port) in ports {
+                        pipe += 1;
+                        out.push(format!(
+                            "sudo dnctl pipe {pipe} config {cfg}   # {proto} :{port} {name}"
+                        ));
+                        rules.push(match side {
+                            "to" => format!(
+                                "dummynet out proto {proto} from any to localhost port {port} pipe {pipe}"
+                            ),
+                            _ => format!(
+                                "dummynet out proto {proto} from localhost port {port} to any pipe {pipe}"
+                            ),
+                        });
+                    }
                 }
                 out.push(format!(
                     "printf '%s\\n' {} | sudo pfctl -f - && sudo pfctl -e",
@@ -366,8 +379,14 @@ mod tests {
         );
         let mac = d.commands(Direction::Up, CommandSet::Dummynet);
         assert!(mac.contains("dnctl pipe 1 config delay 200 plr 0.05 bw 100Kbit/s queue 50"));
-        assert!(mac.contains("to any port { 11435, 8080, 4433 } pipe 1"));
-        assert!(!mac.contains("pipe 2'"));
+        // One pipe per port, as the reference's benchmark.sh.
+        assert!(mac.contains("'dummynet out proto tcp from any to localhost port 8080 pipe 1'"));
+        assert!(mac.contains("'dummynet out proto udp from any to localhost port 4433 pipe 2'"));
+        assert!(mac.contains("'dummynet out proto tcp from any to localhost port 11435 pipe 3'"));
+        assert!(!mac.contains("pipe 4"));
+        let both = d.commands(Direction::Both, CommandSet::Dummynet);
+        assert!(both.contains("'dummynet out proto udp from localhost port 4433 to any pipe 5'"));
+        assert!(both.contains("dnctl pipe 6 config"));
         assert_eq!(Rate(100_000).to_string(), "100kbit");
     }
 }

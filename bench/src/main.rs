@@ -186,6 +186,9 @@ struct RunArgs {
     /// Closed loop: N users at once per approach, each with its own connection.
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
+    /// Closed loop: start the users evenly over this many seconds, not all at once.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_secs)]
+    ramp_secs: f64,
     /// Open loop: Poisson arrivals at R requests/s; latency counts from each scheduled
     /// send time, so client-side queueing is included.
     #[arg(long, conflicts_with = "concurrency")]
@@ -290,6 +293,7 @@ struct JsonReport<'a> {
     limit: Option<usize>,
     repeat: usize,
     concurrency: Option<usize>,
+    ramp_secs: f64,
     rate: Option<f64>,
     seed: u64,
     warmup: bool,
@@ -311,6 +315,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     tokenwire_servers::logging::init("warn");
+    let _ = tokenwire_servers::limits::raise_open_files();
     match Cli::parse().command {
         Command::Run(args) => {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -589,6 +594,7 @@ async fn run(args: RunArgs) -> Result<()> {
         reuse: args.reuse,
         jobs,
         concurrency: args.concurrency,
+        ramp: Duration::from_secs_f64(args.ramp_secs),
         rate: args.rate,
         seed: args.seed,
         timeout: Duration::from_secs(args.timeout_secs),
@@ -700,6 +706,7 @@ async fn run(args: RunArgs) -> Result<()> {
             limit: args.limit,
             repeat: args.repeat,
             concurrency: args.rate.is_none().then_some(args.concurrency),
+            ramp_secs: args.ramp_secs,
             rate: args.rate,
             seed: args.seed,
             warmup: !args.no_warmup,
@@ -728,4 +735,12 @@ async fn run(args: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A non-negative, finite number of seconds.
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?}: expected seconds, a number 0 or more")),
+    }
 }

@@ -247,6 +247,7 @@ pub fn run(
                     reuse,
                     jobs: cfg.jobs.clone(),
                     concurrency: 1,
+                    ramp: Duration::ZERO,
                     rate: None,
                     seed: cfg.seed,
                     timeout: cfg.timeout,

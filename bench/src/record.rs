@@ -32,6 +32,56 @@ pub struct RequestRecord {
     pub text: String,
     /// Why the request failed or ended incomplete.
     pub error: Option<String>,
+    /// The kind of failure, for counting (`error` has the details).
+    pub failure: Option<Failure>,
+}
+
+/// Why a request failed, by kind: the bench counts failures per kind under its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failure {
+    /// No connection (TCP, or the QUIC and WebTransport handshakes) within the connect
+    /// timeout: a server or a network dropping or queueing new connections.
+    ConnectTimeout,
+    /// The server refused the connection or session: TCP RST, a WebTransport session
+    /// answered 429 or another non-2xx, or closed during its handshake.
+    Refused,
+    /// Another error before the request was sent (address, local socket).
+    Connect,
+    /// The TLS handshake failed.
+    Tls,
+    /// The server answered an HTTP error status.
+    HttpStatus,
+    /// The server reset the WebTransport stream (its code is in the error).
+    Reset,
+    /// The connection or session closed while the request was in flight.
+    ConnectionLost,
+    /// The server reported an error in the stream (an upstream failure).
+    ServerReported,
+    /// The stream broke the protocol or ended early.
+    Malformed,
+    /// The request did not finish within --timeout-secs.
+    Timeout,
+    /// The approach was not run (its warm-up or client set-up failed).
+    NotRun,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::ConnectTimeout => "connect-timeout",
+            Failure::Refused => "refused",
+            Failure::Connect => "connect",
+            Failure::Tls => "tls",
+            Failure::HttpStatus => "http-status",
+            Failure::Reset => "reset",
+            Failure::ConnectionLost => "connection-lost",
+            Failure::ServerReported => "server-reported",
+            Failure::Malformed => "malformed",
+            Failure::Timeout => "timeout",
+            Failure::NotRun => "not-run",
+        }
+    }
 }
 
 impl RequestRecord {
@@ -75,6 +125,7 @@ impl Recorder {
                 app_bytes: 0,
                 text: String::new(),
                 error: None,
+                failure: None,
             },
             start,
             last: None,
@@ -114,9 +165,10 @@ impl Recorder {
         self.rec
     }
 
-    pub fn fail(mut self, error: impl std::fmt::Display) -> RequestRecord {
+    pub fn fail(mut self, failure: Failure, error: impl std::fmt::Display) -> RequestRecord {
         self.rec.total = Some(self.start.elapsed());
         self.rec.error = Some(error.to_string());
+        self.rec.failure = Some(failure);
         self.rec
     }
 }

@@ -8,7 +8,7 @@
 //! out of every latency and size figure.
 
 use crate::approach::Approach;
-use crate::record::RequestRecord;
+use crate::record::{Failure, RequestRecord};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub struct Summary {
     pub app_bytes_per_token: Option<f64>,
     /// Tokens per second over the successful requests' total time.
     pub tokens_per_s: Option<f64>,
+    /// Failed requests by kind.
+    pub failures: std::collections::BTreeMap<Failure, usize>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -124,6 +126,13 @@ pub fn summarise_with(
         avg_tokens: mean(ok.iter().map(|r| r.tokens() as f64)),
         app_bytes_per_token: (tokens > 0).then(|| bytes as f64 / tokens as f64),
         tokens_per_s: (secs > 0.0).then(|| tokens as f64 / secs),
+        failures: mine.iter().filter_map(|r| r.failure).fold(
+            std::collections::BTreeMap::new(),
+            |mut m, f| {
+                *m.entry(f).or_insert(0) += 1;
+                m
+            },
+        ),
     }
 }
 
@@ -156,6 +165,19 @@ pub fn markdown(summaries: &[Summary]) -> String {
             m.failed,
         );
     }
+    for m in summaries.iter().filter(|m| !m.failures.is_empty()) {
+        let reasons: Vec<String> = m
+            .failures
+            .iter()
+            .map(|(f, n)| format!("{} {n}", f.as_str()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\n{} failed, by reason: {} (each request's error is in --json and --csv).",
+            m.approach.title(),
+            reasons.join(", ")
+        );
+    }
     for m in summaries {
         if let (Some(pooled), Some(per_req)) = (m.avg_tbt_ms, m.avg_tbt_per_request_ms)
             && (pooled - per_req).abs() > 0.5
@@ -173,13 +195,13 @@ pub fn markdown(summaries: &[Summary]) -> String {
 /// One CSV row per request.
 pub fn csv(records: &[RequestRecord]) -> String {
     let mut s = String::from(
-        "approach,prompt_index,round,start_offset_s,ok,ttft_ms,total_s,tokens,tokens_counted,tokens_reported,app_bytes,mean_gap_ms,max_gap_ms,error\n",
+        "approach,prompt_index,round,start_offset_s,ok,ttft_ms,total_s,tokens,tokens_counted,tokens_reported,app_bytes,mean_gap_ms,max_gap_ms,failure,error\n",
     );
     for r in records {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
         let _ = writeln!(
             s,
-            "{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
             r.approach,
             r.prompt_index,
             r.round,
@@ -193,6 +215,7 @@ pub fn csv(records: &[RequestRecord]) -> String {
             r.app_bytes,
             opt(r.mean_gap().map(ms)),
             opt(r.gaps.iter().max().copied().map(ms)),
+            r.failure.map_or("", |f| f.as_str()),
             r.error.as_deref().map(csv_field).unwrap_or_default(),
         );
     }

@@ -5,7 +5,7 @@
 use crate::approach::Approach;
 use crate::client::tls::Trust;
 use crate::client::{ApproachClient, Targets};
-use crate::record::RequestRecord;
+use crate::record::{Failure, RequestRecord};
 use crate::workload::Job;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
@@ -25,6 +25,9 @@ pub struct RunConfig {
     pub jobs: Vec<Job>,
     /// Closed-loop users (each with its own connection); 1 = one request at a time.
     pub concurrency: usize,
+    /// Closed loop: users start evenly over this long rather than all at once (a
+    /// thousand handshakes in the same millisecond measure the burst, not the steady state).
+    pub ramp: Duration,
     /// Open loop: mean arrivals per second (Poisson); `concurrency` is then ignored.
     pub rate: Option<f64>,
     /// Seeds the open loop's arrival times.
@@ -159,7 +162,7 @@ fn skipped(cfg: &RunConfig, approach: Approach, reason: String) -> ApproachRun {
         .iter()
         .map(|j| {
             let mut r = crate::record::Recorder::new(approach, j.prompt_index, Instant::now())
-                .fail(format!("not run: {reason}"));
+                .fail(Failure::NotRun, format!("not run: {reason}"));
             r.round = j.round;
             r
         })
@@ -186,7 +189,10 @@ async fn closed_loop(
         cfg.jobs.iter().cloned().collect::<VecDeque<Job>>(),
     ));
     let mut users = tokio::task::JoinSet::new();
-    for _ in 0..cfg.concurrency.max(1) {
+    let n = cfg.concurrency.max(1);
+    for i in 0..n {
+        // User i starts at i/n of the ramp.
+        let start_at = started + cfg.ramp.mul_f64(i as f64 / n as f64);
         let client = lock(&pool).pop();
         let mut client = match client {
             Some(c) => c,
@@ -198,6 +204,7 @@ async fn closed_loop(
         let (queue, pool, tx) = (queue.clone(), pool.clone(), tx.clone());
         let (reuse, timeout) = (cfg.reuse, cfg.timeout);
         users.spawn(async move {
+            tokio::time::sleep_until(start_at.into()).await;
             loop {
                 let job = lock(&queue).pop_front();
                 let Some(job) = job else { break };
@@ -258,8 +265,8 @@ async fn open_loop(
                 None => match ApproachClient::new(approach, &targets, &trust) {
                     Ok(c) => c,
                     Err(e) => {
-                        let mut r =
-                            crate::record::Recorder::new(approach, job.prompt_index, due).fail(e);
+                        let mut r = crate::record::Recorder::new(approach, job.prompt_index, due)
+                            .fail(e.failure(), e);
                         r.round = job.round;
                         let _ = tx.send(r);
                         return;

@@ -116,6 +116,7 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
         reuse: true,
         jobs: jobs(&default_prompts(), Some(2), 1).unwrap(),
         concurrency: 1,
+        ramp: Duration::ZERO,
         rate: None,
         seed: 1,
         timeout: Duration::from_secs(60),

@@ -55,6 +55,11 @@ pub struct RelayOptions {
     /// in its ACKs (quinn's default); quic-go on macOS, the reference's, does not
     /// (`crate::quic_socket`).
     pub quic_ecn: bool,
+    /// Receive and send buffer of the WebTransport server's UDP socket, bytes
+    /// (`crate::quic_socket`).
+    pub quic_socket_buffer: usize,
+    /// WebTransport sessions open at once; past it a new one gets 429.
+    pub max_sessions: usize,
 }
 
 /// quinn's connection ID length.
@@ -72,6 +77,8 @@ impl Default for RelayOptions {
             quic_cid_len: DEFAULT_QUIC_CID_LEN,
             wt_keep_alive: Some(Duration::from_secs(3)),
             quic_ecn: true,
+            quic_socket_buffer: crate::quic_socket::DEFAULT_BUFFER,
+            max_sessions: crate::wt_relay::DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -257,14 +264,17 @@ pub async fn start_wt(
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::new(&opts.upstream)?;
     let identity = crate::tls::wt_identity(id).map_err(|e| LaunchError::Tls(e.to_string()))?;
-    let builder = wtransport::ServerConfig::builder();
-    let (builder, ecn_switch) = if opts.quic_ecn {
-        (builder.with_bind_address(addr), None)
-    } else {
-        let (socket, handle) =
-            crate::quic_socket::bind(addr).map_err(|source| LaunchError::Bind { addr, source })?;
-        (builder.with_bind_socket(socket), Some(handle))
-    };
+    let bound = crate::quic_socket::bind(addr, opts.quic_socket_buffer)
+        .map_err(|source| LaunchError::Bind { addr, source })?;
+    if bound.recv_buffer / 2 < opts.quic_socket_buffer {
+        tracing::warn!(
+            asked = opts.quic_socket_buffer,
+            granted = bound.recv_buffer / 2,
+            "the WebTransport socket's receive buffer is smaller than asked (raise net.core.rmem_max, or run as root): bursts of new sessions may be dropped"
+        );
+    }
+    let ecn_switch = (!opts.quic_ecn).then_some(bound.handle);
+    let builder = wtransport::ServerConfig::builder().with_bind_socket(bound.socket);
     let mut config = builder
         .with_identity(identity)
         .keep_alive_interval(opts.wt_keep_alive)
@@ -290,7 +300,8 @@ pub async fn start_wt(
         opts.max_frame,
         opts.stall,
         opts.spans.clone(),
-    );
+    )
+    .with_max_sessions(opts.max_sessions);
     let task = tokio::spawn(relay.serve(endpoint, shutdown, grace));
     Ok(Running {
         name: "wt",

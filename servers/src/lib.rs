@@ -6,6 +6,7 @@ pub mod certs;
 pub mod gojson;
 pub mod http;
 pub mod launch;
+pub mod limits;
 pub mod logging;
 pub mod model;
 pub mod protocol;

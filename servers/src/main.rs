@@ -204,6 +204,14 @@ struct RelayTuning {
     /// the reference's stack.
     #[arg(long)]
     no_quic_ecn: bool,
+    /// Receive and send buffer of the WebTransport server's UDP socket, bytes. Every
+    /// session's packets arrive on it; a burst of new sessions overflows a small one
+    /// (forced past net.core.rmem_max when running as root).
+    #[arg(long, default_value_t = tokenwire_servers::quic_socket::DEFAULT_BUFFER)]
+    quic_socket_buffer: usize,
+    /// WebTransport sessions open at once; a session past it is refused with 429.
+    #[arg(long, default_value_t = tokenwire_servers::wt_relay::DEFAULT_MAX_SESSIONS)]
+    max_sessions: usize,
 }
 
 impl RelayTuning {
@@ -224,6 +232,8 @@ impl RelayTuning {
             wt_keep_alive: (self.wt_keepalive_secs > 0)
                 .then(|| Duration::from_secs(self.wt_keepalive_secs)),
             quic_ecn: !self.no_quic_ecn,
+            quic_socket_buffer: self.quic_socket_buffer,
+            max_sessions: self.max_sessions,
         })
     }
 }
@@ -245,6 +255,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     tokenwire_servers::logging::init("info");
+    let _ = tokenwire_servers::limits::raise_open_files();
     let cli = Cli::parse();
     if let Command::Certs { dir, force } = &cli.command {
         let id = if *force {

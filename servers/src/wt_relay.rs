@@ -4,12 +4,14 @@
 //! stalled clients and upstream failures reset that stream with an application error code
 //! ([`codes`]); the session and its other streams carry on.
 
+use crate::logging::RateLimited;
 use crate::protocol::framing::{FrameDecoder, FrameError, encode};
 use crate::spans::{Outcome, RequestSpan, SpanSink};
 use crate::stats::{Active, Stats};
 use crate::upstream::{ChatEvent, Upstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +36,9 @@ pub mod codes {
 /// The URL path sessions must ask for.
 pub const PATH: &str = "/wt";
 
+/// Sessions open at once by default (`--max-sessions`).
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+
 #[derive(Clone)]
 pub struct WtRelay {
     upstream: Upstream,
@@ -42,6 +47,21 @@ pub struct WtRelay {
     max_frame: usize,
     stall: Duration,
     spans: SpanSink,
+    /// Past this many open sessions, a new one is refused with 429.
+    max_sessions: usize,
+    sessions: Arc<AtomicUsize>,
+    /// Refused and failed sessions: a warning a second at most, under load.
+    refused: Arc<RateLimited>,
+    failed: Arc<RateLimited>,
+}
+
+/// One open session, counted while it lives.
+struct SessionSlot(Arc<AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl WtRelay {
@@ -60,7 +80,17 @@ impl WtRelay {
             max_frame,
             stall,
             spans,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            sessions: Arc::new(AtomicUsize::new(0)),
+            refused: Arc::new(RateLimited::new(Duration::from_secs(1))),
+            failed: Arc::new(RateLimited::new(Duration::from_secs(1))),
         }
+    }
+
+    /// Refuses sessions past `max` open at once (429 to the CONNECT request).
+    pub fn with_max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max;
+        self
     }
 
     /// Accepts sessions until `shutdown`, then gives in-flight streams `grace` to finish.
@@ -87,7 +117,9 @@ impl WtRelay {
             tracker.spawn(async move {
                 let peer = incoming.remote_address();
                 if let Err(e) = relay.session(incoming, local, tracker2, shutdown2).await {
-                    tracing::debug!(%peer, error = %e, "session ended");
+                    relay.failed.warn(|held_back| {
+                        tracing::warn!(%peer, error = %e, held_back, "WebTransport session failed to open");
+                    });
                 }
             });
         }
@@ -112,6 +144,17 @@ impl WtRelay {
             request.not_found().await;
             return Ok(());
         }
+        let slot = SessionSlot(self.sessions.clone());
+        let open = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        if open > self.max_sessions {
+            let peer = request.remote_address();
+            self.refused.warn(|held_back| {
+                tracing::warn!(%peer, open, max = self.max_sessions, held_back, "WebTransport session refused (429): too many open sessions");
+            });
+            request.too_many_requests().await;
+            drop(slot);
+            return Ok(());
+        }
         let conn = request.accept().await?;
         self.stats.add_connection();
         let peer = conn.remote_address();
@@ -123,11 +166,19 @@ impl WtRelay {
             }
         }
         let _closed = Closed(self.spans.clone(), peer, local);
+        let _slot = slot;
         loop {
             let (send, recv) = tokio::select! {
                 // Stop taking new streams; the tracker waits for the running ones.
                 _ = shutdown.cancelled() => return Ok(()),
-                s = conn.accept_bi() => s?,
+                s = conn.accept_bi() => match s {
+                    Ok(s) => s,
+                    // The client closed the session, or it timed out: its normal end.
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "session ended");
+                        return Ok(());
+                    }
+                },
             };
             let relay = self.clone();
             // Each stream holds the session, so it outlives this loop during shutdown.

@@ -102,6 +102,25 @@ enum Task {
         #[arg(long, default_value = "ebpf")]
         backend: String,
     },
+    /// How many concurrent streams each approach holds (release builds): N closed-loop
+    /// users per step at the reference's pace, ramped, holding for a minute; per step the
+    /// failures by reason, P50/P99 TTFT, P99 gap, and the CPU and memory of the model, the
+    /// relay and the bench, each its own process. Prints a Markdown table with the knee
+    /// of each approach for docs/performance.md. Takes about 2 minutes per step.
+    BenchCapacity {
+        /// Concurrent users per step; an approach stops at its knee.
+        #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,5000")]
+        steps: Vec<usize>,
+        /// Seconds every user keeps streaming (whole answers of ~17 s each).
+        #[arg(long, default_value_t = 60)]
+        hold_secs: u64,
+        /// Seconds over which the users start.
+        #[arg(long, default_value_t = 10)]
+        ramp_secs: u64,
+        /// Approaches, in this order.
+        #[arg(long, value_delimiter = ',', default_value = "raw,sse,wt")]
+        approaches: Vec<String>,
+    },
 }
 
 /// Debian packages the project needs: libpcap for the probe's pcap backend, tcpdump as
@@ -177,9 +196,19 @@ fn real_main() -> Result<()> {
             setup()?;
             bench_spans::run(spans, &backend)
         }
+        Task::BenchCapacity {
+            steps,
+            hold_secs,
+            ramp_secs,
+            approaches,
+        } => {
+            setup()?;
+            bench_capacity::run(&steps, hold_secs, ramp_secs, &approaches)
+        }
     }
 }
 
+mod bench_capacity;
 mod bench_probe;
 mod bench_spans;
 mod fuzz;

@@ -49,13 +49,19 @@ impl HttpsClient {
         let addr = self.addr;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| ClientError::Connect {
-                addr,
-                reason: "timed out".into(),
+            .map_err(|_| ClientError::ConnectTimeout {
+                target: addr.to_string(),
+                after: CONNECT_TIMEOUT,
             })?
-            .map_err(|e| ClientError::Connect {
-                addr,
-                reason: e.to_string(),
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => ClientError::Refused {
+                    target: addr.to_string(),
+                    reason: e.to_string(),
+                },
+                _ => ClientError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                },
             })?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(self.host.clone()).map_err(|e| ClientError::Connect {

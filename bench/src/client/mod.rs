@@ -5,7 +5,7 @@ pub mod tls;
 pub mod wt;
 
 use crate::approach::Approach;
-use crate::record::{Recorder, RequestRecord};
+use crate::record::{Failure, Recorder, RequestRecord};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -19,6 +19,10 @@ use tokenwire_servers::protocol::sse;
 pub enum ClientError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
+    #[error("connecting to {target}: no connection within {after:?}")]
+    ConnectTimeout { target: String, after: Duration },
+    #[error("{target} refused: {reason}")]
+    Refused { target: String, reason: String },
     #[error("TLS handshake with {addr} failed: {reason}")]
     Tls { addr: SocketAddr, reason: String },
     #[error("HTTP: {0}")]
@@ -27,10 +31,34 @@ pub enum ClientError {
     Status { status: StatusCode, body: String },
     #[error("stream: {0}")]
     Stream(String),
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("server reported: {0}")]
+    Reported(String),
+    #[error("the server reset the stream (code {code:#x})")]
+    Reset { code: u64 },
     #[error("WebTransport: {0}")]
     Wt(String),
     #[error("no response within {0:?}")]
     Timeout(Duration),
+}
+
+impl ClientError {
+    /// The kind of failure, for counting.
+    pub fn failure(&self) -> Failure {
+        match self {
+            ClientError::Connect { .. } | ClientError::Wt(_) => Failure::Connect,
+            ClientError::ConnectTimeout { .. } => Failure::ConnectTimeout,
+            ClientError::Refused { .. } => Failure::Refused,
+            ClientError::Tls { .. } => Failure::Tls,
+            ClientError::Http(_) | ClientError::Lost(_) => Failure::ConnectionLost,
+            ClientError::Status { .. } => Failure::HttpStatus,
+            ClientError::Stream(_) => Failure::Malformed,
+            ClientError::Reported(_) => Failure::ServerReported,
+            ClientError::Reset { .. } => Failure::Reset,
+            ClientError::Timeout(_) => Failure::Timeout,
+        }
+    }
 }
 
 /// Where the companions are and how to reach them.
@@ -229,8 +257,8 @@ impl ApproachClient {
         .await;
         match result {
             Ok(Ok(())) => rec.finish(),
-            Ok(Err(e)) => rec.fail(e),
-            Err(_) => rec.fail(ClientError::Timeout(timeout)),
+            Ok(Err(e)) => rec.fail(e.failure(), e),
+            Err(_) => rec.fail(Failure::Timeout, ClientError::Timeout(timeout)),
         }
     }
 }
@@ -266,7 +294,7 @@ async fn read_sse(
     let mut done = false;
     let mut failure = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ClientError::Stream(e.to_string()))?;
+        let frame = frame.map_err(|e| ClientError::Lost(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -296,7 +324,7 @@ async fn read_sse(
         }
     }
     if let Some(f) = failure {
-        return Err(ClientError::Stream(format!("server reported: {f}")));
+        return Err(ClientError::Reported(f));
     }
     if !done {
         return Err(ClientError::Stream("stream ended without [DONE]".into()));
@@ -312,21 +340,39 @@ async fn wt_stream(
     rec: &mut Recorder,
 ) -> Result<(), ClientError> {
     let session = c.session(reuse).await?;
-    let wt = |e: &dyn std::fmt::Display| ClientError::Wt(e.to_string());
+    // A stream cut by its session's end says why the session ended.
+    let lost = |e: &dyn std::fmt::Display| match session.quic_connection().close_reason() {
+        Some(reason) => ClientError::Lost(format!("{e}: the session closed: {reason}")),
+        None => ClientError::Lost(e.to_string()),
+    };
     let (mut send, mut recv) = session
         .open_bi()
         .await
-        .map_err(|e| wt(&e))?
+        .map_err(|e| lost(&e))?
         .await
-        .map_err(|e| wt(&e))?;
-    send.write_all(&encode(prompt.as_bytes()))
-        .await
-        .map_err(|e| wt(&e))?;
-    send.finish().await.map_err(|e| wt(&e))?;
+        .map_err(|e| lost(&e))?;
+    let written = match send.write_all(&encode(prompt.as_bytes())).await {
+        Ok(()) => send.finish().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        return Err(match e {
+            wtransport::error::StreamWriteError::Stopped(code) => ClientError::Reset {
+                code: code.into_inner(),
+            },
+            e => lost(&e),
+        });
+    }
     let mut dec = FrameDecoder::new(MAX_FRAME);
     let mut buf = vec![0u8; 16 * 1024];
     let mut done = false;
-    while let Some(n) = recv.read(&mut buf).await.map_err(|e| wt(&e))? {
+    let read_error = |e: wtransport::error::StreamReadError| match e {
+        wtransport::error::StreamReadError::Reset(code) => ClientError::Reset {
+            code: code.into_inner(),
+        },
+        e => lost(&e),
+    };
+    while let Some(n) = recv.read(&mut buf).await.map_err(read_error)? {
         rec.bytes(n);
         dec.extend(&buf[..n]);
         while let Some(frame) = dec

@@ -1,22 +1,68 @@
 //! A WebTransport client that owns its session: reuse keeps one session (one QUIC
 //! connection) for every prompt, fresh opens one per prompt.
+//!
+//! Clients share QUIC endpoints: up to [`CONNECTIONS_PER_ENDPOINT`] clients with the same
+//! options use one endpoint (one UDP socket, one quinn driver), as a browser serves its
+//! tabs from one process, so a thousand users open ten sockets rather than a thousand.
+//! Each socket's buffers are sized for a burst of handshakes
+//! (`tokenwire_servers::quic_socket`).
 
 use super::ClientError;
 use super::tls::Trust;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wtransport::endpoint::endpoint_side::Client;
+use wtransport::error::{ConnectingError, ConnectionError};
 use wtransport::{ClientConfig, Connection, Endpoint};
 
 /// The client's keep-alive PING interval by default.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
 
+/// How long a session may take to open (QUIC and WebTransport handshakes).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Clients per shared endpoint.
+pub const CONNECTIONS_PER_ENDPOINT: usize = 100;
+
 pub struct WtClient {
-    endpoint: Endpoint<Client>,
+    endpoint: Arc<Endpoint<Client>>,
     url: String,
     session: Option<Connection>,
     /// Sessions (QUIC connections) opened so far.
     pub connections: u64,
+}
+
+/// What makes two clients' endpoints interchangeable: the same trust and options, the
+/// same network namespace (a socket belongs to the namespace it was made in) and the same
+/// tokio runtime (an endpoint's driver runs on the runtime that made it, and stops with it).
+#[derive(PartialEq, Eq)]
+struct EndpointKey {
+    trust: Option<[u8; 32]>,
+    cid_len: Option<usize>,
+    keep_alive: Option<Duration>,
+    ecn: bool,
+    netns: u64,
+    runtime: Option<tokio::runtime::Id>,
+}
+
+struct SharedEndpoint {
+    key: EndpointKey,
+    endpoint: Weak<Endpoint<Client>>,
+    clients: usize,
+}
+
+/// Endpoints in use; an endpoint goes when its last client does.
+static SHARED: Mutex<Vec<SharedEndpoint>> = Mutex::new(Vec::new());
+
+/// The calling thread's network namespace (0 where there are none).
+fn netns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino())
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
 }
 
 /// How the client's QUIC connection behaves (quinn's defaults but for the keep-alive).
@@ -50,6 +96,46 @@ impl WtClient {
 
     /// Like [`Self::new`], with the connection's [`WtOptions`].
     pub fn with_options(url: &str, trust: &Trust, opts: WtOptions) -> Result<Self, ClientError> {
+        let key = EndpointKey {
+            trust: trust.sha256(),
+            cid_len: opts.cid_len,
+            keep_alive: opts.keep_alive,
+            ecn: opts.ecn,
+            netns: netns(),
+            runtime: tokio::runtime::Handle::try_current().ok().map(|h| h.id()),
+        };
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|s| s.endpoint.strong_count() > 0);
+        let found = shared
+            .iter_mut()
+            .filter(|s| s.key == key && s.clients < CONNECTIONS_PER_ENDPOINT)
+            .find_map(|s| {
+                let e = s.endpoint.upgrade()?;
+                s.clients += 1;
+                Some(e)
+            });
+        let endpoint = match found {
+            Some(e) => e,
+            None => {
+                let e = Arc::new(Self::endpoint(trust, opts)?);
+                shared.push(SharedEndpoint {
+                    key,
+                    endpoint: Arc::downgrade(&e),
+                    clients: 1,
+                });
+                e
+            }
+        };
+        Ok(Self {
+            endpoint,
+            url: url.to_owned(),
+            session: None,
+            connections: 0,
+        })
+    }
+
+    /// A new client endpoint with these options.
+    fn endpoint(trust: &Trust, opts: WtOptions) -> Result<Endpoint<Client>, ClientError> {
         use wtransport::tls::client::{
             NoServerVerification, ServerHashVerification, build_default_tls_config,
         };
@@ -64,26 +150,15 @@ impl WtClient {
         // Session keys go to $SSLKEYLOGFILE when it is set (nothing otherwise), so tshark
         // or Wireshark can decrypt a capture's QUIC frames.
         tls.key_log = Arc::new(rustls::KeyLogFile::new());
-        let builder = ClientConfig::builder();
-        let (builder, ecn_switch) = if opts.ecn {
-            (builder.with_bind_default(), None)
-        } else {
-            // Dual-stack, as with_bind_default binds.
-            let any = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
-            let socket = socket2::Socket::new(
-                socket2::Domain::IPV6,
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )
-            .and_then(|s| {
-                s.set_only_v6(false)?;
-                s.bind(&any.into())?;
-                Ok(std::net::UdpSocket::from(s))
-            })
-            .and_then(|s| Ok((s.try_clone()?, s)))
-            .map_err(|e| ClientError::Wt(format!("binding the QUIC socket: {e}")))?;
-            (builder.with_bind_socket(socket.0), Some(socket.1))
-        };
+        // Dual-stack, as wtransport's own default binds.
+        let any = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+        let bound = tokenwire_servers::quic_socket::bind(
+            any,
+            tokenwire_servers::quic_socket::DEFAULT_BUFFER,
+        )
+        .map_err(|e| ClientError::Wt(format!("binding the QUIC socket: {e}")))?;
+        let ecn_switch = (!opts.ecn).then_some(bound.handle);
+        let builder = ClientConfig::builder().with_bind_socket(bound.socket);
         let mut config = builder
             .with_custom_tls(tls)
             .keep_alive_interval(opts.keep_alive)
@@ -100,12 +175,7 @@ impl WtClient {
             tokenwire_servers::quic_socket::ignore_received_ecn(&handle)
                 .map_err(|e| ClientError::Wt(format!("switching ECN reports off: {e}")))?;
         }
-        Ok(Self {
-            endpoint,
-            url: url.to_owned(),
-            session: None,
-            connections: 0,
-        })
+        Ok(endpoint)
     }
 
     /// A session for the next prompt: the open one with `reuse`, else a new one.
@@ -119,10 +189,29 @@ impl WtClient {
         if let Some(old) = self.session.take() {
             old.close(wtransport::VarInt::from_u32(0), b"done");
         }
-        let conn = tokio::time::timeout(Duration::from_secs(5), self.endpoint.connect(&self.url))
+        let url = &self.url;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(url))
             .await
-            .map_err(|_| ClientError::Wt(format!("connecting to {}: timed out", self.url)))?
-            .map_err(|e| ClientError::Wt(format!("connecting to {}: {e}", self.url)))?;
+            .map_err(|_| ClientError::ConnectTimeout {
+                target: url.clone(),
+                after: CONNECT_TIMEOUT,
+            })?
+            .map_err(|e| match e {
+                ConnectingError::ConnectionError(ConnectionError::TimedOut) => {
+                    ClientError::ConnectTimeout {
+                        target: url.clone(),
+                        after: CONNECT_TIMEOUT,
+                    }
+                }
+                ConnectingError::SessionRejected
+                | ConnectingError::ConnectionError(
+                    ConnectionError::ConnectionClosed(_) | ConnectionError::ApplicationClosed(_),
+                ) => ClientError::Refused {
+                    target: url.clone(),
+                    reason: e.to_string(),
+                },
+                e => ClientError::Wt(format!("connecting to {url}: {e}")),
+            })?;
         self.connections += 1;
         self.session = Some(conn.clone());
         Ok(conn)
@@ -137,8 +226,11 @@ impl WtClient {
 
     /// Closes the session and waits (briefly) until the server has acknowledged the close,
     /// so it does not keep the session until its idle timeout.
+    /// The endpoint is shared: the last of its clients to shut down does the waiting.
     pub async fn shutdown(&mut self) {
         self.close();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        if Arc::strong_count(&self.endpoint) == 1 {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        }
     }
 }

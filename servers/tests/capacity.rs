@@ -1,0 +1,93 @@
+//! Many WebTransport streams at once, on loopback: 500 concurrent sessions all complete,
+//! and sessions past the relay's limit are refused cleanly (429, counted as `refused` by
+//! the bench), never left hanging. The capacity figures themselves come from
+//! `cargo xtask bench-capacity` (release build), not from here.
+
+mod common;
+
+use common::{stack_with, trust};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokenwire_bench::approach::Approach;
+use tokenwire_bench::record::Failure;
+use tokenwire_bench::report::summarise;
+use tokenwire_bench::runner::{RunConfig, run};
+use tokenwire_bench::workload::{default_prompts, jobs};
+use tokenwire_servers::launch::RelayOptions;
+use tokenwire_servers::model::{ModelConfig, Timing};
+
+/// `users` closed-loop WebTransport users with one short answer each, reused sessions.
+fn users(targets: tokenwire_bench::client::Targets, users: usize, ramp: Duration) -> RunConfig {
+    RunConfig {
+        approaches: vec![Approach::Wt],
+        reuse: true,
+        jobs: jobs(&default_prompts(), None, users.div_ceil(10)).unwrap(),
+        concurrency: users,
+        ramp,
+        rate: None,
+        seed: 1,
+        timeout: Duration::from_secs(60),
+        warmup: false,
+        targets,
+        trust: trust(),
+        progress: false,
+    }
+}
+
+fn model(mean_tokens: u32) -> ModelConfig {
+    ModelConfig {
+        timing: Timing {
+            mean_tokens,
+            ..Timing::default()
+        },
+        ..ModelConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_webtransport_streams_all_complete() {
+    // Answers of ~60 tokens (about 2.3 s) outlast the 1 s ramp: all 500 stream at once.
+    let s = stack_with(model(60), RelayOptions::default(), Duration::from_secs(1)).await;
+    let runs = run(&users(s.targets(), 500, Duration::from_secs(1))).await;
+    let r = &runs[0];
+    let m = summarise(Approach::Wt, &r.records, r.connections);
+    assert_eq!(m.requests, 500);
+    assert_eq!(
+        m.failed,
+        0,
+        "{:?}: {:?}",
+        m.failures,
+        r.records.iter().find_map(|x| x.error.clone())
+    );
+    // One session per user, all of them the relay's.
+    assert_eq!(r.connections, 500);
+    assert_eq!(s.wt.stats.connections(), 500);
+    assert!(r.records.iter().all(|x| x.tokens() > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_past_the_limit_are_refused_not_left_hanging() {
+    let opts = RelayOptions {
+        max_sessions: 10,
+        ..RelayOptions::default()
+    };
+    // Answers of ~60 tokens (2 s) keep the first ten sessions open while the others ask.
+    let s = stack_with(model(60), opts, Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let runs = run(&users(s.targets(), 20, Duration::ZERO)).await;
+    let r = &runs[0];
+    let m = summarise(Approach::Wt, &r.records, r.connections);
+    assert_eq!(m.requests, 20);
+    // Ten served; the others refused at once, each with its reason.
+    assert_eq!(
+        m.failures,
+        BTreeMap::from([(Failure::Refused, 10)]),
+        "{m:?}"
+    );
+    for x in r.records.iter().filter(|x| x.failure.is_some()) {
+        let e = x.error.as_deref().unwrap_or_default();
+        assert!(e.contains("refused"), "{e}");
+        assert!(x.total.unwrap() < Duration::from_secs(2), "{x:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

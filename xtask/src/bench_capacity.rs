@@ -1,0 +1,288 @@
+//! `cargo xtask bench-capacity`: how many concurrent streams each approach holds on this
+//! machine, release builds, at the reference's pace (250 ms to the first token, 35 ms
+//! between tokens, ~480 tokens an answer).
+//!
+//! The embedded model and each relay run as processes of their own (`tokenwire-servers
+//! model`, then `raw`, `sse` or `wt` relaying it), so the CPU each one uses is its own.
+//! For each approach and each step N, `tokenwire-bench run` starts N closed-loop users
+//! over the ramp, each reusing one connection for answer after answer until the hold
+//! time is covered. Per step: failures by reason, P50/P99 TTFT, P99 gap, and the CPU (as
+//! a share of one core over the step) and peak memory of the model, the relay and the
+//! bench. The knee of an approach is the first step whose P99 gap exceeds 50 ms or where
+//! anything failed.
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// P99 gap past which a step is over the knee.
+const KNEE_GAP_MS: f64 = 50.0;
+
+/// A process's CPU seconds so far (user + system), from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A server process that said it listens.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new("target/release/tokenwire-servers")
+            .args(args)
+            .env("RUST_LOG", "warn,tokenwire_servers=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting target/release/tokenwire-servers")?;
+        let stderr = child.stderr.take().context("the servers' stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        for line in lines.by_ref() {
+            let line = line?;
+            if line.contains("listening") {
+                break;
+            }
+        }
+        // Keep draining (and show warnings: refused or failed sessions say why).
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line.contains("WARN") {
+                    eprintln!("  servers: {line}");
+                }
+            }
+        });
+        Ok(Self { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Step {
+    approach: &'static str,
+    users: usize,
+    requests: u64,
+    failed: u64,
+    failures: String,
+    p50_ttft: f64,
+    p99_ttft: f64,
+    p99_gap: f64,
+    wall: f64,
+    model_cpu: f64,
+    relay_cpu: f64,
+    bench_cpu: f64,
+    relay_rss_mib: f64,
+    bench_rss_mib: f64,
+}
+
+impl Step {
+    fn over_knee(&self) -> bool {
+        self.failed > 0 || self.p99_gap > KNEE_GAP_MS
+    }
+}
+
+pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String]) -> Result<()> {
+    crate::run(crate::cargo_cmd().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "tokenwire-servers",
+        "-p",
+        "tokenwire-bench",
+    ]))?;
+    let json = std::env::temp_dir().join(format!("tokenwire-capacity-{}.json", std::process::id()));
+    let mut rows = Vec::new();
+    for approach in approaches {
+        let (relay_cmd, name): (&str, &'static str) = match approach.as_str() {
+            "raw" => ("raw", "raw"),
+            "sse" => ("sse", "sse"),
+            "wt" => ("wt", "wt"),
+            other => bail!("unknown approach {other:?}: raw, sse or wt"),
+        };
+        for &users in steps {
+            // Fresh processes per step: each step's memory is its own.
+            let model = Server::start(&["model"])?;
+            let relay = Server::start(&[
+                relay_cmd,
+                "--upstream",
+                "http://127.0.0.1:11434",
+                "--no-spans",
+            ])?;
+            // Answers take ~17 s at the reference's pace: enough rounds to cover the hold.
+            let rounds = (hold_secs as f64 / 17.0).ceil().max(1.0) as usize;
+            let repeat = (users * rounds).div_ceil(10);
+            let (m0, r0) = (cpu_secs(model.pid()), cpu_secs(relay.pid()));
+            let started = Instant::now();
+            let mut bench = Command::new("target/release/tokenwire-bench")
+                .args([
+                    "run",
+                    "--reuse",
+                    "--no-warmup",
+                    "--insecure",
+                    "--no-probe",
+                    "--quiet",
+                ])
+                .args(["--approach", approach])
+                .args(["--concurrency", &users.to_string()])
+                .args(["--ramp-secs", &ramp_secs.to_string()])
+                .args(["--repeat", &repeat.to_string(), "--timeout-secs", "300"])
+                .arg("--json")
+                .arg(&json)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting target/release/tokenwire-bench")?;
+            let bench_pid = bench.id();
+            let (mut bench_cpu, mut bench_rss, mut relay_rss) = (0.0, 0u64, 0u64);
+            let status = loop {
+                if let Some(s) = bench.try_wait()? {
+                    break s;
+                }
+                bench_cpu = cpu_secs(bench_pid).max(bench_cpu);
+                bench_rss = bench_rss.max(crate::observe::status_kib(bench_pid, "VmHWM:"));
+                relay_rss = relay_rss.max(crate::observe::status_kib(relay.pid(), "VmRSS:"));
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            let wall = started.elapsed().as_secs_f64();
+            let (model_cpu, relay_cpu) = (cpu_secs(model.pid()) - m0, cpu_secs(relay.pid()) - r0);
+            if !status.success() {
+                bail!("tokenwire-bench failed ({status}) at {users} {approach} users");
+            }
+            let doc: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&json).context("reading the bench's JSON")?,
+            )?;
+            let s = &doc["summaries"][0];
+            let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+            let failures = s["failures"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            let step = Step {
+                approach: name,
+                users,
+                requests: s["requests"].as_u64().unwrap_or(0),
+                failed: s["failed"].as_u64().unwrap_or(0),
+                failures,
+                p50_ttft: f("p50_ttft_ms"),
+                p99_ttft: f("p99_ttft_ms"),
+                p99_gap: f("p99_gap_ms"),
+                wall,
+                model_cpu,
+                relay_cpu,
+                bench_cpu,
+                relay_rss_mib: relay_rss as f64 / 1024.0,
+                bench_rss_mib: bench_rss as f64 / 1024.0,
+            };
+            eprintln!(
+                "{name} {users}: {} failed, P99 gap {:.1} ms, {:.0} s",
+                step.failed, step.p99_gap, wall
+            );
+            let over = step.over_knee();
+            rows.push(step);
+            drop(relay);
+            drop(model);
+            if over && users != *steps.last().unwrap_or(&users) {
+                // Past the knee: the next steps only fail more (and take longest).
+                eprintln!("{name}: past the knee at {users}; its larger steps are skipped");
+                break;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&json);
+    println!("{}", table(&rows));
+    Ok(())
+}
+
+fn table(rows: &[Step]) -> String {
+    let mut s = String::from(
+        "| approach | users | requests | failed (by reason) | P50 TTFT | P99 TTFT | P99 gap | model CPU | relay CPU | bench CPU | relay RSS | bench RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let pct = |cpu: f64, wall: f64| format!("{:.0}%", 100.0 * cpu / wall.max(1e-9));
+    for r in rows {
+        let failed = if r.failed == 0 {
+            "0".to_owned()
+        } else {
+            format!("{} ({})", r.failed, r.failures)
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {failed} | {:.0} ms | {:.0} ms | {:.1} ms{} | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
+            r.approach,
+            r.users,
+            r.requests,
+            r.p50_ttft,
+            r.p99_ttft,
+            r.p99_gap,
+            if r.over_knee() { " (over)" } else { "" },
+            pct(r.model_cpu, r.wall),
+            pct(r.relay_cpu, r.wall),
+            pct(r.bench_cpu, r.wall),
+            r.relay_rss_mib,
+            r.bench_rss_mib,
+        ));
+    }
+    for a in ["raw", "sse", "wt"] {
+        let mine: Vec<&Step> = rows.iter().filter(|r| r.approach == a).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        match mine.iter().find(|r| r.over_knee()) {
+            Some(k) => s.push_str(&format!(
+                "\n{a}: knee at {} users (the first step with a failure or a P99 gap over {KNEE_GAP_MS} ms); the last step under it: {}.",
+                k.users,
+                mine.iter()
+                    .rev()
+                    .find(|r| !r.over_knee() && r.users < k.users)
+                    .map_or("none".to_owned(), |r| r.users.to_string())
+            )),
+            None => s.push_str(&format!(
+                "\n{a}: no knee up to {} users.",
+                mine.last().map_or(0, |r| r.users)
+            )),
+        }
+    }
+    s.push_str("\n\nCPU: share of one core over the step (the machine's cores are shared by all three processes).\n");
+    s
+}

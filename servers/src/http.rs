@@ -80,14 +80,56 @@ pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Byt
     Ok(out.into())
 }
 
+/// How an HTTP server takes its connections.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// TLS, or plain HTTP.
+    pub tls: Option<TlsAcceptor>,
+    /// Where each connection's close span goes.
+    pub spans: SpanSink,
+    /// Connections open at once; each one past it gets 503 to every request, with
+    /// `Connection: close` and `Retry-After: 1`.
+    pub max_connections: usize,
+}
+
+/// Connections each TLS companion holds open at once by default (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// The answer to every request on a connection past the limit.
+fn busy(open: usize, max: usize) -> Response<Body> {
+    let mut r = response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "application/json",
+        serde_json::json!({
+            "error": format!("server busy: {open} connections open, at most {max}")
+        })
+        .to_string(),
+    );
+    let h = r.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+/// One open connection, counted while it lives.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` fires, then lets in-flight requests
-/// finish for up to `grace` and closes the rest. Each connection's end is a close span on
-/// `spans`.
+/// finish for up to `grace` and closes the rest. Each connection's end is a close span;
+/// connections past the limit are answered 503 ([`ServeOptions`]).
 pub async fn serve<H, Fut>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    opts: ServeOptions,
     stats: Arc<Stats>,
-    spans: SpanSink,
     shutdown: CancellationToken,
     grace: Duration,
     handler: H,
@@ -96,6 +138,9 @@ pub async fn serve<H, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(crate::logging::RateLimited::new(Duration::from_secs(1)));
+    let max = opts.max_connections;
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -114,12 +159,21 @@ pub async fn serve<H, Fut>(
             continue;
         };
         stats.add_connection();
+        let slot = Slot(open.clone());
+        let now_open = open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let over = now_open > max;
+        if over {
+            refused.warn(|held_back| {
+                tracing::warn!(%peer, open = now_open, max, held_back, "connection refused (503): too many open connections");
+            });
+        }
         let info = ConnInfo { peer, local };
         let handler = handler.clone();
-        let tls = tls.clone();
+        let tls = opts.tls.clone();
         let watcher = graceful.watcher();
-        let spans = spans.clone();
+        let spans = opts.spans.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // Tell the probe when the connection is over, however it ends.
             struct Closed(SpanSink, ConnInfo);
             impl Drop for Closed {
@@ -130,7 +184,12 @@ pub async fn serve<H, Fut>(
             let _closed = Closed(spans, info);
             let svc = hyper::service::service_fn(move |req| {
                 let h = handler.clone();
-                async move { Ok::<_, Infallible>(h(req, info).await) }
+                async move {
+                    if over {
+                        return Ok::<_, Infallible>(busy(now_open, max));
+                    }
+                    Ok::<_, Infallible>(h(req, info).await)
+                }
             });
             let builder = hyper::server::conn::http1::Builder::new();
             let result = match tls {

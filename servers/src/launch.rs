@@ -60,6 +60,8 @@ pub struct RelayOptions {
     pub quic_socket_buffer: usize,
     /// WebTransport sessions open at once; past it a new one gets 429.
     pub max_sessions: usize,
+    /// Connections each TLS companion (raw, sse) holds open at once; past it, 503.
+    pub max_connections: usize,
 }
 
 /// quinn's connection ID length.
@@ -79,6 +81,7 @@ impl Default for RelayOptions {
             quic_ecn: true,
             quic_socket_buffer: crate::quic_socket::DEFAULT_BUFFER,
             max_sessions: crate::wt_relay::DEFAULT_MAX_SESSIONS,
+            max_connections: crate::http::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -118,11 +121,15 @@ pub async fn start_model(
     let stats = Stats::new();
     let model = Model::new(cfg, stats.clone());
     let m = model.clone();
+    let opts = crate::http::ServeOptions {
+        tls: None,
+        spans: SpanSink::disabled(),
+        max_connections: usize::MAX,
+    };
     let task = tokio::spawn(crate::http::serve(
         listener,
-        None,
+        opts,
         stats.clone(),
-        SpanSink::disabled(),
         shutdown,
         grace,
         move |req, conn| {
@@ -179,6 +186,7 @@ async fn start_https<H, Fut>(
     shutdown: CancellationToken,
     grace: Duration,
     spans: SpanSink,
+    max_connections: usize,
     make: impl FnOnce(Arc<Stats>) -> H,
 ) -> Result<Running, LaunchError>
 where
@@ -194,11 +202,15 @@ where
     let addr = local(&listener, addr);
     let stats = Stats::new();
     let handler = make(stats.clone());
+    let opts = crate::http::ServeOptions {
+        tls: Some(tls),
+        spans,
+        max_connections,
+    };
     let task = tokio::spawn(crate::http::serve(
         listener,
-        Some(tls),
+        opts,
         stats.clone(),
-        spans,
         shutdown,
         grace,
         handler,
@@ -223,7 +235,8 @@ pub async fn start_raw(
     let upstream = Upstream::new(&opts.upstream)?;
     let (max_body, spans) = (opts.max_body, opts.spans.clone());
     let s = spans.clone();
-    start_https("raw", "", addr, id, shutdown, grace, s, move |stats| {
+    let max = opts.max_connections;
+    start_https("raw", "", addr, id, shutdown, grace, s, max, move |stats| {
         let proxy = RawProxy::new(upstream, stats, max_body, spans);
         move |req, conn| {
             let p = proxy.clone();
@@ -244,13 +257,24 @@ pub async fn start_sse(
     let upstream = Upstream::new(&opts.upstream)?;
     let (model, max_body, spans) = (opts.model.clone(), opts.max_body, opts.spans.clone());
     let s = spans.clone();
-    start_https("sse", "/chat", addr, id, shutdown, grace, s, move |stats| {
-        let relay = SseRelay::new(upstream, model, stats, max_body, spans);
-        move |req, conn| {
-            let r = relay.clone();
-            async move { r.handle(req, conn).await }
-        }
-    })
+    let max = opts.max_connections;
+    start_https(
+        "sse",
+        "/chat",
+        addr,
+        id,
+        shutdown,
+        grace,
+        s,
+        max,
+        move |stats| {
+            let relay = SseRelay::new(upstream, model, stats, max_body, spans);
+            move |req, conn| {
+                let r = relay.clone();
+                async move { r.handle(req, conn).await }
+            }
+        },
+    )
     .await
 }
 

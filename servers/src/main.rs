@@ -212,6 +212,10 @@ struct RelayTuning {
     /// WebTransport sessions open at once; a session past it is refused with 429.
     #[arg(long, default_value_t = tokenwire_servers::wt_relay::DEFAULT_MAX_SESSIONS)]
     max_sessions: usize,
+    /// Connections each TLS companion (raw, sse) holds open at once; requests on a
+    /// connection past it are answered 503 with `Retry-After: 1` and the connection closes.
+    #[arg(long, default_value_t = tokenwire_servers::http::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 impl RelayTuning {
@@ -234,6 +238,7 @@ impl RelayTuning {
             quic_ecn: !self.no_quic_ecn,
             quic_socket_buffer: self.quic_socket_buffer,
             max_sessions: self.max_sessions,
+            max_connections: self.max_connections,
         })
     }
 }

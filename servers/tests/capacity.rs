@@ -1,6 +1,6 @@
 //! Many WebTransport streams at once, on loopback: 500 concurrent sessions all complete,
 //! and sessions past the relay's limit are refused cleanly (429, counted as `refused` by
-//! the bench), never left hanging. The capacity figures themselves come from
+//! the bench), as are connections past an HTTPS companion's (503), never left hanging. The capacity figures themselves come from
 //! `cargo xtask bench-capacity` (release build), not from here.
 
 mod common;
@@ -18,8 +18,17 @@ use tokenwire_servers::model::{ModelConfig, Timing};
 
 /// `users` closed-loop WebTransport users with one short answer each, reused sessions.
 fn users(targets: tokenwire_bench::client::Targets, users: usize, ramp: Duration) -> RunConfig {
+    users_of(Approach::Wt, targets, users, ramp)
+}
+
+fn users_of(
+    approach: Approach,
+    targets: tokenwire_bench::client::Targets,
+    users: usize,
+    ramp: Duration,
+) -> RunConfig {
     RunConfig {
-        approaches: vec![Approach::Wt],
+        approaches: vec![approach],
         reuse: true,
         jobs: jobs(&default_prompts(), None, users.div_ceil(10)).unwrap(),
         concurrency: users,
@@ -90,4 +99,29 @@ async fn sessions_past_the_limit_are_refused_not_left_hanging() {
         assert!(x.total.unwrap() < Duration::from_secs(2), "{x:?}");
     }
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_get_503_at_once() {
+    let opts = RelayOptions {
+        max_connections: 5,
+        ..RelayOptions::default()
+    };
+    let s = stack_with(model(60), opts, Duration::from_secs(1)).await;
+    let runs = run(&users_of(Approach::Sse, s.targets(), 10, Duration::ZERO)).await;
+    let r = &runs[0];
+    let m = summarise(Approach::Sse, &r.records, r.connections);
+    assert_eq!(
+        m.failures,
+        BTreeMap::from([(Failure::HttpStatus, 5)]),
+        "{m:?}"
+    );
+    for x in r.records.iter().filter(|x| x.failure.is_some()) {
+        let e = x.error.as_deref().unwrap_or_default();
+        assert!(e.contains("503") && e.contains("at most 5"), "{e}");
+        assert!(x.total.unwrap() < Duration::from_secs(2), "{x:?}");
+    }
+    // The refused connections never reached the relay's handler, nor the model.
+    assert_eq!(s.sse.stats.requests(), 5);
+    assert_eq!(s.sse.stats.connections(), 10);
 }

@@ -95,15 +95,7 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
         format!("{}=webtransport", wt.addr.port()),
     ];
     let probe = Probe::start("ebpf", &path, &labels);
-    let reference = ReferenceClient {
-        no_usage: true,
-        legacy_chunks: true,
-        count_end_frame: true,
-        connection_close: true,
-        short_cids: true,
-        no_keepalive: true,
-        no_ecn: true,
-    };
+    let reference = ReferenceClient::ALL;
     let targets = Targets {
         raw: raw.addr,
         sse: sse6.addr,

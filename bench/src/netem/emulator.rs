@@ -290,14 +290,15 @@ impl Emulator {
         }
         // No IPv6 chatter (router solicitations, duplicate address detection, link-local
         // addresses) through the link: IPv6 is off, or only the fixed addresses are on.
-        let quiet_v6 = |ns: Option<&str>, dev: &str| -> Result<(), EmulatorError> {
+        let add_v6 = |ns: Option<&str>, dev: &str, a: Ipv6Addr| -> Result<(), EmulatorError> {
             for setting in ["accept_ra=0", "router_solicitations=0", "addr_gen_mode=1"] {
                 in_ns(
                     ns,
                     &["sysctl", "-qw", &format!("net.ipv6.conf.{dev}.{setting}")],
                 )?;
             }
-            Ok(())
+            let addr = format!("{a}/64");
+            in_ns(ns, &["ip", "-6", "addr", "add", &addr, "dev", dev, "nodad"])
         };
         match em.server_addr6 {
             None => {
@@ -310,22 +311,7 @@ impl Emulator {
                     ],
                 );
             }
-            Some(a) => {
-                quiet_v6(srv_ns.as_deref(), &server_if)?;
-                in_ns(
-                    srv_ns.as_deref(),
-                    &[
-                        "ip",
-                        "-6",
-                        "addr",
-                        "add",
-                        &format!("{a}/64"),
-                        "dev",
-                        &server_if,
-                        "nodad",
-                    ],
-                )?;
-            }
+            Some(a) => add_v6(srv_ns.as_deref(), &server_if, a)?,
         }
         in_ns(
             srv_ns.as_deref(),
@@ -354,17 +340,7 @@ impl Emulator {
             &client_if,
         ])?;
         if let Some(a) = em.client_addr6 {
-            quiet_v6(Some(&netns), &client_if)?;
-            nsx(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{a}/64"),
-                "dev",
-                &client_if,
-                "nodad",
-            ])?;
+            add_v6(Some(&netns), &client_if, a)?;
         }
         nsx(&["ip", "link", "set", &client_if, "mtu", &mtu, "up"])?;
         nsx(&["ip", "route", "add", "default", "dev", &client_if])?;

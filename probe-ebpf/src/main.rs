@@ -1,7 +1,9 @@
 //! tokenwire-probe's kernel side: a TC classifier that counts every packet per flow key
-//! (5-tuple as carried, interface, hook) in a per-CPU hash map — packets, IP bytes, link
-//! bytes — and sends user space an event only for rare things: a key's first packet on a
-//! CPU, its first payload (with up to 512 bytes for classification), its FIN/RST.
+//! (5-tuple as carried, interface, hook) in a per-CPU hash map keyed by the key's
+//! fingerprint — packets, IP bytes, link bytes — and sends user space an event only for
+//! rare things: a key's first packet on a CPU, its first payload (with up to 512 bytes
+//! for classification), its FIN/RST. docs/probe.md ("The kernel path") says why it is
+//! written the way it is: typed header loads, a word-built key, the fingerprint.
 //! Packets it cannot key (not IP, malformed, map full) are counted by reason, never lost.
 //! It always returns TC_ACT_UNSPEC (TCX_NEXT): it observes, it never changes a verdict, and
 //! the programs after it (another probe, a CNI's) still run. TCX stops at the first program
@@ -12,22 +14,38 @@
 
 use aya_ebpf::bindings::TC_ACT_UNSPEC;
 use aya_ebpf::macros::{classifier, map};
-use aya_ebpf::maps::{PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
 use tokenwire_probe_common::{
     EVENT_CLOSE, EVENT_OPEN, EVENT_PAYLOAD, FAMILY_V4, FAMILY_V6, FlowCounters, FlowEvent, FlowKey,
-    PAYLOAD_CAPTURE, SENT_CLOSE, SENT_PAYLOAD, TCP_FIN, TCP_RST, Unattributed, failure, unattributed,
+    PAYLOAD_CAPTURE, SENT_CLOSE, SENT_PAYLOAD, TCP_FIN, TCP_RST, Unattributed, failure,
+    fingerprint, unattributed,
 };
 
 /// Default size; the loader sets `--max-flows`.
 #[map(name = "FLOWS")]
-static FLOWS: PerCpuHashMap<FlowKey, FlowCounters> = PerCpuHashMap::with_max_entries(65_536, 0);
+static FLOWS: PerCpuHashMap<u64, FlowCounters> = PerCpuHashMap::with_max_entries(65_536, 0);
+
+/// Same size as FLOWS (the loader sets both).
+#[map(name = "FLOW_KEYS")]
+static FLOW_KEYS: HashMap<u64, FlowKey> = HashMap::with_max_entries(65_536, 0);
+
+#[map(name = "COLLIDED")]
+static COLLIDED: PerCpuHashMap<FlowKey, FlowCounters> = PerCpuHashMap::with_max_entries(1_024, 0);
+
+/// The fingerprint's keys; the loader sets random ones.
+#[unsafe(no_mangle)]
+static FINGERPRINT_KEYS: [u64; 8] = [0; 8];
+
+const BPF_NOEXIST: u64 = 1;
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 #[map(name = "UNATTRIBUTED")]
-static UNATTRIBUTED: PerCpuArray<Unattributed> = PerCpuArray::with_max_entries(unattributed::LEN, 0);
+static UNATTRIBUTED: PerCpuArray<Unattributed> =
+    PerCpuArray::with_max_entries(unattributed::LEN, 0);
 
 #[map(name = "FAILURES")]
 static FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(failure::LEN, 0);
@@ -69,6 +87,13 @@ pub fn tokenwire_l3_ingress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Does nothing: the baseline `tokenwire-probe kernel-bench` subtracts (the cost of
+/// running any classifier). Never attached.
+#[classifier]
+pub fn tokenwire_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 /// What parsing found.
 struct Parsed {
     key: FlowKey,
@@ -77,116 +102,221 @@ struct Parsed {
     tcp_flags: u8,
 }
 
-/// Reads a `T` at `off`: straight from the packet's linear data when it is there (no
-/// helper call), else with bpf_skb_load_bytes (non-linear skbs).
+/// Room for a copy of the longest header read at once (IPv6, 40 bytes).
+type Scratch = core::mem::MaybeUninit<[u64; 5]>;
+
+/// A header of `N` bytes at `off`: a pointer into the packet's linear data when all of it
+/// is there (no helper call), else into `buf`, a copy made with bpf_skb_load_bytes (a
+/// non-linear skb). Fields are then read with typed loads ([`ld16`], [`ld32`]).
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+fn at<const N: usize>(ctx: &TcContext, off: usize, buf: &mut Scratch) -> Option<*const u8> {
     let start = ctx.data();
-    let end = ctx.data_end();
-    // One-byte reads go through the helper: LLVM turns `p + 1 <= end` into `p < end`,
-    // which the verifier does not accept as a bounds check.
-    if core::mem::size_of::<T>() >= 2 && start + off + core::mem::size_of::<T>() <= end {
-        // SAFETY: bounds checked against data_end just above (the verifier checks too).
-        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
-    } else {
-        ctx.load::<T>(off).ok()
+    if start + off + N <= ctx.data_end() {
+        return Some((start + off) as *const u8);
     }
+    let r = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            buf.as_mut_ptr() as *mut _,
+            N as u32,
+        )
+    };
+    (r == 0).then_some(buf.as_ptr() as *const u8)
 }
 
-#[inline(always)]
-fn be16(ctx: &TcContext, off: usize) -> Option<u16> {
-    read::<[u8; 2]>(ctx, off).map(u16::from_be_bytes)
-}
+// Typed loads from a header `at` returned (bounds checked there). The packet's headers
+// need not be aligned: BPF loads have no alignment requirement where the verifier allows
+// unaligned packet access (x86-64, arm64); elsewhere it refuses the program at load, with
+// a clear error, rather than misread. Byte-wise reads, what LLVM emits for an unaligned
+// read, cost the kernel path more than its map lookup did.
 
 #[inline(always)]
-fn byte(ctx: &TcContext, off: usize) -> Option<u8> {
-    read::<u8>(ctx, off)
+fn ld8(p: *const u8, i: usize) -> u8 {
+    unsafe { p.add(i).read() }
+}
+
+/// As on the wire (network byte order).
+#[inline(always)]
+fn ld16(p: *const u8, i: usize) -> u16 {
+    unsafe { p.add(i).cast::<u16>().read() }
+}
+
+/// As on the wire (network byte order).
+#[inline(always)]
+fn ld32(p: *const u8, i: usize) -> u32 {
+    unsafe { p.add(i).cast::<u32>().read() }
+}
+
+/// A 16-bit field in host order.
+#[inline(always)]
+fn be16(ctx: &TcContext, off: usize, buf: &mut Scratch) -> Option<u16> {
+    at::<2>(ctx, off, buf).map(|p| u16::from_be(ld16(p, 0)))
 }
 
 #[inline(always)]
 fn count(ctx: &TcContext, l2: bool, ingress: u8) {
     let len = ctx.len() as u64;
-    // Link header: Ethernet with up to two VLAN tags, or none.
+    // Never read before bpf_skb_load_bytes fills it: zeroing it would be a byte loop.
+    let mut buf = Scratch::uninit();
+    let buf = &mut buf;
+    // Link header: Ethernet with up to two VLAN tags (802.1Q or 802.1ad, either one in
+    // either place), or none. A link header cut short counts no IP bytes.
     let (ip_off, ethertype) = if l2 {
-        let Some(mut et) = be16(ctx, 12) else {
-            return unattributed(unattributed::MALFORMED, len, len);
+        let Some(mut et) = be16(ctx, 12, buf) else {
+            return unattributed(unattributed::MALFORMED, 0, len);
         };
         let mut off = 14usize;
-        if et == ETH_P_8021Q || et == ETH_P_8021AD {
-            let Some(inner) = be16(ctx, off + 2) else {
-                return unattributed(unattributed::MALFORMED, len, len);
+        let mut tags = 0;
+        while tags < 2 && (et == ETH_P_8021Q || et == ETH_P_8021AD) {
+            let Some(inner) = be16(ctx, off + 2, buf) else {
+                return unattributed(unattributed::MALFORMED, 0, len);
             };
             et = inner;
             off += 4;
-            if et == ETH_P_8021Q {
-                let Some(inner) = be16(ctx, off + 2) else {
-                    return unattributed(unattributed::MALFORMED, len, len);
-                };
-                et = inner;
-                off += 4;
-            }
+            tags += 1;
         }
         (off, et)
     } else {
-        match byte(ctx, 0).map(|b| b >> 4) {
-            Some(4) => (0, ETH_P_IP),
-            Some(6) => (0, ETH_P_IPV6),
+        let version = match at::<2>(ctx, 0, buf) {
+            Some(p) => ld8(p, 0) >> 4,
+            None => byte(ctx, 0).unwrap_or(0) >> 4,
+        };
+        match version {
+            4 => (0, ETH_P_IP),
+            6 => (0, ETH_P_IPV6),
             _ => (0, 0),
         }
     };
     let ip_bytes = len.saturating_sub(ip_off as u64);
+    let mut w: Words = [0; 11];
     let parsed = match ethertype {
-        ETH_P_IP => parse_v4(ctx, ip_off),
-        ETH_P_IPV6 => parse_v6(ctx, ip_off),
+        ETH_P_IP => parse_v4(ctx, ip_off, &mut w, buf),
+        ETH_P_IPV6 => parse_v6(ctx, ip_off, &mut w, buf),
         _ => return unattributed(unattributed::NOT_IP, 0, len),
     };
-    let Some(mut p) = parsed else {
+    let Some((payload_off, tcp_flags)) = parsed else {
         return unattributed(unattributed::MALFORMED, ip_bytes, len);
     };
-    p.key.ingress = ingress;
-    p.key.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    w[9] |= (ingress as u32) << 16;
+    w[10] = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: FlowKey is #[repr(C)], 44 bytes of plain data laid out as the words are.
+    let key: FlowKey = unsafe { core::mem::transmute(w) };
+    let p = Parsed {
+        key,
+        payload_off,
+        tcp_flags,
+    };
     let payload_len = (len as usize).saturating_sub(p.payload_off) as u32;
 
-    match FLOWS.get_ptr_mut(&p.key) {
-        Some(c) => {
-            let c = unsafe { &mut *c };
-            c.packets += 1;
-            c.ip_bytes += ip_bytes;
-            c.link_bytes += len;
-            c.tcp_flags |= p.tcp_flags;
-            if payload_len > 0 && c.sent & SENT_PAYLOAD == 0 {
-                c.sent |= SENT_PAYLOAD;
-                event(ctx, &p, EVENT_PAYLOAD, payload_len);
-            }
-            if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && c.sent & SENT_CLOSE == 0 {
-                c.sent |= SENT_CLOSE;
-                event(ctx, &p, EVENT_CLOSE, payload_len);
-            }
+    let fp = fingerprint(&p.key, &unsafe {
+        core::ptr::read_volatile(&FINGERPRINT_KEYS)
+    });
+    match FLOWS.get_ptr_mut(&fp.hash) {
+        // The hot path: a known key on this CPU.
+        Some(c) if unsafe { (*c).tag } == fp.tag => {
+            add(ctx, unsafe { &mut *c }, &p, ip_bytes, len, payload_len)
         }
+        // Another CPU created the entry; this CPU's part is still zeroed.
+        Some(c) if unsafe { (*c).tag } == 0 => {
+            if !holds(fp.hash, &p.key) {
+                return collided(ctx, &p, ip_bytes, len, payload_len);
+            }
+            let c = unsafe { &mut *c };
+            *c = first(ctx, &p, ip_bytes, len, payload_len, fp.tag);
+        }
+        // Another key holds this hash.
+        Some(_) => collided(ctx, &p, ip_bytes, len, payload_len),
         None => {
-            let mut sent = 0;
-            if payload_len > 0 {
-                sent |= SENT_PAYLOAD;
+            if FLOW_KEYS.insert(&fp.hash, &p.key, BPF_NOEXIST).is_err() && !holds(fp.hash, &p.key) {
+                return collided(ctx, &p, ip_bytes, len, payload_len);
             }
-            if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                sent |= SENT_CLOSE;
-            }
-            let c = FlowCounters {
-                packets: 1,
-                ip_bytes,
-                link_bytes: len,
-                tcp_flags: p.tcp_flags,
-                sent,
-                _pad: [0; 6],
-            };
-            if FLOWS.insert(&p.key, &c, 0).is_err() {
+            let c = first(ctx, &p, ip_bytes, len, payload_len, fp.tag);
+            if FLOWS.insert(&fp.hash, &c, 0).is_err() {
                 return unattributed(unattributed::MAP_FULL, ip_bytes, len);
             }
-            // The first packet on this CPU: one event says "open" and carries the payload.
-            let kind = if payload_len > 0 { EVENT_PAYLOAD } else { EVENT_OPEN };
-            event(ctx, &p, kind, payload_len);
-            if sent & SENT_CLOSE != 0 {
-                event(ctx, &p, EVENT_CLOSE, 0);
+        }
+    }
+}
+
+/// Whether `key` is the one that holds `hash` in FLOWS.
+#[inline(always)]
+fn holds(hash: u64, key: &FlowKey) -> bool {
+    // SAFETY: a map value, read once and copied.
+    unsafe { FLOW_KEYS.get(&hash) }.is_some_and(|k| k == key)
+}
+
+/// One more packet of a key this CPU already counts.
+#[inline(always)]
+fn add(
+    ctx: &TcContext,
+    c: &mut FlowCounters,
+    p: &Parsed,
+    ip_bytes: u64,
+    len: u64,
+    payload_len: u32,
+) {
+    c.packets += 1;
+    c.ip_bytes += ip_bytes;
+    c.link_bytes += len;
+    c.tcp_flags |= p.tcp_flags;
+    if payload_len > 0 && c.sent & SENT_PAYLOAD == 0 {
+        c.sent |= SENT_PAYLOAD;
+        event(ctx, p, EVENT_PAYLOAD, payload_len);
+    }
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && c.sent & SENT_CLOSE == 0 {
+        c.sent |= SENT_CLOSE;
+        event(ctx, p, EVENT_CLOSE, payload_len);
+    }
+}
+
+/// The counters of a key's first packet on this CPU, its events sent: one says "open"
+/// and carries the payload.
+#[inline(always)]
+fn first(
+    ctx: &TcContext,
+    p: &Parsed,
+    ip_bytes: u64,
+    len: u64,
+    payload_len: u32,
+    tag: u32,
+) -> FlowCounters {
+    let mut sent = 0;
+    if payload_len > 0 {
+        sent |= SENT_PAYLOAD;
+    }
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        sent |= SENT_CLOSE;
+    }
+    let kind = if payload_len > 0 {
+        EVENT_PAYLOAD
+    } else {
+        EVENT_OPEN
+    };
+    event(ctx, p, kind, payload_len);
+    if sent & SENT_CLOSE != 0 {
+        event(ctx, p, EVENT_CLOSE, 0);
+    }
+    FlowCounters {
+        packets: 1,
+        ip_bytes,
+        link_bytes: len,
+        tcp_flags: p.tcp_flags,
+        sent,
+        _pad: [0; 2],
+        tag,
+    }
+}
+
+/// A key whose fingerprint another key holds: counted under its full key.
+#[inline(never)]
+fn collided(ctx: &TcContext, p: &Parsed, ip_bytes: u64, len: u64, payload_len: u32) {
+    match COLLIDED.get_ptr_mut(&p.key) {
+        Some(c) => add(ctx, unsafe { &mut *c }, p, ip_bytes, len, payload_len),
+        None => {
+            let c = first(ctx, p, ip_bytes, len, payload_len, 0);
+            if COLLIDED.insert(&p.key, &c, 0).is_err() {
+                unattributed(unattributed::MAP_FULL, ip_bytes, len);
             }
         }
     }
@@ -224,7 +354,11 @@ fn event(ctx: &TcContext, p: &Parsed, kind: u8, payload_len: u32) {
         (*ev).payload_len = payload_len;
         (*ev)._pad2 = 0;
         if kind == EVENT_PAYLOAD && payload_len > 0 {
-            let want = if payload_len as usize > PAYLOAD_CAPTURE { PAYLOAD_CAPTURE as u32 } else { payload_len };
+            let want = if payload_len as usize > PAYLOAD_CAPTURE {
+                PAYLOAD_CAPTURE as u32
+            } else {
+                payload_len
+            };
             // Written so the verifier can see 1 <= n <= PAYLOAD_CAPTURE.
             let n = ((want - 1) & (PAYLOAD_CAPTURE as u32 - 1)) + 1;
             let r = aya_ebpf::helpers::bpf_skb_load_bytes(
@@ -241,85 +375,133 @@ fn event(ctx: &TcContext, p: &Parsed, kind: u8, payload_len: u32) {
         }
         (*ev).captured = captured;
     }
-    entry.submit(0);
+    // No wake-up: user space drains the ring on a timer (every 100 ms) and never sleeps
+    // on it, and a wake-up is an interrupt (an exit, in a VM) on a flow's first packet.
+    entry.submit(BPF_RB_NO_WAKEUP);
 }
 
+/// One byte through the helper (the rare path: a packet shorter than two bytes).
 #[inline(always)]
-fn ports(ctx: &TcContext, key: &mut FlowKey, l4: usize) -> Option<(usize, u8)> {
-    match key.proto {
+fn byte(ctx: &TcContext, off: usize) -> Option<u8> {
+    ctx.load::<u8>(off).ok()
+}
+
+/// The transport header at `l4`: ports and TCP flags into the key, and where the payload
+/// starts. The same rules as the user-space parser: a TCP header is whole (20 bytes and
+/// its options) within the packet, a UDP header is 8 bytes, and any other protocol's
+/// header chain ends within the packet.
+#[inline(always)]
+fn ports(
+    ctx: &TcContext,
+    w: &mut Words,
+    proto: u8,
+    l4: usize,
+    buf: &mut Scratch,
+) -> Option<(usize, u8)> {
+    let len = ctx.len() as usize;
+    match proto {
         IPPROTO_TCP => {
-            let h: [u8; 14] = read(ctx, l4)?;
-            key.src_port = u16::from_be_bytes([h[0], h[1]]);
-            key.dst_port = u16::from_be_bytes([h[2], h[3]]);
-            let doff = (h[12] >> 4) as usize * 4;
-            if doff < 20 {
+            let h = at::<20>(ctx, l4, buf)?;
+            w[8] = port_word(h);
+            let doff = (ld8(h, 12) >> 4) as usize * 4;
+            if doff < 20 || l4 + doff > len {
                 return None;
             }
-            Some((l4 + doff, h[13]))
+            Some((l4 + doff, ld8(h, 13)))
         }
         IPPROTO_UDP => {
-            let h: [u8; 4] = read(ctx, l4)?;
-            key.src_port = u16::from_be_bytes([h[0], h[1]]);
-            key.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            let h = at::<8>(ctx, l4, buf)?;
+            w[8] = port_word(h);
             Some((l4 + 8, 0))
         }
         // Other protocols: keyed by addresses and protocol number, no payload.
-        _ => Some((ctx.len() as usize, 0)),
+        _ if l4 <= len => Some((len, 0)),
+        _ => None,
     }
 }
 
+/// A [`FlowKey`] as eleven 32-bit words in its layout (addresses 0-3 and 4-7, ports 8,
+/// protocol, family and hook 9, ifindex 10): built a word at a time, the compiler keeps
+/// words in registers rather than 44 separate bytes.
+type Words = [u32; 11];
+
+/// FlowKey's word 8 from a TCP or UDP header: both ports in host order.
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, off: usize) -> Option<Parsed> {
-    let h: [u8; 20] = read(ctx, off)?;
-    let ihl = (h[0] & 0x0f) as usize * 4;
-    if h[0] >> 4 != 4 || ihl < 20 {
+fn port_word(h: *const u8) -> u32 {
+    u16::from_be(ld16(h, 0)) as u32 | (u16::from_be(ld16(h, 2)) as u32) << 16
+}
+
+/// FlowKey's word 9.
+#[inline(always)]
+fn proto_word(proto: u8, family: u8) -> u32 {
+    proto as u32 | (family as u32) << 8
+}
+
+/// The IPv4 header at `off`: addresses and protocol into `w`, then the transport header;
+/// where the payload starts and the TCP flags.
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, off: usize, w: &mut Words, buf: &mut Scratch) -> Option<(usize, u8)> {
+    let h = at::<20>(ctx, off, buf)?;
+    let vihl = ld8(h, 0);
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
         return None;
     }
-    let mut key = FlowKey { family: FAMILY_V4, proto: h[9], ..FlowKey::default() };
-    key.src[..4].copy_from_slice(&h[12..16]);
-    key.dst[..4].copy_from_slice(&h[16..20]);
+    let proto = ld8(h, 9);
+    w[0] = ld32(h, 12);
+    w[4] = ld32(h, 16);
+    w[9] = proto_word(proto, FAMILY_V4);
     // A fragment other than the first carries no transport header.
-    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
-        return Some(Parsed { key, payload_off: ctx.len() as usize, tcp_flags: 0 });
+    if u16::from_be(ld16(h, 6)) & 0x1fff != 0 {
+        let len = ctx.len() as usize;
+        return (off + ihl <= len).then_some((len, 0));
     }
-    let (payload_off, tcp_flags) = ports(ctx, &mut key, off + ihl)?;
-    Some(Parsed { key, payload_off, tcp_flags })
+    ports(ctx, w, proto, off + ihl, buf)
 }
 
+/// The IPv6 header at `off` and its extension headers, then the transport header.
 #[inline(always)]
-fn parse_v6(ctx: &TcContext, off: usize) -> Option<Parsed> {
-    let h: [u8; 40] = read(ctx, off)?;
-    if h[0] >> 4 != 6 {
+fn parse_v6(ctx: &TcContext, off: usize, w: &mut Words, buf: &mut Scratch) -> Option<(usize, u8)> {
+    let h = at::<40>(ctx, off, buf)?;
+    if ld8(h, 0) >> 4 != 6 {
         return None;
     }
-    let mut key = FlowKey { family: FAMILY_V6, ..FlowKey::default() };
-    key.src.copy_from_slice(&h[8..24]);
-    key.dst.copy_from_slice(&h[24..40]);
-    let mut next = h[6];
+    let mut i = 0;
+    while i < 4 {
+        w[i] = ld32(h, 8 + i * 4);
+        w[4 + i] = ld32(h, 24 + i * 4);
+        i += 1;
+    }
+    let mut next = ld8(h, 6);
     let mut l4 = off + 40;
     // Extension headers, a bounded number of them (a loop of them is malformed).
     let mut i = 0;
     while i < 6 {
         match next {
             0 | 43 | 60 => {
-                let len = (byte(ctx, l4 + 1)? as usize + 1) * 8;
-                next = byte(ctx, l4)?;
-                l4 += len;
+                let e = at::<2>(ctx, l4, buf)?;
+                next = ld8(e, 0);
+                l4 += (ld8(e, 1) as usize + 1) * 8;
             }
             44 => {
                 // Fragment header: only the first fragment carries the transport header.
-                let frag = be16(ctx, l4 + 2)? >> 3;
-                next = byte(ctx, l4)?;
+                let e = at::<8>(ctx, l4, buf)?;
+                let frag = u16::from_be(ld16(e, 2)) >> 3;
+                next = ld8(e, 0);
                 l4 += 8;
                 if frag != 0 {
-                    key.proto = next;
-                    return Some(Parsed { key, payload_off: ctx.len() as usize, tcp_flags: 0 });
+                    w[9] = proto_word(next, FAMILY_V6);
+                    return Some((ctx.len() as usize, 0));
                 }
             }
             51 => {
-                let len = (byte(ctx, l4 + 1)? as usize + 2) * 4;
-                next = byte(ctx, l4)?;
-                l4 += len;
+                let e = at::<2>(ctx, l4, buf)?;
+                // An authentication header is at least 12 bytes (length field >= 1).
+                if ld8(e, 1) == 0 {
+                    return None;
+                }
+                next = ld8(e, 0);
+                l4 += (ld8(e, 1) as usize + 2) * 4;
             }
             _ => break,
         }
@@ -328,9 +510,8 @@ fn parse_v6(ctx: &TcContext, off: usize) -> Option<Parsed> {
     if matches!(next, 0 | 43 | 60 | 44 | 51) {
         return None; // more extension headers than we follow
     }
-    key.proto = next;
-    let (payload_off, tcp_flags) = ports(ctx, &mut key, l4)?;
-    Some(Parsed { key, payload_off, tcp_flags })
+    w[9] = proto_word(next, FAMILY_V6);
+    ports(ctx, w, next, l4, buf)
 }
 
 #[panic_handler]

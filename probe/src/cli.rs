@@ -30,6 +30,28 @@ pub enum Command {
     /// the same table (or JSON lines) as a live run. A truncated or corrupt file prints
     /// the totals up to the broken packet, then says where it broke (exit status 1).
     Analyze(AnalyzeArgs),
+    /// Time the kernel path (Linux, as root): run the eBPF programs, loaded but attached
+    /// nowhere, over a fixed set of packets with BPF_PROG_TEST_RUN, and an empty program
+    /// under the same harness. Prints ns per packet and the probe's own part of it (minus
+    /// the empty program); no traffic, so the figures hold still on a busy machine.
+    KernelBench(KernelBenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct KernelBenchArgs {
+    /// Runs per measurement, inside the kernel.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub repeat: u32,
+    /// Interleaved rounds; each figure is the median over them.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Single runs per round for the packet that creates its key (the map emptied before
+    /// each).
+    #[arg(long, default_value_t = 2_000)]
+    pub first_runs: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]

@@ -7,7 +7,7 @@ mod cli;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use cli::{AnalyzeArgs, Cli, Command, RunArgs};
+use cli::{AnalyzeArgs, Cli, Command, KernelBenchArgs, RunArgs};
 use std::time::{Duration, Instant};
 use tokenwire_probe::api::{self, Ask};
 use tokenwire_probe::backend;
@@ -33,6 +33,7 @@ fn real_main() -> Result<()> {
     let args = match Cli::parse().command {
         Command::Run(args) => args,
         Command::Analyze(args) => return analyze(args),
+        Command::KernelBench(args) => return kernel_bench(args),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -216,4 +217,35 @@ fn analyze(args: AnalyzeArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn kernel_bench(args: KernelBenchArgs) -> Result<()> {
+    use tokenwire_probe::backend::kernel_run::KernelRun;
+    let mut k = KernelRun::load().context("loading the eBPF programs")?;
+    let r = k
+        .bench(args.repeat, args.rounds, args.first_runs)
+        .context("running the programs")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "BPF_PROG_TEST_RUN, median of {} rounds; steady state: {} runs each, first packet: {} single runs",
+        r.rounds, r.repeat, r.first_runs
+    );
+    println!("{:<34} {:>9} {:>14}", "packet", "ns/run", "minus empty");
+    for p in &r.packets {
+        println!("{:<34} {:>9.1} {:>14.1}", p.name, p.ns, p.minus_empty_ns);
+    }
+    println!(
+        "{:<34} {:>9.1}\n{:<34} {:>9.1}",
+        "empty program", r.empty_ns, "empty program, single run", r.empty_single_ns
+    );
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kernel_bench(_args: KernelBenchArgs) -> Result<()> {
+    bail!("kernel-bench runs the eBPF programs: Linux only")
 }

@@ -1,10 +1,30 @@
 //! Parsing a captured packet down to its flow key: link header (Ethernet with VLAN tags,
 //! BSD null/loopback in either byte order, raw IP, Linux cooked v1 and v2), IPv4 or IPv6
 //! (extension headers followed, a bounded number), TCP or UDP ports. Pure and total: any
-//! bytes give a key or an error, never a panic. The same rules as the eBPF program.
+//! bytes give a key or an error, never a panic.
+//!
+//! Headers are read with etherparse's header slices; the walk from one to the next is
+//! ours, because it must be the eBPF program's walk (a packet is keyed the same way in the
+//! kernel and here; `probe/tests/kernel_parity.rs` and the `kernel_parity` fuzz target
+//! hold the two to it). Where the probe departs from etherparse's own `SlicedPacket`:
+//! - an IPv4 total length or IPv6 payload length is not checked against the packet (the
+//!   kernel's GSO packets carry 0 there, and the counts come from the packet's length);
+//! - the first fragment of a fragmented packet is keyed by its ports (etherparse leaves a
+//!   fragmented payload unparsed), later fragments by addresses alone;
+//! - IPv6 extension headers (hop-by-hop, routing, destination options, fragment,
+//!   authentication) are followed in any order up to six, a seventh is malformed;
+//! - up to two VLAN tags, 802.1Q or 802.1ad in either place;
+//! - BSD null/loop and Linux cooked v2 have no etherparse slice, and its Linux cooked v1
+//!   slice refuses packet and hardware types the probe does not need to know: those link
+//!   headers are read here.
 
 use crate::flow::{IPPROTO_TCP, IPPROTO_UDP};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use etherparse::{
+    Ethernet2Header, Ethernet2HeaderSlice, IpAuthHeaderSlice, Ipv4HeaderSlice,
+    Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, SingleVlanHeader,
+    SingleVlanHeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
+};
+use std::net::{IpAddr, SocketAddr};
 
 /// Link-layer header types (the pcap LINKTYPE_ numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,18 +105,30 @@ pub fn parse(link: LinkType, data: &[u8]) -> Result<PacketInfo<'_>, PacketError>
     Ok(info)
 }
 
+/// Bytes of the link header, when it can be read.
+pub fn link_len(link: LinkType, data: &[u8]) -> Option<usize> {
+    link_header(link, data).ok().map(|(off, _)| off)
+}
+
 /// Offset of the IP header and the link's protocol number for it.
 fn link_header(link: LinkType, d: &[u8]) -> Result<(usize, u32), PacketError> {
     let t = PacketError::TruncatedLink;
     Ok(match link {
         LinkType::Ethernet => {
-            let mut et = be16(d, 12).ok_or(t)?;
-            let mut off = 14;
-            // Up to two VLAN tags (802.1Q, 802.1ad).
+            let mut et = Ethernet2HeaderSlice::from_slice(d)
+                .map_err(|_| t)?
+                .ether_type()
+                .0;
+            let mut off = Ethernet2Header::LEN;
+            // Up to two VLAN tags, 802.1Q or 802.1ad in either place.
             for _ in 0..2 {
                 if et == 0x8100 || et == 0x88a8 {
-                    et = be16(d, off + 2).ok_or(t)?;
-                    off += 4;
+                    let tag = d.get(off..).ok_or(t)?;
+                    et = SingleVlanHeaderSlice::from_slice(tag)
+                        .map_err(|_| t)?
+                        .ether_type()
+                        .0;
+                    off += SingleVlanHeader::LEN;
                 }
             }
             (off, u32::from(et))
@@ -126,61 +158,56 @@ fn link_header(link: LinkType, d: &[u8]) -> Result<(usize, u32), PacketError> {
 }
 
 fn parse_v4(ip: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
-    let vihl = *ip.first().ok_or(PacketError::BadIp)?;
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if vihl >> 4 != 4 || ihl < 20 || ip.len() < 20 {
-        return Err(PacketError::BadIp);
-    }
-    let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
-    let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
-    let proto = ip[9];
-    let frag = be16(ip, 6).ok_or(PacketError::BadIp)? & 0x1fff;
-    if frag != 0 {
+    let h = Ipv4HeaderSlice::from_slice(ip).map_err(|_| PacketError::BadIp)?;
+    let (src, dst) = (
+        IpAddr::V4(h.source_addr()),
+        IpAddr::V4(h.destination_addr()),
+    );
+    let proto = h.protocol().0;
+    let l4 = &ip[h.slice().len()..];
+    if h.fragments_offset().value() != 0 {
         return Ok(no_ports(proto, src, dst));
     }
-    transport(proto, src, dst, ip.get(ihl..).ok_or(PacketError::BadIp)?)
+    transport(proto, src, dst, l4)
 }
 
 fn parse_v6(ip: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
-    if ip.len() < 40 || ip[0] >> 4 != 6 {
-        return Err(PacketError::BadIp);
-    }
-    let addr = |at: usize| -> IpAddr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&ip[at..at + 16]);
-        IpAddr::V6(Ipv6Addr::from(a))
-    };
-    let (src, dst) = (addr(8), addr(24));
-    let mut next = ip[6];
-    let mut off = 40;
+    let h = Ipv6HeaderSlice::from_slice(ip).map_err(|_| PacketError::BadIp)?;
+    let (src, dst) = (
+        IpAddr::V6(h.source_addr()),
+        IpAddr::V6(h.destination_addr()),
+    );
+    let mut next = h.next_header().0;
+    let mut rest = &ip[h.slice().len()..];
     for _ in 0..6 {
-        let h = ip.get(off..).ok_or(PacketError::BadIp)?;
-        match next {
+        let len = match next {
             0 | 43 | 60 => {
-                let len = (usize::from(*h.get(1).ok_or(PacketError::BadIp)?) + 1) * 8;
-                next = h[0];
-                off += len;
+                let e = Ipv6RawExtHeaderSlice::from_slice(rest).map_err(|_| PacketError::BadIp)?;
+                next = e.next_header().0;
+                e.slice().len()
             }
             44 => {
-                let frag = be16(h, 2).ok_or(PacketError::BadIp)? >> 3;
-                next = h[0];
-                off += 8;
-                if frag != 0 {
+                let e =
+                    Ipv6FragmentHeaderSlice::from_slice(rest).map_err(|_| PacketError::BadIp)?;
+                next = e.next_header().0;
+                if e.fragment_offset().value() != 0 {
                     return Ok(no_ports(next, src, dst));
                 }
+                e.slice().len()
             }
             51 => {
-                let len = (usize::from(*h.get(1).ok_or(PacketError::BadIp)?) + 2) * 4;
-                next = h[0];
-                off += len;
+                let e = IpAuthHeaderSlice::from_slice(rest).map_err(|_| PacketError::BadIp)?;
+                next = e.next_header().0;
+                e.slice().len()
             }
-            _ => return transport(next, src, dst, ip.get(off..).ok_or(PacketError::BadIp)?),
-        }
+            _ => return transport(next, src, dst, rest),
+        };
+        rest = &rest[len..];
     }
     if matches!(next, 0 | 43 | 60 | 44 | 51) {
         return Err(PacketError::ExtensionLoop);
     }
-    transport(next, src, dst, ip.get(off..).ok_or(PacketError::BadIp)?)
+    transport(next, src, dst, rest)
 }
 
 fn no_ports(proto: u8, src: IpAddr, dst: IpAddr) -> PacketInfo<'static> {
@@ -194,36 +221,38 @@ fn no_ports(proto: u8, src: IpAddr, dst: IpAddr) -> PacketInfo<'static> {
     }
 }
 
+/// The transport header: a TCP header whole (options included), a UDP header's 8 bytes;
+/// other protocols have nothing to read.
 fn transport(
     proto: u8,
     src: IpAddr,
     dst: IpAddr,
     l4: &[u8],
 ) -> Result<PacketInfo<'_>, PacketError> {
-    let bad = PacketError::BadTransport;
     match proto {
         IPPROTO_TCP => {
-            let doff = usize::from(*l4.get(12).ok_or(bad)? >> 4) * 4;
-            if doff < 20 {
-                return Err(bad);
-            }
+            let h = TcpHeaderSlice::from_slice(l4).map_err(|_| PacketError::BadTransport)?;
             Ok(PacketInfo {
                 proto,
-                src: SocketAddr::new(src, be16(l4, 0).ok_or(bad)?),
-                dst: SocketAddr::new(dst, be16(l4, 2).ok_or(bad)?),
+                src: SocketAddr::new(src, h.source_port()),
+                dst: SocketAddr::new(dst, h.destination_port()),
                 link_len: 0,
-                tcp_flags: *l4.get(13).ok_or(bad)?,
-                payload: l4.get(doff..).unwrap_or_default(),
+                // The flags byte as the kernel side ORs it (CWR..FIN).
+                tcp_flags: h.slice()[13],
+                payload: &l4[h.slice().len()..],
             })
         }
-        IPPROTO_UDP => Ok(PacketInfo {
-            proto,
-            src: SocketAddr::new(src, be16(l4, 0).ok_or(bad)?),
-            dst: SocketAddr::new(dst, be16(l4, 2).ok_or(bad)?),
-            link_len: 0,
-            tcp_flags: 0,
-            payload: l4.get(8..).unwrap_or_default(),
-        }),
+        IPPROTO_UDP => {
+            let h = UdpHeaderSlice::from_slice(l4).map_err(|_| PacketError::BadTransport)?;
+            Ok(PacketInfo {
+                proto,
+                src: SocketAddr::new(src, h.source_port()),
+                dst: SocketAddr::new(dst, h.destination_port()),
+                link_len: 0,
+                tcp_flags: 0,
+                payload: &l4[h.slice().len()..],
+            })
+        }
         _ => Ok(no_ports(proto, src, dst)),
     }
 }

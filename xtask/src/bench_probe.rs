@@ -13,17 +13,28 @@ const PORT: &str = "5299";
 enum Mode {
     Bare,
     Probe,
+    /// The probe with the kernel's BPF run-time statistics on: its ns per packet. The
+    /// statistics cost every program run two clock reads, so throughput is judged from
+    /// `Probe`, as users run it.
+    ProbeStats,
     Pcap,
     Tcpdump,
 }
 
-const MODES: [Mode; 4] = [Mode::Bare, Mode::Probe, Mode::Pcap, Mode::Tcpdump];
+const MODES: [Mode; 5] = [
+    Mode::Bare,
+    Mode::Probe,
+    Mode::ProbeStats,
+    Mode::Pcap,
+    Mode::Tcpdump,
+];
 
 impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Bare => "nothing attached",
             Mode::Probe => "tokenwire-probe (eBPF)",
+            Mode::ProbeStats => "tokenwire-probe (eBPF) --bpf-stats",
             Mode::Pcap => "tokenwire-probe --backend pcap",
             Mode::Tcpdump => "tcpdump -w /dev/null",
         }
@@ -66,7 +77,7 @@ struct Attached {
 fn attach(mode: Mode) -> Result<Option<Attached>> {
     let mut cmd = match mode {
         Mode::Bare => return Ok(None),
-        Mode::Probe => {
+        Mode::Probe | Mode::ProbeStats => {
             let mut c = Command::new(crate::bin("tokenwire-probe"));
             c.args([
                 "run",
@@ -75,10 +86,12 @@ fn attach(mode: Mode) -> Result<Option<Attached>> {
                 "--iface",
                 "lo",
                 "--json",
-                "--bpf-stats",
                 "--interval",
                 "3600",
             ]);
+            if mode == Mode::ProbeStats {
+                c.arg("--bpf-stats");
+            }
             c
         }
         Mode::Pcap => {
@@ -260,6 +273,121 @@ pub fn run(seconds: u32, rounds: u32) -> Result<()> {
                 drops.join(", ")
             },
         );
+    }
+    Ok(())
+}
+
+/// `--test-run`: the kernel path without traffic, from `tokenwire-probe kernel-bench`.
+pub fn test_run(rounds: u32, json: bool) -> Result<()> {
+    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
+    let out = Command::new(crate::bin("tokenwire-probe"))
+        .args([
+            "kernel-bench",
+            "--json",
+            "--rounds",
+            &rounds.max(1).to_string(),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running tokenwire-probe kernel-bench")?;
+    if !out.status.success() {
+        bail!("tokenwire-probe kernel-bench failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).context("parsing kernel-bench's JSON")?;
+    if json {
+        println!("{}", text.trim());
+        return Ok(());
+    }
+    println!(
+        "BPF_PROG_TEST_RUN, median of {} rounds of {} runs (first packet: {} single runs per round)\n",
+        v["rounds"], v["repeat"], v["first_runs"]
+    );
+    println!("| packet | ns per run | minus the empty program |");
+    println!("|---|---|---|");
+    for p in v["packets"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {:.1} | {:.1} |",
+            p["name"].as_str().unwrap_or("?"),
+            p["ns"].as_f64().unwrap_or(0.0),
+            p["minus_empty_ns"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "| empty program ({} runs) | {:.1} | |\n| empty program (single run) | {:.1} | |",
+        v["repeat"],
+        v["empty_ns"].as_f64().unwrap_or(0.0),
+        v["empty_single_ns"].as_f64().unwrap_or(0.0)
+    );
+    Ok(())
+}
+
+/// `--pcap-knee`: the libpcap backend under 64-byte UDP datagrams offered at each rate:
+/// how many it sent, how many the probe counted, and what the kernel dropped before
+/// libpcap read them. The knee is the highest rate with nothing dropped or missed.
+pub fn pcap_knee(seconds: u32, rates: &[u64]) -> Result<()> {
+    crate::apt_install(&["iperf3"])?;
+    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-p", PORT])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = seconds.to_string();
+    let mut rows = Vec::new();
+    let result = (|| -> Result<()> {
+        for &rate in rates {
+            eprintln!("xtask: pcap backend at {rate} datagrams/s offered");
+            let child = attach(Mode::Pcap)?;
+            let mut s = Sample::default();
+            // iperf3's -b counts UDP payload bits.
+            let bits = (rate * 64 * 8).to_string();
+            let udp = iperf(&["-u", "-b", &bits, "-l", "64", "-t", &secs])?;
+            let sum = &udp["end"]["sum"];
+            s.udp_sent = sum["packets"].as_u64().unwrap_or(0);
+            s.udp_pps = s.udp_sent as f64 / sum["seconds"].as_f64().unwrap_or(1.0).max(1e-9);
+            std::thread::sleep(Duration::from_millis(300));
+            stop(child, &mut s)?;
+            rows.push((rate, s));
+        }
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result?;
+    println!("| offered pkt/s | sent pkt/s | datagrams counted / sent | kernel drops | clean |");
+    println!("|---|---|---|---|---|");
+    let mut knee = None;
+    for (rate, s) in &rows {
+        let counted = s.probe_udp.unwrap_or(0);
+        // The probe also counts iperf3's set-up datagram, which iperf3's own count leaves
+        // out: one more than sent is every datagram.
+        let clean = counted >= s.udp_sent && s.drops.unwrap_or(0) == 0;
+        if clean {
+            knee = Some(knee.map_or(s.udp_pps, |k: f64| k.max(s.udp_pps)));
+        }
+        println!(
+            "| {rate} | {:.0} | {counted}/{} | {} | {} |",
+            s.udp_pps,
+            s.udp_sent,
+            s.drops.map_or("-".to_owned(), |d| d.to_string()),
+            if clean { "yes" } else { "no" }
+        );
+    }
+    let all_clean = rows
+        .iter()
+        .all(|(_, s)| s.probe_udp.unwrap_or(0) >= s.udp_sent && s.drops.unwrap_or(0) == 0);
+    match knee {
+        Some(k) if all_clean => println!(
+            "\nno drops at any rate offered: the highest rate sent was {k:.0} datagrams/s (where the sender, sharing the cores with the capture, could go no faster)"
+        ),
+        Some(k) => {
+            println!("\nknee: {k:.0} datagrams/s, the highest rate counted with nothing dropped")
+        }
+        None => println!("\nknee: below the lowest rate offered"),
     }
     Ok(())
 }

@@ -64,9 +64,10 @@ enum Task {
         out: String,
     },
     /// Measure the probe's overhead on loopback (as root): iperf3 TCP throughput and UDP
-    /// packet rate with nothing attached, with the probe, and with tcpdump -w /dev/null,
-    /// interleaved over several rounds; the probe's kernel ns per packet; and whether it
-    /// counted every datagram. Prints a Markdown table for docs/performance.md.
+    /// packet rate with nothing attached, with the probe (eBPF, and eBPF with the kernel's
+    /// BPF statistics on for its ns per packet), with the pcap backend and with tcpdump
+    /// -w /dev/null, interleaved over several rounds; and whether it counted every
+    /// datagram. Prints a Markdown table for docs/performance.md.
     BenchProbe {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
@@ -74,6 +75,19 @@ enum Task {
         /// Rounds of (none, probe, tcpdump).
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Instead: the kernel path alone, without traffic (`tokenwire-probe kernel-bench`:
+        /// BPF_PROG_TEST_RUN over a fixed set of packets, minus an empty program). Prints
+        /// a Markdown table, and the JSON with --json.
+        #[arg(long)]
+        test_run: bool,
+        /// With --test-run: print the JSON ({"packets":[{"name","ns",..}],"empty_ns",..}).
+        #[arg(long, requires = "test_run")]
+        json: bool,
+        /// Instead: the libpcap backend's knee, stepping iperf3's offered rate of 64-byte
+        /// UDP datagrams (packets per second, comma-separated) and reporting drops and
+        /// datagrams counted at each step.
+        #[arg(long, value_delimiter = ',', conflicts_with = "test_run")]
+        pcap_knee: Option<Vec<u64>>,
     },
     /// Fuzz every parser that takes outside input (cargo-fuzz, libFuzzer, nightly): the
     /// targets of fuzz/ in turn, sharing the time; prints a table for docs/reliability.md.
@@ -180,9 +194,21 @@ fn real_main() -> Result<()> {
             }
             run(&mut cmd)
         }
-        Task::BenchProbe { seconds, rounds } => {
+        Task::BenchProbe {
+            seconds,
+            rounds,
+            test_run,
+            json,
+            pcap_knee,
+        } => {
             setup()?;
-            bench_probe::run(seconds, rounds)
+            if test_run {
+                bench_probe::test_run(rounds, json)
+            } else if let Some(rates) = pcap_knee {
+                bench_probe::pcap_knee(seconds, &rates)
+            } else {
+                bench_probe::run(seconds, rounds)
+            }
         }
         Task::Soak { minutes } => {
             setup()?;

@@ -4,11 +4,71 @@
 
 use crate::flow::{Counters, PacketKey};
 use crate::health::Health;
-use crate::packet::{LinkType, PacketError, parse};
+use crate::packet::{LinkType, PacketError, link_len, parse};
 use crate::table::{EventKind, FlowTable};
 use std::collections::HashMap;
 use std::time::Instant;
 use tokenwire_probe_common::{TCP_FIN, TCP_RST};
+
+/// How a packet that gives no key is counted, as the kernel side counts it: not IP
+/// (no IP bytes), or malformed (IP bytes from the end of its link header, none when the
+/// link header itself is cut).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unkeyed {
+    NotIp(Counters),
+    Malformed(Counters),
+}
+
+pub fn unkeyed(link: LinkType, data: &[u8], error: PacketError, link_bytes: u64) -> Unkeyed {
+    let counters = |ip_bytes| Counters {
+        packets: 1,
+        ip_bytes,
+        link_bytes,
+    };
+    match error {
+        PacketError::NotIp(_) => Unkeyed::NotIp(counters(0)),
+        _ => Unkeyed::Malformed(counters(
+            link_len(link, data).map_or(0, |l| link_bytes.saturating_sub(l as u64)),
+        )),
+    }
+}
+
+/// What counting one packet gives, to compare one backend's answer with another's (the
+/// kernel's: `backend::kernel_run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted under a flow key (interface and hook left out).
+    Flow {
+        proto: u8,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        counters: Counters,
+        tcp_flags: u8,
+        /// Bytes after the transport header.
+        payload_len: u32,
+    },
+    Unkeyed(Unkeyed),
+}
+
+/// How user space counts one whole packet (captured in full).
+pub fn outcome(link: LinkType, data: &[u8]) -> Outcome {
+    let link_bytes = data.len() as u64;
+    match parse(link, data) {
+        Ok(p) => Outcome::Flow {
+            proto: p.proto,
+            src: p.src,
+            dst: p.dst,
+            counters: Counters {
+                packets: 1,
+                ip_bytes: link_bytes.saturating_sub(p.link_len as u64),
+                link_bytes,
+            },
+            tcp_flags: p.tcp_flags,
+            payload_len: p.payload.len() as u32,
+        },
+        Err(e) => Outcome::Unkeyed(unkeyed(link, data, e, link_bytes)),
+    }
+}
 
 #[derive(Debug, Default)]
 struct KeyAcc {
@@ -65,21 +125,11 @@ impl Accumulator {
         let link_bytes = u64::from(orig_len);
         let p = match parse(link, data) {
             Ok(p) => p,
-            Err(PacketError::NotIp(_)) => {
-                self.health.not_ip += Counters {
-                    packets: 1,
-                    ip_bytes: 0,
-                    link_bytes,
-                };
-                return;
-            }
-            Err(_) => {
-                // Without a readable link header the IP bytes are unknown; count the packet.
-                self.health.malformed += Counters {
-                    packets: 1,
-                    ip_bytes: 0,
-                    link_bytes,
-                };
+            Err(e) => {
+                match unkeyed(link, data, e, link_bytes) {
+                    Unkeyed::NotIp(c) => self.health.not_ip += c,
+                    Unkeyed::Malformed(c) => self.health.malformed += c,
+                }
                 return;
             }
         };

@@ -8,11 +8,12 @@
 //! removed at start, and a qdisc we added is deleted on exit.
 
 use super::capture::{Backend, BackendError, wall_clock_ns};
+use super::flow_maps::FlowMaps;
 use crate::flow::{Counters, PacketKey};
 use crate::health::Health;
 use crate::spans::Span;
 use crate::table::{EventKind, FlowTable};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};
 use std::time::Instant;
 use tokenwire_probe_common as common;
@@ -100,7 +101,57 @@ fn program_name(link: LinkKind, hook: TcAttachType) -> &'static str {
     }
 }
 
-const ALL_PROGRAMS: [&str; 4] = [
+/// The embedded object with room for `max_flows` keys, its programs not loaded yet, and
+/// the fingerprint keys it was given (random at each load).
+pub(super) fn load_object(max_flows: u32) -> Result<(aya::Ebpf, [u64; 8]), EbpfError> {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    load_object_with(max_flows, common::fingerprint_keys(seed))
+}
+
+/// The same with chosen fingerprint keys (tests force collisions with them).
+pub(super) fn load_object_with(
+    max_flows: u32,
+    keys: [u64; 8],
+) -> Result<(aya::Ebpf, [u64; 8]), EbpfError> {
+    aya::EbpfLoader::new()
+        .map_max_entries(common::FLOWS_MAP, max_flows.max(1))
+        .map_max_entries(common::FLOW_KEYS_MAP, max_flows.max(1))
+        .override_global(common::FINGERPRINT_KEYS, &keys, true)
+        .load(OBJECT)
+        .map(|ebpf| (ebpf, keys))
+        .map_err(|e| {
+            if is_permission(&e) {
+                EbpfError::Permission(chain(&e))
+            } else {
+                EbpfError::Load(chain(&e))
+            }
+        })
+}
+
+/// Loads (verifies) one of the object's classifiers.
+pub(super) fn load_program<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &str,
+) -> Result<&'a mut SchedClassifier, EbpfError> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or_else(|| EbpfError::Load(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| EbpfError::Load(chain(&e)))?;
+    prog.load().map_err(|e| {
+        if is_permission(&e) {
+            EbpfError::Permission(chain(&e))
+        } else {
+            EbpfError::Load(chain(&e))
+        }
+    })?;
+    Ok(prog)
+}
+
+pub(super) const ALL_PROGRAMS: [&str; 4] = [
     "tokenwire_l2_egress",
     "tokenwire_l2_ingress",
     "tokenwire_l3_egress",
@@ -148,7 +199,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The error chain, with a verifier log cut to its last lines (the reason is at the end).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let s = error_chain(e);
     match s.find("Verifier output:") {
         Some(i) => {
@@ -162,7 +213,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 pub struct EbpfBackend {
     // Field order matters: maps and links go before the object is dropped.
-    flows: PerCpuHashMap<MapData, common::FlowKey, common::FlowCounters>,
+    flows: FlowMaps,
     events: RingBuf<MapData>,
     unattributed: PerCpuArray<MapData, common::Unattributed>,
     failures: PerCpuArray<MapData, u64>,
@@ -184,32 +235,12 @@ impl EbpfBackend {
             .iter()
             .map(|n| Iface::lookup(n))
             .collect::<Result<_, _>>()?;
-        let mut ebpf = aya::EbpfLoader::new()
-            .map_max_entries(common::FLOWS_MAP, max_flows.max(1))
-            .load(OBJECT)
-            .map_err(|e| {
-                if is_permission(&e) {
-                    EbpfError::Permission(chain(&e))
-                } else {
-                    EbpfError::Load(chain(&e))
-                }
-            })?;
+        let (mut ebpf, keys) = load_object(max_flows)?;
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         let mut added_qdisc = Vec::new();
         for name in ALL_PROGRAMS {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| EbpfError::Load(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| EbpfError::Load(chain(&e)))?;
-            prog.load().map_err(|e| {
-                if is_permission(&e) {
-                    EbpfError::Permission(chain(&e))
-                } else {
-                    EbpfError::Load(chain(&e))
-                }
-            })?;
+            load_program(&mut ebpf, name)?;
         }
         for iface in &ifaces {
             if !tcx {
@@ -263,8 +294,7 @@ impl EbpfBackend {
                 reason: chain(&e),
             }
         };
-        let flows = PerCpuHashMap::try_from(take(&mut ebpf, common::FLOWS_MAP)?)
-            .map_err(map_err(common::FLOWS_MAP))?;
+        let flows = FlowMaps::take(&mut ebpf, keys)?;
         let events = RingBuf::try_from(take(&mut ebpf, common::EVENTS_MAP)?)
             .map_err(map_err(common::EVENTS_MAP))?;
         let unattributed = PerCpuArray::try_from(take(&mut ebpf, common::UNATTRIBUTED_MAP)?)
@@ -324,20 +354,8 @@ impl EbpfBackend {
 
     /// Reads every key's counters (summed over CPUs) into the table.
     pub fn read_counters(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, EbpfError> {
-        let mut n = 0;
-        for entry in self.flows.iter() {
-            let (k, per_cpu) = entry.map_err(|e| EbpfError::Map {
-                map: common::FLOWS_MAP,
-                reason: chain(&e),
-            })?;
-            let Some(key) = PacketKey::from_raw(&k) else {
-                continue;
-            };
-            let (total, flags) = sum_cpus(&per_cpu);
-            table.set_counters(key, total, flags, now);
-            n += 1;
-        }
-        Ok(n)
+        self.flows
+            .read_all(|key, total, flags| table.set_counters(key, total, flags, now))
     }
 }
 
@@ -376,11 +394,10 @@ impl Backend for EbpfBackend {
     /// the counters as they are now, and a full read costs a syscall per key.
     fn refresh(&mut self, table: &mut FlowTable, keys: &[PacketKey], now: Instant) {
         for k in keys {
-            let Ok(per_cpu) = self.flows.get(&k.to_raw(), 0) else {
-                continue; // evicted: the table holds its totals
-            };
-            let (total, flags) = sum_cpus(&per_cpu);
-            table.set_counters(*k, total, flags, now);
+            // Evicted: the table holds its totals.
+            if let Some((total, flags)) = self.flows.get(k) {
+                table.set_counters(*k, total, flags, now);
+            }
         }
     }
 
@@ -388,7 +405,7 @@ impl Backend for EbpfBackend {
     /// their totals stay in the table.
     fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]) {
         for k in keys {
-            if self.flows.remove(&k.to_raw()).is_ok() {
+            if self.flows.remove(k) {
                 table.evicted(k);
             }
         }
@@ -433,21 +450,6 @@ impl Backend for EbpfBackend {
             bpf_run_time_ns,
         }
     }
-}
-
-/// A key's counters added up over the CPUs, and the TCP flags any of them saw.
-fn sum_cpus(per_cpu: &aya::maps::PerCpuValues<common::FlowCounters>) -> (Counters, u8) {
-    let mut total = Counters::default();
-    let mut flags = 0u8;
-    for v in per_cpu.iter() {
-        total += Counters {
-            packets: v.packets,
-            ip_bytes: v.ip_bytes,
-            link_bytes: v.link_bytes,
-        };
-        flags |= v.tcp_flags;
-    }
-    (total, flags)
 }
 
 impl Drop for EbpfBackend {

@@ -14,6 +14,10 @@ mod capture;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 mod factory;
+#[cfg(target_os = "linux")]
+mod flow_maps;
+#[cfg(target_os = "linux")]
+pub mod kernel_run;
 pub mod pcap;
 pub mod replay;
 

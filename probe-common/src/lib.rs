@@ -4,19 +4,23 @@
 //! these into maps and the ring buffer and the user side reads them back byte for byte.
 #![no_std]
 
-/// Name of the per-CPU hash map of flow counters, keyed by a flow key's [`Fingerprint`]
-/// hash (a u64 hashes and compares in a fraction of the time the 44-byte [`FlowKey`]
-/// takes: the kernel path's main cost).
-pub const FLOWS_MAP: &str = "FLOWS";
-/// Name of the hash map from a fingerprint hash to the [`FlowKey`] that holds it in
-/// [`FLOWS_MAP`]: written once per key, read by user space to name the counters and by the
-/// kernel to tell a new key from a collision.
+/// Name of the per-CPU array of flow counters, one slot per key, the slot chosen by the
+/// key's [`Fingerprint`] (an array slot is found in a few instructions; hashing and
+/// comparing the 44-byte [`FlowKey`] in a hash map was most of the kernel path's cost).
+pub const SLOTS_MAP: &str = "SLOTS";
+/// Name of the hash map from a slot to the [`FlowKey`] that owns it: written on the key's
+/// first packet, read by user space to name the counters and by the kernel to tell a new
+/// key from a collision.
 pub const FLOW_KEYS_MAP: &str = "FLOW_KEYS";
-/// Name of the per-CPU hash map of counters by full [`FlowKey`], for the flows whose
-/// fingerprint another flow already holds (collisions: rare, never merged).
+/// Name of the per-CPU hash map of counters by full [`FlowKey`], for keys whose slot
+/// another key owns (collisions: counted apart, never merged).
 pub const COLLIDED_MAP: &str = "COLLIDED";
 /// The global the loader sets to the fingerprint's keys ([`fingerprint_keys`]).
 pub const FINGERPRINT_KEYS: &str = "FINGERPRINT_KEYS";
+/// The global the loader sets to `64 - log2(slots)`: a key's slot is its fingerprint hash
+/// shifted right by it (the top bits, which every bit of the key reaches).
+pub const SLOT_SHIFT: &str = "SLOT_SHIFT";
+
 /// Name of the ring buffer of flow events.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of counts not attributed to a flow ([`Unattributed`]).
@@ -63,29 +67,30 @@ pub struct FlowCounters {
     pub tcp_flags: u8,
     /// [`SENT_PAYLOAD`] / [`SENT_CLOSE`]: events this CPU already sent for the key.
     pub sent: u8,
-    pub _pad: [u8; 2],
-    /// The key's [`Fingerprint::tag`] once this CPU counts for it in [`FLOWS_MAP`]; 0 while
-    /// it has not (a per-CPU value starts zeroed). Unused in [`COLLIDED_MAP`].
-    pub tag: u32,
+    pub _pad: [u8; 6],
+    /// In [`SLOTS_MAP`]: the [`Fingerprint::tag`] of the key this CPU counts for in the
+    /// slot; 0 while it counts for none (a slot starts zeroed). Unused in [`COLLIDED_MAP`].
+    pub tag: u64,
 }
 
-/// What [`FLOWS_MAP`] keys a [`FlowKey`] by: a 64-bit hash, and a 32-bit tag from an
-/// independent mix, never 0, kept in the counters. Two flows are merged only if both
-/// agree, a chance of about 2^-96 per pair under keys drawn at each load; a hash that
-/// agrees with a different key is caught on the key's first packet (against
-/// [`FLOW_KEYS_MAP`]) or by the tag, and the flow is counted in [`COLLIDED_MAP`].
+/// Where [`SLOTS_MAP`] counts a [`FlowKey`]: a 64-bit hash, whose top bits pick the
+/// slot, and a 64-bit tag from an independent hash, never 0, kept in the counters. Two
+/// keys are counted together only if both their slot and their tag agree, about
+/// 2^-(64 + slot bits) per pair under keys drawn at each load. A key whose slot another
+/// key owns is caught on its first packet (against [`FLOW_KEYS_MAP`]) or by the tag, and
+/// is counted under its full key in [`COLLIDED_MAP`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fingerprint {
     pub hash: u64,
-    pub tag: u32,
+    pub tag: u64,
 }
 
-/// The fingerprint's keys, drawn from one random seed at each load (splitmix64): an
-/// offset, a multiplier per word (odd), and the tag's seed. The loader puts them in the
-/// kernel side's [`FINGERPRINT_KEYS`] global; user space keeps the same.
-pub fn fingerprint_keys(seed: u64) -> [u64; 8] {
+/// The fingerprint's keys, drawn from one random seed at each load (splitmix64): for the
+/// hash and then the tag, an offset and a multiplier (odd) per word of the key. The loader
+/// puts them in the kernel side's [`FINGERPRINT_KEYS`] global; user space keeps the same.
+pub fn fingerprint_keys(seed: u64) -> [u64; 14] {
     let mut s = seed;
-    let mut out = [0u64; 8];
+    let mut out = [0u64; 14];
     let mut i = 0;
     while i < out.len() {
         s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -93,41 +98,43 @@ pub fn fingerprint_keys(seed: u64) -> [u64; 8] {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         out[i] = z ^ (z >> 31);
+        if i % 7 != 0 {
+            out[i] |= 1;
+        }
         i += 1;
-    }
-    let mut m = 1;
-    while m < 7 {
-        out[m] |= 1;
-        m += 1;
     }
     out
 }
 
 /// The one fingerprint function, for the kernel and user sides alike (both little-endian:
-/// the kernel side is built for bpfel). The hash is multilinear in the key's words with
-/// the secret odd multipliers of `keys`: keys that differ in one word never collide, and
-/// other collisions cannot be aimed at without the keys. Its multiplies are independent
-/// of each other, so the kernel path waits for one, not six in a row.
+/// the kernel side is built for bpfel). Hash and tag are each multilinear in the key's
+/// words with secret odd multipliers (`keys`): keys that differ in one word never agree
+/// on either, and agreement cannot be aimed at without the keys. The multiplies are
+/// independent of each other, so the kernel path waits for one, not twelve in a row.
 #[inline(always)]
-pub fn fingerprint(k: &FlowKey, keys: &[u64; 8]) -> Fingerprint {
+pub fn fingerprint(k: &FlowKey, keys: &[u64; 14]) -> Fingerprint {
     // SAFETY: FlowKey is 44 bytes of plain #[repr(C)] data; its first 40 are read in
     // place as five u64s (one load each in the kernel, where this is the hot path).
     let w: [u64; 5] = unsafe { core::ptr::read_unaligned((k as *const FlowKey).cast()) };
     let words = [w[0], w[1], w[2], w[3], w[4], u64::from(k.ifindex)];
     let mut h = keys[0];
-    // The tag: a sum of the words rotated by their position, so it does not follow the
-    // hash's collisions (nor is it symmetric in source and destination).
     let mut t = keys[7];
     let mut i = 0;
     while i < words.len() {
         h = h.wrapping_add(words[i].wrapping_mul(keys[i + 1]));
-        t = t.wrapping_add(words[i].rotate_left(7 * i as u32 + 1));
+        t = t.wrapping_add(words[i].wrapping_mul(keys[i + 8]));
         i += 1;
     }
     Fingerprint {
         hash: h,
-        tag: (t ^ (t >> 32)) as u32 | 1,
+        tag: t | 1,
     }
+}
+
+/// The slot of a fingerprint hash in a table of `1 << (64 - shift)` slots.
+#[inline(always)]
+pub fn slot(hash: u64, shift: u32) -> u32 {
+    (hash >> (shift & 63)) as u32
 }
 
 /// `FlowCounters::sent`: the first-payload event went out.

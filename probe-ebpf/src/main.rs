@@ -1,9 +1,9 @@
 //! tokenwire-probe's kernel side: a TC classifier that counts every packet per flow key
-//! (5-tuple as carried, interface, hook) in a per-CPU hash map keyed by the key's
-//! fingerprint — packets, IP bytes, link bytes — and sends user space an event only for
-//! rare things: a key's first packet on a CPU, its first payload (with up to 512 bytes
-//! for classification), its FIN/RST. docs/probe.md ("The kernel path") says why it is
-//! written the way it is: typed header loads, a word-built key, the fingerprint.
+//! (5-tuple as carried, interface, hook) in a per-CPU array, a slot per key chosen by the
+//! key's fingerprint — packets, IP bytes, link bytes — and sends user space an event only
+//! for rare things: a key's first packet on a CPU, its first payload (with up to 512
+//! bytes for classification), its FIN/RST. docs/probe.md ("The kernel path") says why it
+//! is written the way it is: typed header loads, a word-built key, the slot array.
 //! Packets it cannot key (not IP, malformed, map full) are counted by reason, never lost.
 //! It always returns TC_ACT_UNSPEC (TCX_NEXT): it observes, it never changes a verdict, and
 //! the programs after it (another probe, a CNI's) still run. TCX stops at the first program
@@ -19,23 +19,29 @@ use aya_ebpf::programs::TcContext;
 use tokenwire_probe_common::{
     EVENT_CLOSE, EVENT_OPEN, EVENT_PAYLOAD, FAMILY_V4, FAMILY_V6, FlowCounters, FlowEvent, FlowKey,
     PAYLOAD_CAPTURE, SENT_CLOSE, SENT_PAYLOAD, TCP_FIN, TCP_RST, Unattributed, failure,
-    fingerprint, unattributed,
+    fingerprint, slot, unattributed,
 };
 
-/// Default size; the loader sets `--max-flows`.
-#[map(name = "FLOWS")]
-static FLOWS: PerCpuHashMap<u64, FlowCounters> = PerCpuHashMap::with_max_entries(65_536, 0);
+/// One slot per key (a power of two of them, the loader sets how many from
+/// `--max-flows`): the counters of the key that owns the slot.
+#[map(name = "SLOTS")]
+static SLOTS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(65_536, 0);
 
-/// Same size as FLOWS (the loader sets both).
+/// Which key owns each slot; as many entries as slots.
 #[map(name = "FLOW_KEYS")]
-static FLOW_KEYS: HashMap<u64, FlowKey> = HashMap::with_max_entries(65_536, 0);
+static FLOW_KEYS: HashMap<u32, FlowKey> = HashMap::with_max_entries(65_536, 0);
 
+/// Keys whose slot another key owns; the loader sizes it at `--max-flows`.
 #[map(name = "COLLIDED")]
-static COLLIDED: PerCpuHashMap<FlowKey, FlowCounters> = PerCpuHashMap::with_max_entries(1_024, 0);
+static COLLIDED: PerCpuHashMap<FlowKey, FlowCounters> = PerCpuHashMap::with_max_entries(65_536, 0);
 
 /// The fingerprint's keys; the loader sets random ones.
 #[unsafe(no_mangle)]
-static FINGERPRINT_KEYS: [u64; 8] = [0; 8];
+static FINGERPRINT_KEYS: [u64; 14] = [0; 14];
+
+/// 64 - log2(slots); the loader sets it with the number of slots.
+#[unsafe(no_mangle)]
+static SLOT_SHIFT: u32 = 48;
 
 const BPF_NOEXIST: u64 = 1;
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -212,38 +218,31 @@ fn count(ctx: &TcContext, l2: bool, ingress: u8) {
     let fp = fingerprint(&p.key, &unsafe {
         core::ptr::read_volatile(&FINGERPRINT_KEYS)
     });
-    match FLOWS.get_ptr_mut(&fp.hash) {
-        // The hot path: a known key on this CPU.
-        Some(c) if unsafe { (*c).tag } == fp.tag => {
-            add(ctx, unsafe { &mut *c }, &p, ip_bytes, len, payload_len)
+    let slot = slot(fp.hash, unsafe { core::ptr::read_volatile(&SLOT_SHIFT) });
+    let Some(c) = SLOTS.get_ptr_mut(slot) else {
+        return collided(ctx, &p, ip_bytes, len, payload_len);
+    };
+    let c = unsafe { &mut *c };
+    if c.tag == fp.tag {
+        // The hot path: the key this CPU counts in its slot.
+        add(ctx, c, &p, ip_bytes, len, payload_len)
+    } else if c.tag == 0 {
+        // Nothing counted in this slot on this CPU yet: the key owns the slot (or takes
+        // it) and starts here, or another key owns it.
+        if FLOW_KEYS.insert(&slot, &p.key, BPF_NOEXIST).is_err() && !holds(slot, &p.key) {
+            return collided(ctx, &p, ip_bytes, len, payload_len);
         }
-        // Another CPU created the entry; this CPU's part is still zeroed.
-        Some(c) if unsafe { (*c).tag } == 0 => {
-            if !holds(fp.hash, &p.key) {
-                return collided(ctx, &p, ip_bytes, len, payload_len);
-            }
-            let c = unsafe { &mut *c };
-            *c = first(ctx, &p, ip_bytes, len, payload_len, fp.tag);
-        }
-        // Another key holds this hash.
-        Some(_) => collided(ctx, &p, ip_bytes, len, payload_len),
-        None => {
-            if FLOW_KEYS.insert(&fp.hash, &p.key, BPF_NOEXIST).is_err() && !holds(fp.hash, &p.key) {
-                return collided(ctx, &p, ip_bytes, len, payload_len);
-            }
-            let c = first(ctx, &p, ip_bytes, len, payload_len, fp.tag);
-            if FLOWS.insert(&fp.hash, &c, 0).is_err() {
-                return unattributed(unattributed::MAP_FULL, ip_bytes, len);
-            }
-        }
+        *c = first(ctx, &p, ip_bytes, len, payload_len, fp.tag);
+    } else {
+        collided(ctx, &p, ip_bytes, len, payload_len)
     }
 }
 
-/// Whether `key` is the one that holds `hash` in FLOWS.
+/// Whether `key` is the one that owns `slot`.
 #[inline(always)]
-fn holds(hash: u64, key: &FlowKey) -> bool {
+fn holds(slot: u32, key: &FlowKey) -> bool {
     // SAFETY: a map value, read once and copied.
-    unsafe { FLOW_KEYS.get(&hash) }.is_some_and(|k| k == key)
+    unsafe { FLOW_KEYS.get(&slot) }.is_some_and(|k| k == key)
 }
 
 /// One more packet of a key this CPU already counts.
@@ -279,7 +278,7 @@ fn first(
     ip_bytes: u64,
     len: u64,
     payload_len: u32,
-    tag: u32,
+    tag: u64,
 ) -> FlowCounters {
     let mut sent = 0;
     if payload_len > 0 {
@@ -303,7 +302,7 @@ fn first(
         link_bytes: len,
         tcp_flags: p.tcp_flags,
         sent,
-        _pad: [0; 2],
+        _pad: [0; 6],
         tag,
     }
 }

@@ -89,8 +89,10 @@ pub struct RunArgs {
     /// object per snapshot, each with the snapshot number and `final` on the last one.
     #[arg(long)]
     pub json: bool,
-    /// Most flow keys the capture holds (the kernel map for eBPF, the user-space table for
-    /// pcap); packets of flows beyond it are counted as "map full", never dropped.
+    /// Flow keys the capture holds: the user-space table for pcap; for eBPF at least this
+    /// many (a slot per key, the next power of two of them, and this many again for keys
+    /// whose slot another key took). Packets of flows beyond are counted as "map full",
+    /// never dropped.
     #[arg(long, default_value_t = 65_536)]
     pub max_flows: u32,
     /// Seconds without packets after which a key leaves the kernel map (its totals stay).

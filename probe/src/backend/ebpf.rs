@@ -101,9 +101,16 @@ fn program_name(link: LinkKind, hook: TcAttachType) -> &'static str {
     }
 }
 
-/// The embedded object with room for `max_flows` keys, its programs not loaded yet, and
-/// the fingerprint keys it was given (random at each load).
-pub(super) fn load_object(max_flows: u32) -> Result<(aya::Ebpf, [u64; 8]), EbpfError> {
+/// What a load fixed: the fingerprint keys (random at each load) and the slot table's
+/// shift (from its size).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Layout {
+    pub keys: [u64; 14],
+    pub slot_shift: u32,
+}
+
+/// The embedded object with room for `max_flows` keys, its programs not loaded yet.
+pub(super) fn load_object(max_flows: u32) -> Result<(aya::Ebpf, Layout), EbpfError> {
     use std::hash::{BuildHasher, Hasher};
     let seed = std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -114,14 +121,25 @@ pub(super) fn load_object(max_flows: u32) -> Result<(aya::Ebpf, [u64; 8]), EbpfE
 /// The same with chosen fingerprint keys (tests force collisions with them).
 pub(super) fn load_object_with(
     max_flows: u32,
-    keys: [u64; 8],
-) -> Result<(aya::Ebpf, [u64; 8]), EbpfError> {
+    keys: [u64; 14],
+) -> Result<(aya::Ebpf, Layout), EbpfError> {
+    // A slot per key, a power of two of them (at least 1,024).
+    let slots = max_flows
+        .max(1024)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31);
+    let layout = Layout {
+        keys,
+        slot_shift: 64 - slots.trailing_zeros(),
+    };
     aya::EbpfLoader::new()
-        .map_max_entries(common::FLOWS_MAP, max_flows.max(1))
-        .map_max_entries(common::FLOW_KEYS_MAP, max_flows.max(1))
-        .override_global(common::FINGERPRINT_KEYS, &keys, true)
+        .map_max_entries(common::SLOTS_MAP, slots)
+        .map_max_entries(common::FLOW_KEYS_MAP, slots)
+        .map_max_entries(common::COLLIDED_MAP, max_flows.max(1))
+        .override_global(common::FINGERPRINT_KEYS, &layout.keys, true)
+        .override_global(common::SLOT_SHIFT, &layout.slot_shift, true)
         .load(OBJECT)
-        .map(|ebpf| (ebpf, keys))
+        .map(|ebpf| (ebpf, layout))
         .map_err(|e| {
             if is_permission(&e) {
                 EbpfError::Permission(chain(&e))
@@ -235,7 +253,7 @@ impl EbpfBackend {
             .iter()
             .map(|n| Iface::lookup(n))
             .collect::<Result<_, _>>()?;
-        let (mut ebpf, keys) = load_object(max_flows)?;
+        let (mut ebpf, layout) = load_object(max_flows)?;
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         let mut added_qdisc = Vec::new();
@@ -294,7 +312,7 @@ impl EbpfBackend {
                 reason: chain(&e),
             }
         };
-        let flows = FlowMaps::take(&mut ebpf, keys)?;
+        let flows = FlowMaps::take(&mut ebpf, layout)?;
         let events = RingBuf::try_from(take(&mut ebpf, common::EVENTS_MAP)?)
             .map_err(map_err(common::EVENTS_MAP))?;
         let unattributed = PerCpuArray::try_from(take(&mut ebpf, common::UNATTRIBUTED_MAP)?)

@@ -1,20 +1,17 @@
-//! The kernel's flow counters as user space reads them: the per-CPU map keyed by
-//! fingerprint (named through the fingerprint-to-key map, cached here) and the small map of
-//! collided keys by full key (probe-common's `Fingerprint` says why two maps).
+//! The kernel's flow counters as user space reads them: the per-CPU slot array (each
+//! owned slot named through the slot-to-key map) and the small map of collided keys by
+//! full key. probe-common's `Fingerprint` says why a slot array.
 
-use super::ebpf::{EbpfError, chain};
+use super::ebpf::{EbpfError, Layout, chain};
 use crate::flow::{Counters, PacketKey};
-use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use tokenwire_probe_common as common;
 
 pub struct FlowMaps {
-    flows: PerCpuHashMap<MapData, u64, common::FlowCounters>,
-    keys: HashMap<MapData, u64, common::FlowKey>,
+    slots: PerCpuArray<MapData, common::FlowCounters>,
+    keys: HashMap<MapData, u32, common::FlowKey>,
     collided: PerCpuHashMap<MapData, common::FlowKey, common::FlowCounters>,
-    /// The fingerprint keys the object was loaded with.
-    fingerprint_keys: [u64; 8],
-    /// Fingerprint hashes already named (a key never changes its hash).
-    known: std::collections::HashMap<u64, PacketKey>,
+    layout: Layout,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
@@ -24,11 +21,12 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
     }
 }
 
-/// A key's counters added up over the CPUs, and the TCP flags any of them saw.
-fn sum_cpus(per_cpu: &PerCpuValues<common::FlowCounters>) -> (Counters, u8) {
+/// A key's counters added up over the CPUs whose value carries `tag` (every CPU for a
+/// collided key's own entry: `None`), and the TCP flags any of them saw.
+fn sum_cpus(per_cpu: &PerCpuValues<common::FlowCounters>, tag: Option<u64>) -> (Counters, u8) {
     let mut total = Counters::default();
     let mut flags = 0u8;
-    for v in per_cpu.iter() {
+    for v in per_cpu.iter().filter(|v| tag.is_none_or(|t| v.tag == t)) {
         total += Counters {
             packets: v.packets,
             ip_bytes: v.ip_bytes,
@@ -40,8 +38,8 @@ fn sum_cpus(per_cpu: &PerCpuValues<common::FlowCounters>) -> (Counters, u8) {
 }
 
 impl FlowMaps {
-    /// Takes the maps out of a loaded object given `fingerprint_keys`.
-    pub fn take(ebpf: &mut aya::Ebpf, fingerprint_keys: [u64; 8]) -> Result<Self, EbpfError> {
+    /// Takes the maps out of an object loaded with `layout`.
+    pub fn take(ebpf: &mut aya::Ebpf, layout: Layout) -> Result<Self, EbpfError> {
         let mut take = |name: &'static str| {
             ebpf.take_map(name).ok_or(EbpfError::Map {
                 map: name,
@@ -49,25 +47,26 @@ impl FlowMaps {
             })
         };
         Ok(Self {
-            flows: PerCpuHashMap::try_from(take(common::FLOWS_MAP)?)
-                .map_err(map_err(common::FLOWS_MAP))?,
+            slots: PerCpuArray::try_from(take(common::SLOTS_MAP)?)
+                .map_err(map_err(common::SLOTS_MAP))?,
             keys: HashMap::try_from(take(common::FLOW_KEYS_MAP)?)
                 .map_err(map_err(common::FLOW_KEYS_MAP))?,
             collided: PerCpuHashMap::try_from(take(common::COLLIDED_MAP)?)
                 .map_err(map_err(common::COLLIDED_MAP))?,
-            fingerprint_keys,
-            known: std::collections::HashMap::new(),
+            layout,
         })
     }
 
-    /// The key that holds `hash`, from the cache or the kernel's map.
-    fn name(&mut self, hash: u64) -> Option<PacketKey> {
-        if let Some(k) = self.known.get(&hash) {
-            return Some(*k);
-        }
-        let k = PacketKey::from_raw(&self.keys.get(&hash, 0).ok()?)?;
-        self.known.insert(hash, k);
-        Some(k)
+    fn fingerprint(&self, key: &common::FlowKey) -> (u32, u64) {
+        let fp = common::fingerprint(key, &self.layout.keys);
+        (common::slot(fp.hash, self.layout.slot_shift), fp.tag)
+    }
+
+    /// One owned slot's counters for its key.
+    fn read_slot(&self, slot: u32, key: &common::FlowKey) -> Option<(Counters, u8)> {
+        let (_, tag) = self.fingerprint(key);
+        let per_cpu = self.slots.get(&slot, 0).ok()?;
+        Some(sum_cpus(&per_cpu, Some(tag)))
     }
 
     /// Every key's counters (summed over CPUs) and TCP flags; how many keys.
@@ -75,23 +74,24 @@ impl FlowMaps {
         &mut self,
         mut each: impl FnMut(PacketKey, Counters, u8),
     ) -> Result<u64, EbpfError> {
-        let mut entries = Vec::new();
-        for entry in self.flows.iter() {
-            let (hash, per_cpu) = entry.map_err(map_err(common::FLOWS_MAP))?;
-            entries.push((hash, sum_cpus(&per_cpu)));
+        let mut owned = Vec::new();
+        for entry in self.keys.iter() {
+            owned.push(entry.map_err(map_err(common::FLOW_KEYS_MAP))?);
         }
         let mut n = 0;
-        for (hash, (total, flags)) in entries {
-            // A key deleted between the two reads has no name: its totals are the table's.
-            if let Some(key) = self.name(hash) {
-                each(key, total, flags);
-                n += 1;
-            }
+        for (slot, raw) in owned {
+            let (Some(key), Some((total, flags))) =
+                (PacketKey::from_raw(&raw), self.read_slot(slot, &raw))
+            else {
+                continue;
+            };
+            each(key, total, flags);
+            n += 1;
         }
         for entry in self.collided.iter() {
             let (k, per_cpu) = entry.map_err(map_err(common::COLLIDED_MAP))?;
             if let Some(key) = PacketKey::from_raw(&k) {
-                let (total, flags) = sum_cpus(&per_cpu);
+                let (total, flags) = sum_cpus(&per_cpu, None);
                 each(key, total, flags);
                 n += 1;
             }
@@ -99,49 +99,48 @@ impl FlowMaps {
         Ok(n)
     }
 
-    /// Where `key` is counted: its fingerprint hash when it holds it, else `None`
-    /// (collided, or not in the kernel).
-    fn holder(&mut self, key: &PacketKey) -> Option<u64> {
-        let fp = common::fingerprint(&key.to_raw(), &self.fingerprint_keys);
-        (self.name(fp.hash) == Some(*key)).then_some(fp.hash)
+    /// The slot `key` owns, if it owns one (else it is collided, or not in the kernel).
+    fn owned_slot(&self, key: &common::FlowKey) -> Option<u32> {
+        let (slot, _) = self.fingerprint(key);
+        (self.keys.get(&slot, 0).ok()? == *key).then_some(slot)
     }
 
     /// One key's counters and flags now; `None` once it left the kernel's maps.
     pub fn get(&mut self, key: &PacketKey) -> Option<(Counters, u8)> {
-        let per_cpu = match self.holder(key) {
-            Some(hash) => self.flows.get(&hash, 0).ok()?,
-            None => self.collided.get(&key.to_raw(), 0).ok()?,
-        };
-        Some(sum_cpus(&per_cpu))
+        let raw = key.to_raw();
+        match self.owned_slot(&raw) {
+            Some(slot) => self.read_slot(slot, &raw),
+            None => {
+                let per_cpu = self.collided.get(&raw, 0).ok()?;
+                Some(sum_cpus(&per_cpu, None))
+            }
+        }
     }
 
-    /// Deletes a key from the kernel's maps; whether it was there.
+    /// Deletes a key from the kernel's maps; whether it was there. An owned slot is zeroed
+    /// on every CPU before it is given up, so its next owner starts from nothing.
     pub fn remove(&mut self, key: &PacketKey) -> bool {
-        match self.holder(key) {
-            Some(hash) => {
-                let gone = self.flows.remove(&hash).is_ok();
-                let _ = self.keys.remove(&hash);
-                self.known.remove(&hash);
-                gone
+        let raw = key.to_raw();
+        match self.owned_slot(&raw) {
+            Some(slot) => {
+                let cpus = self.slots.get(&slot, 0).map(|v| v.len()).unwrap_or(0);
+                if let Ok(zero) =
+                    PerCpuValues::try_from(vec![common::FlowCounters::default(); cpus])
+                {
+                    let _ = self.slots.set(slot, zero, 0);
+                }
+                self.keys.remove(&slot).is_ok()
             }
-            None => self.collided.remove(&key.to_raw()).is_ok(),
+            None => self.collided.remove(&raw).is_ok(),
         }
     }
 
     /// Deletes every key (test runs start from empty maps).
     pub fn clear(&mut self) {
-        let hashes: Vec<u64> = self.flows.keys().filter_map(Result::ok).collect();
-        for h in hashes {
-            let _ = self.flows.remove(&h);
-        }
-        let hashes: Vec<u64> = self.keys.keys().filter_map(Result::ok).collect();
-        for h in hashes {
-            let _ = self.keys.remove(&h);
-        }
-        let keys: Vec<common::FlowKey> = self.collided.keys().filter_map(Result::ok).collect();
+        let mut keys = Vec::new();
+        let _ = self.read_all(|k, _, _| keys.push(k));
         for k in keys {
-            let _ = self.collided.remove(&k);
+            self.remove(&k);
         }
-        self.known.clear();
     }
 }

@@ -9,7 +9,9 @@
 //! IP header; those come back as [`KernelRunError::Refused`].
 
 use super::accumulate::{Outcome, Unkeyed};
-use super::ebpf::{EbpfError, LinkKind, chain, load_object, load_object_with, load_program};
+use super::ebpf::{
+    EbpfError, Layout, LinkKind, chain, load_object, load_object_with, load_program,
+};
 use super::flow_maps::FlowMaps;
 use crate::flow::Counters;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -81,15 +83,15 @@ impl KernelRun {
 
     /// The same with chosen fingerprint keys ([`tokenwire_probe_common::fingerprint_keys`]):
     /// all-zero multipliers give every key the same hash, so every second key collides.
-    pub fn load_with_fingerprint_keys(keys: [u64; 8]) -> Result<Self, KernelRunError> {
+    pub fn load_with_fingerprint_keys(keys: [u64; 14]) -> Result<Self, KernelRunError> {
         Self::with(load_object_with(1024, keys)?)
     }
 
-    fn with((mut ebpf, keys): (aya::Ebpf, [u64; 8])) -> Result<Self, KernelRunError> {
+    fn with((mut ebpf, layout): (aya::Ebpf, Layout)) -> Result<Self, KernelRunError> {
         for p in [Program::L2, Program::L3, Program::Empty] {
             load_program(&mut ebpf, p.name())?;
         }
-        let flows = FlowMaps::take(&mut ebpf, keys)?;
+        let flows = FlowMaps::take(&mut ebpf, layout)?;
         let mut take = |name: &'static str| {
             ebpf.take_map(name).ok_or(EbpfError::Map {
                 map: name,

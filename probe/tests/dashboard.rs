@@ -37,6 +37,7 @@ fn panel_queries(window: &str) -> Vec<(String, String)> {
             let expr = t["expr"]
                 .as_str()
                 .unwrap()
+                .replace("$node", ".*")
                 .replace("$approach", ".*")
                 .replace("$transport", ".*")
                 .replace("$__rate_interval", window);
@@ -49,7 +50,7 @@ fn panel_queries(window: &str) -> Vec<(String, String)> {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(vars, ["approach", "transport"]);
+    assert_eq!(vars, ["node", "approach", "transport"]);
     out
 }
 

@@ -89,6 +89,19 @@ enum Task {
         #[arg(long, value_delimiter = ',', conflicts_with = "test_run")]
         pcap_knee: Option<Vec<u64>>,
     },
+    /// A fleet on this machine (as root): N network namespaces as nodes, each running the
+    /// companions on the embedded model, a probe and a Prometheus that scrapes it (the
+    /// node's name as an external label), and a central Prometheus federating them; bench
+    /// traffic on every node; then bytes and packets per token by node and approach from
+    /// the central Prometheus, checked against each node's own probe. Torn down at the end.
+    Fleet {
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+    },
+    /// The static probe for containers (what deploy/Containerfile runs): the eBPF object,
+    /// then tokenwire-probe for x86_64-unknown-linux-musl without libpcap (eBPF only),
+    /// statically linked with the object embedded. Prints where it is.
+    StaticProbe,
     /// Fuzz every parser that takes outside input (cargo-fuzz, libFuzzer, nightly): the
     /// targets of fuzz/ in turn, sharing the time; prints a table for docs/reliability.md.
     /// A crash keeps its input in fuzz/artifacts/ and fails the task.
@@ -140,12 +153,14 @@ enum Task {
 /// Debian packages the project needs: libpcap for the probe's pcap backend, tcpdump as
 /// the ground truth of byte counts, prometheus for promtool and the real server the
 /// dashboard test queries, python3 for the span-access test's unprivileged sender.
-const APT_PACKAGES: [&str; 5] = [
+const APT_PACKAGES: [&str; 7] = [
     "libpcap-dev",
     "tcpdump",
     "iproute2",
     "prometheus",
     "python3",
+    "python3-venv",
+    "curl",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The probe's pcap fallback must keep building for macOS: `test` checks and lints it for
@@ -210,6 +225,17 @@ fn real_main() -> Result<()> {
                 bench_probe::run(seconds, rounds)
             }
         }
+        Task::StaticProbe => {
+            rust_src()?;
+            bpf_linker()?;
+            rust_targets(&[STATIC_TARGET])?;
+            build_ebpf()?;
+            static_probe()
+        }
+        Task::Fleet { nodes } => {
+            setup()?;
+            fleet::run(nodes)
+        }
         Task::Soak { minutes } => {
             setup()?;
             soak::run(minutes)
@@ -237,6 +263,7 @@ fn real_main() -> Result<()> {
 mod bench_capacity;
 mod bench_probe;
 mod bench_spans;
+mod fleet;
 mod fuzz;
 mod observe;
 mod soak;
@@ -278,8 +305,25 @@ fn setup() -> Result<()> {
     rust_src()?;
     rust_targets(&MACOS_TARGETS)?;
     bpf_linker()?;
+    deploy_tools()?;
     build_ebpf()?;
     certs(false)
+}
+
+/// The offline validator of deploy/'s Kubernetes manifests (PyPI), in a venv of its own.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn deploy_tools() -> Result<()> {
+    let venv = workspace_root().join("target/tools-venv");
+    let have = Command::new(venv.join("bin/kubernetes-validate"))
+        .arg("--version")
+        .output();
+    if have.is_ok_and(|o| o.status.success()) {
+        eprintln!("xtask: {KUBERNETES_VALIDATE} present");
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
 }
 
 /// The kernel object, where probe/build.rs looks for it.
@@ -371,6 +415,40 @@ fn rust_src() -> Result<()> {
             "no nightly toolchain (the eBPF crate needs it): `rustup toolchain install nightly --component rust-src`"
         ),
     }
+}
+
+/// The static probe's target.
+const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// tokenwire-probe built static for `STATIC_TARGET`, eBPF only; checks it is static.
+fn static_probe() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        STATIC_TARGET,
+        "-p",
+        "tokenwire-probe",
+        "--no-default-features",
+    ]))?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let path = target
+        .join(STATIC_TARGET)
+        .join("release")
+        .join("tokenwire-probe");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    // A dynamically linked ELF names its interpreter (ld.so) in a PT_INTERP segment.
+    if bytes.windows(b"ld-linux".len()).any(|w| w == b"ld-linux") {
+        bail!("{} is not static: it names ld-linux", path.display());
+    }
+    println!(
+        "{} ({:.1} MiB, static, eBPF object embedded, no libpcap)",
+        path.display(),
+        bytes.len() as f64 / (1 << 20) as f64
+    );
+    Ok(())
 }
 
 /// The standard library for `targets` on the stable toolchain (rustup), for cross-checking.
@@ -629,7 +707,10 @@ fn test() -> Result<()> {
     if passed == 0 {
         bail!("cargo test ran no test");
     }
-    Ok(())
+    // The fleet: three nodes (namespaces) into a central Prometheus, checked against
+    // each node's own probe (about 40 s).
+    eprintln!("xtask: fleet of 3 nodes");
+    fleet::run(3)
 }
 
 /// The number just before `word` in a `test result:` line, e.g. `ok. 18 passed; 0 failed`.

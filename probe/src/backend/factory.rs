@@ -44,6 +44,10 @@ pub enum OpenError {
     Pcap(#[from] pcap::PcapBackendError),
     #[error("the eBPF backend needs Linux; use --backend pcap")]
     EbpfNeedsLinux,
+    #[error(
+        "this tokenwire-probe was built without libpcap (the static build): use --backend ebpf"
+    )]
+    PcapNotBuilt,
     /// `auto`: neither backend could start; both reasons.
     #[error("eBPF unavailable ({ebpf}); falling back to the pcap backend failed too: {pcap}")]
     Neither { ebpf: String, pcap: Box<OpenError> },
@@ -58,10 +62,13 @@ pub struct Opened {
 /// Opens the live backend `kind` asks for on this platform.
 pub fn open(kind: BackendKind, opts: &LiveOptions) -> Result<Opened, OpenError> {
     let pcap = || -> Result<Box<dyn Backend>, OpenError> {
-        Ok(Box::new(pcap::PcapBackend::start(
+        #[cfg(feature = "pcap")]
+        return Ok(Box::new(pcap::PcapBackend::start(
             &opts.ifaces,
             &opts.pcap,
-        )?))
+        )?));
+        #[cfg(not(feature = "pcap"))]
+        Err(OpenError::PcapNotBuilt)
     };
     match kind {
         BackendKind::Pcap => Ok(Opened {

@@ -1,18 +1,31 @@
 //! The libpcap backend: live capture where eBPF cannot run (macOS, no BPF privileges).
 //! One thread per interface reads packets (headers only: a short snap length) and counts
 //! them in user space with the same rules as the kernel side; kernel drops are read from
-//! libpcap's statistics and reported, never hidden.
+//! libpcap's statistics and reported, never hidden. Built with the `pcap` feature (on by
+//! default); without it (the static build, which has no libpcap) the probe is eBPF only
+//! and `--backend pcap` says so.
 
+#[cfg(feature = "pcap")]
 use super::accumulate::Accumulator;
+#[cfg(feature = "pcap")]
 use super::capture::{Backend, BackendError, wall_clock_ns};
+#[cfg(feature = "pcap")]
 use crate::flow::PacketKey;
+#[cfg(feature = "pcap")]
 use crate::health::Health;
+#[cfg(feature = "pcap")]
 use crate::packet::LinkType;
+#[cfg(feature = "pcap")]
 use crate::spans::Span;
+#[cfg(feature = "pcap")]
 use crate::table::FlowTable;
+#[cfg(feature = "pcap")]
 use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(feature = "pcap")]
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "pcap")]
 use std::thread::JoinHandle;
+#[cfg(feature = "pcap")]
 use std::time::Instant;
 
 /// Enough for Ethernet + VLAN + IPv6 with extension headers + TCP options + the first
@@ -20,11 +33,11 @@ use std::time::Instant;
 pub const DEFAULT_SNAPLEN: i32 = 600;
 
 /// What a capture that was refused needs, on this platform.
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "pcap", target_os = "linux"))]
 const PERMISSION_HINT: &str = ": capturing needs CAP_NET_RAW (or root)";
 /// libpcap opens /dev/bpf*, root-only unless Wireshark's ChmodBPF (macOS) or devfs rules
 /// (FreeBSD) open it to a group.
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(feature = "pcap", not(target_os = "linux")))]
 const PERMISSION_HINT: &str = ": capturing needs read access to /dev/bpf*: run with sudo, or install Wireshark's ChmodBPF (macOS) and join the access_bpf group";
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +74,7 @@ impl Default for PcapOptions {
     }
 }
 
+#[cfg(feature = "pcap")]
 struct Shared {
     acc: Accumulator,
     /// Kernel drops per interface (libpcap's ps_drop + ps_ifdrop).
@@ -68,6 +82,7 @@ struct Shared {
     error: Option<String>,
 }
 
+#[cfg(feature = "pcap")]
 pub struct PcapBackend {
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
@@ -77,10 +92,12 @@ pub struct PcapBackend {
     pub ifaces: Vec<(u32, String)>,
 }
 
+#[cfg(feature = "pcap")]
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+#[cfg(feature = "pcap")]
 impl PcapBackend {
     pub fn start(ifaces: &[String], opts: &PcapOptions) -> Result<Self, PcapBackendError> {
         let shared = Arc::new(Mutex::new(Shared {
@@ -144,6 +161,7 @@ impl PcapBackend {
     }
 }
 
+#[cfg(feature = "pcap")]
 impl Backend for PcapBackend {
     fn name(&self) -> &'static str {
         "pcap"
@@ -185,6 +203,7 @@ impl Backend for PcapBackend {
     }
 }
 
+#[cfg(feature = "pcap")]
 fn capture_loop(
     mut cap: pcap::Capture<pcap::Active>,
     link: LinkType,
@@ -216,6 +235,7 @@ fn capture_loop(
     }
 }
 
+#[cfg(feature = "pcap")]
 impl Drop for PcapBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -208,3 +208,62 @@ mod pod {
     unsafe impl aya::Pod for super::FlowCounters {}
     unsafe impl aya::Pod for super::Unattributed {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src_port: u16, dst_port: u16, ingress: u8) -> FlowKey {
+        let mut k = FlowKey {
+            src_port,
+            dst_port,
+            proto: 6,
+            family: FAMILY_V4,
+            ingress,
+            ifindex: 1,
+            ..FlowKey::default()
+        };
+        k.src[..4].copy_from_slice(&[127, 0, 0, 1]);
+        k.dst[..4].copy_from_slice(&[127, 0, 0, 1]);
+        k
+    }
+
+    #[test]
+    fn keys_drawn_from_a_seed_are_odd_multipliers_and_differ_by_seed() {
+        let a = fingerprint_keys(1);
+        for (i, k) in a.iter().enumerate() {
+            if i % 7 != 0 {
+                assert_eq!(k & 1, 1, "multiplier {i} is odd");
+            }
+        }
+        assert_ne!(a, fingerprint_keys(2));
+    }
+
+    /// Keys one field apart (a port, the direction, the hook) never share a hash or a
+    /// tag: each differs in one word, and an odd multiplier maps a non-zero difference to
+    /// a non-zero one. The slot (top bits) of such keys spreads over the table.
+    #[test]
+    fn keys_one_field_apart_never_share_hash_or_tag() {
+        let keys = fingerprint_keys(0x5eed);
+        let base = fingerprint(&key(40000, 443, 0), &keys);
+        let mut slots = [0u32; 1024];
+        for port in 1..=u16::MAX {
+            for k in [key(port, 443, 0), key(40000, port, 0)] {
+                if k == key(40000, 443, 0) {
+                    continue;
+                }
+                let f = fingerprint(&k, &keys);
+                assert_ne!(f.hash, base.hash, "{k:?}");
+                assert_ne!(f.tag, base.tag, "{k:?}");
+                assert_ne!(f.tag, 0);
+                slots[slot(f.hash, 64 - 10) as usize] += 1;
+            }
+        }
+        let other_hook = fingerprint(&key(40000, 443, 1), &keys);
+        assert_ne!(other_hook.hash, base.hash);
+        assert_ne!(other_hook.tag, base.tag);
+        // 131,070 keys into 1,024 slots: about 128 each; none empty or crowded.
+        let (lo, hi) = (slots.iter().min().unwrap(), slots.iter().max().unwrap());
+        assert!(*lo > 64 && *hi < 256, "slots {lo}..{hi}");
+    }
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::live::{Probe, Stack, spans_path};
+use common::live::{Probe, Stack, spans_path, wt_stream};
 use common::{Packet, Tcpdump, promtool_check, require_root};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -179,25 +179,10 @@ async fn concurrent_webtransport_streams_are_shared_and_sum_exactly() {
     let mut client =
         tokenwire_bench::client::wt::WtClient::new(&stack.wt.url, &stack.trust).unwrap();
     let session = client.session(true).await.unwrap();
-    let one = |prompt: &'static str| {
-        let session = session.clone();
-        async move {
-            let (mut send, mut recv) = session.open_bi().await.unwrap().await.unwrap();
-            send.write_all(&tokenwire_servers::protocol::framing::encode(
-                prompt.as_bytes(),
-            ))
-            .await
-            .unwrap();
-            send.finish().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            while let Some(k) = recv.read(&mut buf).await.unwrap() {
-                n += k;
-            }
-            n
-        }
-    };
-    let (a, b) = tokio::join!(one("first of two"), one("second of two, longer"));
+    let (a, b) = tokio::join!(
+        wt_stream(&session, "first of two"),
+        wt_stream(&session, "second of two, longer")
+    );
     assert!(a > 0 && b > 0);
     client.shutdown().await;
     let reqs = probe.json("/api/requests")["requests"].clone();

@@ -1,10 +1,11 @@
 //! Load and abuse, bounded in time, on loopback, each asserting that nothing is lost:
-//! 200,000 span messages from 8 senders while traffic flows, and 100,000 distinct flows
-//! through a small flow map on each backend. Runs as root.
+//! 200,000 span messages from 8 senders while traffic flows, 100,000 distinct flows
+//! through a small flow map on each backend, and hundreds of concurrent streams (100 on
+//! one WebTransport session), each with one complete record. Runs as root.
 
 mod common;
 
-use common::live::{Probe, Stack, spans_path};
+use common::live::{Probe, Stack, spans_path, wt_stream};
 use common::{Tcpdump, isolated, require_root};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -244,4 +245,135 @@ fn a_hundred_thousand_flows_through_ebpf_lose_nothing_and_stay_bounded() {
 #[test]
 fn a_hundred_thousand_flows_through_pcap_lose_nothing_and_stay_bounded() {
     hundred_thousand_flows("pcap");
+}
+
+/// Hundreds of concurrent streams on each approach, each on a kept-alive connection of
+/// its user's, and 100 concurrent streams on one WebTransport session: every request gets
+/// exactly one record, final, with its tokens (the bench's count) and its bytes; no span
+/// is refused; on the shared session the requests, setup and teardown add up to the
+/// connection's total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_concurrent_streams_each_get_one_complete_record() {
+    require_root();
+    const USERS: usize = 200;
+    let path = spans_path("many");
+    let stack = Stack::start("many", SpanSink::to_path(&path).unwrap()).await;
+    let probe = Probe::start("ebpf", &path, &stack.labels());
+    let cfg = tokenwire_bench::runner::RunConfig {
+        approaches: Approach::ALL.to_vec(),
+        reuse: true,
+        jobs: tokenwire_bench::workload::jobs(
+            &tokenwire_bench::workload::default_prompts(),
+            None,
+            USERS / 10,
+        )
+        .unwrap(),
+        concurrency: USERS,
+        ramp: Duration::ZERO,
+        rate: None,
+        seed: 1,
+        timeout: Duration::from_secs(60),
+        warmup: false,
+        targets: stack.targets(),
+        trust: stack.trust.clone(),
+        progress: false,
+    };
+    let runs = tokenwire_bench::runner::run(&cfg).await;
+
+    // 100 streams at once on one WebTransport session.
+    let mut client =
+        tokenwire_bench::client::wt::WtClient::new(&stack.wt.url, &stack.trust).unwrap();
+    let session = client.session(true).await.unwrap();
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let session = session.clone();
+        streams.spawn(async move {
+            wt_stream(&session, &format!("stream {i} of a hundred on one session")).await
+        });
+    }
+    while let Some(n) = streams.join_next().await {
+        assert!(n.unwrap() > 0);
+    }
+    client.shutdown().await;
+
+    // Every connection closed: wait for every record to be final.
+    let expected = 3 * USERS + 100;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let records: Vec<Value> = loop {
+        let r = probe.json(&format!("/api/requests?limit={}", expected + 10))["requests"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if r.len() >= expected && r.iter().all(|x| x["final"] == true) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {expected} records, {} final",
+            r.len(),
+            r.iter().filter(|x| x["final"] == true).count()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(records.len(), expected);
+    // Each run's records are those that started in its window; the shared session's, the
+    // WebTransport records after the bench's last. (Clients share UDP sockets, a hundred
+    // users to a socket, so a client address does not tell a user from the shared
+    // session.)
+    let started = |r: &Value| r["start_unix_ns"].as_u64().unwrap();
+    let wt_end = runs
+        .iter()
+        .find(|r| r.approach == Approach::Wt)
+        .unwrap()
+        .measured_to_unix_ns;
+    for run in &runs {
+        let name = match run.approach {
+            Approach::Raw => "raw_api",
+            Approach::Sse => "sse",
+            Approach::Wt => "webtransport",
+        };
+        assert!(
+            run.records.iter().all(|r| r.error.is_none()),
+            "{name} failed"
+        );
+        let bench_tokens: u64 = run.records.iter().map(|r| r.tokens()).sum();
+        let mine: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                r["approach"] == name
+                    && (run.measured_from_unix_ns..=run.measured_to_unix_ns).contains(&started(r))
+            })
+            .collect();
+        assert_eq!(mine.len(), USERS, "{name}");
+        for r in &mine {
+            assert_eq!(r["outcome"], "ok", "{r:#}");
+            assert!(r["tokens"].as_u64().unwrap() > 0, "{r:#}");
+            assert!(r["wire_bytes"].as_u64().unwrap() > 0, "{r:#}");
+        }
+        let probe_tokens: u64 = mine.iter().map(|r| r["tokens"].as_u64().unwrap()).sum();
+        assert_eq!(probe_tokens, bench_tokens, "{name}: tokens");
+    }
+    // The shared session: its 100 requests, setup and teardown are its whole total.
+    let shared: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["approach"] == "webtransport" && started(r) > wt_end)
+        .collect();
+    assert_eq!(shared.len(), 100);
+    let client_addr = shared[0]["client"].as_str().unwrap().to_owned();
+    assert!(shared.iter().all(|r| r["client"] == client_addr.as_str()));
+    assert!(shared.iter().all(|r| r["attribution"] == "shared"));
+    let (conn, reqs) = probe.settled(client_addr.parse().unwrap());
+    assert_eq!(reqs.len(), 100);
+    let bytes = |v: &Value| {
+        v["to_server"]["ip_bytes"].as_u64().unwrap() + v["to_client"]["ip_bytes"].as_u64().unwrap()
+    };
+    let parts: u64 =
+        bytes(&conn["setup"]) + bytes(&conn["teardown"]) + reqs.iter().map(&bytes).sum::<u64>();
+    assert_eq!(parts, bytes(&conn["total"]), "{conn:#}");
+    let (_, m) = probe.get("/metrics");
+    assert_eq!(
+        sample(&m, "tokenwire_probe_spans_rejected_total"),
+        0,
+        "no span refused"
+    );
 }

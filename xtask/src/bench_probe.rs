@@ -53,6 +53,17 @@ struct Sample {
     drops: Option<u64>,
 }
 
+/// 64-byte UDP datagrams at `bits` of payload per second ("0": as fast as they go) for
+/// `secs`: what iperf3 sent, into `s`; then a moment for the capture to catch up.
+fn udp(bits: &str, secs: &str, s: &mut Sample) -> Result<()> {
+    let udp = iperf(&["-u", "-b", bits, "-l", "64", "-t", secs])?;
+    let sum = &udp["end"]["sum"];
+    s.udp_sent = sum["packets"].as_u64().unwrap_or(0);
+    s.udp_pps = s.udp_sent as f64 / sum["seconds"].as_f64().unwrap_or(1.0).max(1e-9);
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
 fn iperf(args: &[&str]) -> Result<serde_json::Value> {
     let out = Command::new("iperf3")
         .args(["-c", "127.0.0.1", "-p", PORT, "-J"])
@@ -220,11 +231,7 @@ pub fn run(seconds: u32, rounds: u32) -> Result<()> {
                     .as_f64()
                     .unwrap_or(0.0)
                     / 1e9;
-                let udp = iperf(&["-u", "-b", "0", "-l", "64", "-t", &secs])?;
-                let sum = &udp["end"]["sum"];
-                s.udp_sent = sum["packets"].as_u64().unwrap_or(0);
-                s.udp_pps = s.udp_sent as f64 / sum["seconds"].as_f64().unwrap_or(1.0).max(1e-9);
-                std::thread::sleep(Duration::from_millis(300));
+                udp("0", &secs, &mut s)?;
                 stop(child, &mut s)?;
                 samples.push((mode, s));
             }
@@ -345,11 +352,7 @@ pub fn pcap_knee(seconds: u32, rates: &[u64]) -> Result<()> {
             let mut s = Sample::default();
             // iperf3's -b counts UDP payload bits.
             let bits = (rate * 64 * 8).to_string();
-            let udp = iperf(&["-u", "-b", &bits, "-l", "64", "-t", &secs])?;
-            let sum = &udp["end"]["sum"];
-            s.udp_sent = sum["packets"].as_u64().unwrap_or(0);
-            s.udp_pps = s.udp_sent as f64 / sum["seconds"].as_f64().unwrap_or(1.0).max(1e-9);
-            std::thread::sleep(Duration::from_millis(300));
+            udp(&bits, &secs, &mut s)?;
             stop(child, &mut s)?;
             rows.push((rate, s));
         }

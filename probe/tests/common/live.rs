@@ -222,3 +222,22 @@ impl Drop for Stack {
         self.shutdown.cancel();
     }
 }
+
+/// One prompt as one stream of a WebTransport session, read to its end: the bytes it
+/// returned.
+#[allow(dead_code)] // not every test binary streams on a shared session
+pub async fn wt_stream(session: &wtransport::Connection, prompt: &str) -> usize {
+    let (mut send, mut recv) = session.open_bi().await.unwrap().await.unwrap();
+    send.write_all(&tokenwire_servers::protocol::framing::encode(
+        prompt.as_bytes(),
+    ))
+    .await
+    .unwrap();
+    send.finish().await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while let Some(k) = recv.read(&mut buf).await.unwrap() {
+        n += k;
+    }
+    n
+}

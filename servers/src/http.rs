@@ -237,17 +237,18 @@ pub type UpstreamClient = hyper_util::client::legacy::Client<
     http_body_util::Full<Bytes>,
 >;
 
-/// Idle upstream connections kept for reuse (each stream in flight holds one of its own;
-/// after a burst of thousands, only this many stay open, for `UPSTREAM_IDLE`).
+/// Idle upstream connections kept for reuse by default (each stream in flight holds one
+/// of its own; after a burst of thousands, only this many stay open, for `UPSTREAM_IDLE`;
+/// `--upstream-idle-max`).
 pub const UPSTREAM_IDLE_MAX: usize = 256;
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
 
-pub fn upstream_client() -> UpstreamClient {
+pub fn upstream_client(idle_max: usize) -> UpstreamClient {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(UPSTREAM_IDLE_MAX)
+        .pool_max_idle_per_host(idle_max)
         .pool_idle_timeout(UPSTREAM_IDLE)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .build(connector)

@@ -60,8 +60,14 @@ pub struct RelayOptions {
     pub quic_socket_buffer: usize,
     /// WebTransport sessions open at once; past it a new one gets 429.
     pub max_sessions: usize,
+    /// Streams (prompts) running at once on one WebTransport session; a client opening
+    /// one more waits for one to finish (QUIC stream credit), nothing is refused.
+    pub max_streams_per_session: u32,
     /// Connections each TLS companion (raw, sse) holds open at once; past it, 503.
     pub max_connections: usize,
+    /// Idle upstream connections each relay keeps for reuse (each stream in flight holds
+    /// one of its own).
+    pub upstream_idle_max: usize,
 }
 
 /// quinn's connection ID length.
@@ -81,7 +87,9 @@ impl Default for RelayOptions {
             quic_ecn: true,
             quic_socket_buffer: crate::quic_socket::DEFAULT_BUFFER,
             max_sessions: crate::wt_relay::DEFAULT_MAX_SESSIONS,
+            max_streams_per_session: crate::wt_relay::DEFAULT_MAX_STREAMS_PER_SESSION,
             max_connections: crate::http::DEFAULT_MAX_CONNECTIONS,
+            upstream_idle_max: crate::http::UPSTREAM_IDLE_MAX,
         }
     }
 }
@@ -232,7 +240,7 @@ pub async fn start_raw(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<Running, LaunchError> {
-    let upstream = Upstream::new(&opts.upstream)?;
+    let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
     let (max_body, spans) = (opts.max_body, opts.spans.clone());
     let s = spans.clone();
     let max = opts.max_connections;
@@ -254,7 +262,7 @@ pub async fn start_sse(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<Running, LaunchError> {
-    let upstream = Upstream::new(&opts.upstream)?;
+    let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
     let (model, max_body, spans) = (opts.model.clone(), opts.max_body, opts.spans.clone());
     let s = spans.clone();
     let max = opts.max_connections;
@@ -286,7 +294,7 @@ pub async fn start_wt(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<Running, LaunchError> {
-    let upstream = Upstream::new(&opts.upstream)?;
+    let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
     let identity = crate::tls::wt_identity(id).map_err(|e| LaunchError::Tls(e.to_string()))?;
     let bound = crate::quic_socket::bind(addr, opts.quic_socket_buffer)
         .map_err(|source| LaunchError::Bind { addr, source })?;
@@ -299,8 +307,14 @@ pub async fn start_wt(
     }
     let ecn_switch = (!opts.quic_ecn).then_some(bound.handle);
     let builder = wtransport::ServerConfig::builder().with_bind_socket(bound.socket);
+    // The session's own CONNECT request is a bidirectional stream too, open for the
+    // session's life: one more than the prompts allowed.
+    let mut transport = wtransport::config::QuicTransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(
+        opts.max_streams_per_session.max(1).saturating_add(1),
+    ));
     let mut config = builder
-        .with_identity(identity)
+        .with_custom_transport(identity, transport)
         .keep_alive_interval(opts.wt_keep_alive)
         .build();
     let cid_len = opts.quic_cid_len;

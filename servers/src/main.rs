@@ -212,10 +212,18 @@ struct RelayTuning {
     /// WebTransport sessions open at once; a session past it is refused with 429.
     #[arg(long, default_value_t = tokenwire_servers::wt_relay::DEFAULT_MAX_SESSIONS)]
     max_sessions: usize,
+    /// Prompts (WebTransport streams) running at once on one session; a client opening
+    /// one more waits until one finishes (QUIC stream credit), nothing is refused.
+    #[arg(long, default_value_t = tokenwire_servers::wt_relay::DEFAULT_MAX_STREAMS_PER_SESSION, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_session: u32,
     /// Connections each TLS companion (raw, sse) holds open at once; requests on a
     /// connection past it are answered 503 with `Retry-After: 1` and the connection closes.
     #[arg(long, default_value_t = tokenwire_servers::http::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Idle upstream connections each relay keeps for reuse, for 30 s (each stream in
+    /// flight holds one of its own; after a burst only this many stay open).
+    #[arg(long, default_value_t = tokenwire_servers::http::UPSTREAM_IDLE_MAX)]
+    upstream_idle_max: usize,
 }
 
 impl RelayTuning {
@@ -238,7 +246,9 @@ impl RelayTuning {
             quic_ecn: !self.no_quic_ecn,
             quic_socket_buffer: self.quic_socket_buffer,
             max_sessions: self.max_sessions,
+            max_streams_per_session: self.max_streams_per_session,
             max_connections: self.max_connections,
+            upstream_idle_max: self.upstream_idle_max,
         })
     }
 }

@@ -38,8 +38,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Parses `http://host:port` (a trailing `/` is fine; a path is not).
+    /// Parses `http://host:port` (a trailing `/` is fine; a path is not); keeps at most
+    /// [`crate::http::UPSTREAM_IDLE_MAX`] idle connections.
     pub fn new(url: &str) -> Result<Self, UpstreamError> {
+        Self::with_idle_max(url, crate::http::UPSTREAM_IDLE_MAX)
+    }
+
+    /// The same, keeping at most `idle_max` idle connections for reuse.
+    pub fn with_idle_max(url: &str, idle_max: usize) -> Result<Self, UpstreamError> {
         let bad = || UpstreamError::BadUrl(url.to_owned());
         let uri: Uri = url.parse().map_err(|_| bad())?;
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
@@ -50,7 +56,7 @@ impl Upstream {
         }
         Ok(Self {
             scheme_authority: uri,
-            client: crate::http::upstream_client(),
+            client: crate::http::upstream_client(idle_max),
         })
     }
 

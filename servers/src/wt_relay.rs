@@ -38,6 +38,8 @@ pub const PATH: &str = "/wt";
 
 /// Sessions open at once by default (`--max-sessions`).
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Streams running at once on one session (quinn's default for bidirectional streams).
+pub const DEFAULT_MAX_STREAMS_PER_SESSION: u32 = 100;
 
 #[derive(Clone)]
 pub struct WtRelay {

@@ -125,3 +125,51 @@ async fn connections_past_the_limit_get_503_at_once() {
     assert_eq!(s.sse.stats.requests(), 5);
     assert_eq!(s.sse.stats.connections(), 10);
 }
+
+/// With `--max-streams-per-session 1`, a client opening two streams at once on one
+/// session gets the second only when the first has finished: both complete, in turn,
+/// nothing refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_per_session_limit_wait_their_turn() {
+    let opts = RelayOptions {
+        max_streams_per_session: 1,
+        ..RelayOptions::default()
+    };
+    let s = stack_with(model(20), opts, Duration::from_secs(1)).await;
+    let mut client = tokenwire_bench::client::wt::WtClient::new(&s.wt.url, &trust()).unwrap();
+    let session = client.session(true).await.unwrap();
+    let t0 = std::time::Instant::now();
+    // One stream: when it opened and when its answer ended, after t0.
+    let one = |prompt: &'static str| {
+        let session = session.clone();
+        async move {
+            let (mut send, mut recv) = session.open_bi().await.unwrap().await.unwrap();
+            let opened = t0.elapsed();
+            send.write_all(&tokenwire_servers::protocol::framing::encode(
+                prompt.as_bytes(),
+            ))
+            .await
+            .unwrap();
+            send.finish().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            while let Some(k) = recv.read(&mut buf).await.unwrap() {
+                n += k;
+            }
+            assert!(n > 0);
+            (opened, t0.elapsed())
+        }
+    };
+    let (a, b) = tokio::join!(one("first"), one("second"));
+    let (first, second) = if a.0 <= b.0 { (a, b) } else { (b, a) };
+    // An answer of ~20 tokens takes hundreds of ms; the second stream opened only as the
+    // first ended (the credit for it comes with the first stream's end).
+    assert!(first.1 > Duration::from_millis(200), "{first:?}");
+    assert!(
+        second.0 + Duration::from_millis(50) >= first.1,
+        "the second stream opened at {:?}, before the first ended at {:?}",
+        second.0,
+        first.1
+    );
+    client.shutdown().await;
+}

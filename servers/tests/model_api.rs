@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use std::time::Duration;
-use tokenwire_servers::http::upstream_client;
+use tokenwire_servers::http::{UPSTREAM_IDLE_MAX, upstream_client};
 use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Plan};
 use tokio_util::sync::CancellationToken;
 
@@ -86,7 +86,10 @@ async fn send(
         .uri(format!("{url}{path}"))
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
-    let resp = upstream_client().request(req).await.unwrap();
+    let resp = upstream_client(UPSTREAM_IDLE_MAX)
+        .request(req)
+        .await
+        .unwrap();
     let status = resp.status();
     let ct = resp
         .headers()
@@ -444,7 +447,10 @@ async fn default_pace_is_the_reference_models() {
         .body(Full::new(Bytes::from(body)))
         .unwrap();
     let start = std::time::Instant::now();
-    let resp = upstream_client().request(req).await.unwrap();
+    let resp = upstream_client(UPSTREAM_IDLE_MAX)
+        .request(req)
+        .await
+        .unwrap();
     let mut body = resp.into_body();
     let mut arrivals = Vec::new();
     while let Some(f) = body.frame().await {

@@ -158,16 +158,26 @@ impl Fleet {
             .last_mut()
             .and_then(|(_, c)| c.stdout.take())
             .context("the servers' stdout")?;
-        let mut lines = BufReader::new(out).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("tokenwire-servers ready") => break,
-                Some(Ok(_)) => {}
-                _ => bail!("{}'s servers exited before they were ready", node_name(n)),
+        // Their stdout is read on a thread of its own (and drained to the end, so they
+        // never block on it); the ready line must come within 60 s.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.starts_with("tokenwire-servers ready")
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(());
+                }
             }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            bail!(
+                "{}'s servers were not ready within 60 s (servers.log in {})",
+                node_name(n),
+                dir.display()
+            );
         }
-        // Keep draining their stdout so they never block on it.
-        std::thread::spawn(move || for _ in lines {});
 
         let config = dir.join("prometheus.yml");
         std::fs::write(
@@ -364,8 +374,19 @@ pub fn run(nodes: u32) -> Result<()> {
             .context("starting tokenwire-bench")?;
         benches.push((n, child, out));
     }
+    let deadline = Instant::now() + Duration::from_secs(300);
     for (n, mut child, out) in benches {
-        let st = child.wait()?;
+        let st = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{}'s bench did not finish within 5 minutes", node_name(n));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         if !st.success() {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
             bail!("{}'s bench failed:\n{text}", node_name(n));

@@ -64,6 +64,20 @@ fn udp(bits: &str, secs: &str, s: &mut Sample) -> Result<()> {
     Ok(())
 }
 
+/// iperf3 (installed if missing) serving on PORT, and the probe built.
+fn iperf_server() -> Result<Child> {
+    crate::apt_install(&["iperf3"])?;
+    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
+    let server = Command::new("iperf3")
+        .args(["-s", "-p", PORT])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(server)
+}
+
 fn iperf(args: &[&str]) -> Result<serde_json::Value> {
     let out = Command::new("iperf3")
         .args(["-c", "127.0.0.1", "-p", PORT, "-J"])
@@ -209,15 +223,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(seconds: u32, rounds: u32) -> Result<()> {
-    crate::apt_install(&["iperf3"])?;
-    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
-    let mut server = Command::new("iperf3")
-        .args(["-s", "-p", PORT])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 -s")?;
-    std::thread::sleep(Duration::from_millis(300));
+    let mut server = iperf_server()?;
     let secs = seconds.to_string();
     let mut samples: Vec<(Mode, Sample)> = Vec::new();
     let result = (|| -> Result<()> {
@@ -334,15 +340,7 @@ pub fn test_run(rounds: u32, json: bool) -> Result<()> {
 /// how many it sent, how many the probe counted, and what the kernel dropped before
 /// libpcap read them. The knee is the highest rate with nothing dropped or missed.
 pub fn pcap_knee(seconds: u32, rates: &[u64]) -> Result<()> {
-    crate::apt_install(&["iperf3"])?;
-    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
-    let mut server = Command::new("iperf3")
-        .args(["-s", "-p", PORT])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 -s")?;
-    std::thread::sleep(Duration::from_millis(300));
+    let mut server = iperf_server()?;
     let secs = seconds.to_string();
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {

@@ -382,9 +382,20 @@ pub fn pcap_knee(seconds: u32, rates: &[u64]) -> Result<()> {
         .iter()
         .all(|(_, s)| s.probe_udp.unwrap_or(0) >= s.udp_sent && s.drops.unwrap_or(0) == 0);
     match knee {
-        Some(k) if all_clean => println!(
-            "\nno drops at any rate offered: the highest rate sent was {k:.0} datagrams/s (where the sender, sharing the cores with the capture, could go no faster)"
-        ),
+        Some(k) if all_clean => {
+            // Did the sender get the highest rate it was asked for?
+            let saturated = rows
+                .last()
+                .is_some_and(|(rate, s)| s.udp_pps < 0.9 * *rate as f64);
+            println!(
+                "\nno drops at any rate offered: the highest rate sent was {k:.0} datagrams/s{}",
+                if saturated {
+                    ", where the sender, sharing the cores with the capture, could go no faster"
+                } else {
+                    "; offer higher rates to find the knee"
+                }
+            )
+        }
         Some(k) => {
             println!("\nknee: {k:.0} datagrams/s, the highest rate counted with nothing dropped")
         }

@@ -123,7 +123,11 @@ impl FlowMaps {
         let raw = key.to_raw();
         match self.owned_slot(&raw) {
             Some(slot) => {
-                let cpus = self.slots.get(&slot, 0).map(|v| v.len()).unwrap_or(0);
+                // Zeroed first, owner released second: a key that takes the slot next
+                // finds no tag of this one's on any CPU. (Were the zeroing to fail, the
+                // next owner would find this key's tag on some CPU and count there in
+                // COLLIDED instead: slower, never merged.)
+                let cpus = aya::util::nr_cpus().unwrap_or(0);
                 if let Ok(zero) =
                     PerCpuValues::try_from(vec![common::FlowCounters::default(); cpus])
                 {

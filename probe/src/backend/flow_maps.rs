@@ -62,9 +62,8 @@ impl FlowMaps {
         (common::slot(fp.hash, self.layout.slot_shift), fp.tag)
     }
 
-    /// One owned slot's counters for its key.
-    fn read_slot(&self, slot: u32, key: &common::FlowKey) -> Option<(Counters, u8)> {
-        let (_, tag) = self.fingerprint(key);
+    /// One owned slot's counters for the key whose tag is `tag`.
+    fn read_slot(&self, slot: u32, tag: u64) -> Option<(Counters, u8)> {
         let per_cpu = self.slots.get(&slot, 0).ok()?;
         Some(sum_cpus(&per_cpu, Some(tag)))
     }
@@ -80,9 +79,10 @@ impl FlowMaps {
         }
         let mut n = 0;
         for (slot, raw) in owned {
-            let (Some(key), Some((total, flags))) =
-                (PacketKey::from_raw(&raw), self.read_slot(slot, &raw))
-            else {
+            let (Some(key), Some((total, flags))) = (
+                PacketKey::from_raw(&raw),
+                self.read_slot(slot, self.fingerprint(&raw).1),
+            ) else {
                 continue;
             };
             each(key, total, flags);
@@ -99,17 +99,18 @@ impl FlowMaps {
         Ok(n)
     }
 
-    /// The slot `key` owns, if it owns one (else it is collided, or not in the kernel).
-    fn owned_slot(&self, key: &common::FlowKey) -> Option<u32> {
-        let (slot, _) = self.fingerprint(key);
-        (self.keys.get(&slot, 0).ok()? == *key).then_some(slot)
+    /// The slot `key` owns and its tag, if it owns one (else it is collided, or not in
+    /// the kernel).
+    fn owned_slot(&self, key: &common::FlowKey) -> Option<(u32, u64)> {
+        let (slot, tag) = self.fingerprint(key);
+        (self.keys.get(&slot, 0).ok()? == *key).then_some((slot, tag))
     }
 
     /// One key's counters and flags now; `None` once it left the kernel's maps.
     pub fn get(&mut self, key: &PacketKey) -> Option<(Counters, u8)> {
         let raw = key.to_raw();
         match self.owned_slot(&raw) {
-            Some(slot) => self.read_slot(slot, &raw),
+            Some((slot, tag)) => self.read_slot(slot, tag),
             None => {
                 let per_cpu = self.collided.get(&raw, 0).ok()?;
                 Some(sum_cpus(&per_cpu, None))
@@ -122,7 +123,7 @@ impl FlowMaps {
     pub fn remove(&mut self, key: &PacketKey) -> bool {
         let raw = key.to_raw();
         match self.owned_slot(&raw) {
-            Some(slot) => {
+            Some((slot, _)) => {
                 // Zeroed first, owner released second: a key that takes the slot next
                 // finds no tag of this one's on any CPU. (Were the zeroing to fail, the
                 // next owner would find this key's tag on some CPU and count there in

@@ -300,11 +300,7 @@ fn own_figures(n: u32) -> Result<(BTreeMap<String, Own>, bool)> {
             .context("the probe's /api/requests")?;
     let mut out: BTreeMap<String, Own> = BTreeMap::new();
     let mut all_final = true;
-    let list = records
-        .as_array()
-        .or_else(|| records["requests"].as_array())
-        .cloned()
-        .unwrap_or_default();
+    let list = records["requests"].as_array().cloned().unwrap_or_default();
     for r in &list {
         all_final &= r["final"] == true;
         let o = out

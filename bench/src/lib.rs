@@ -2,6 +2,7 @@
 //! approaches, with fresh or reused connections, and measures what a user sees.
 
 pub mod approach;
+pub mod browser;
 pub mod client;
 #[cfg(target_os = "linux")]
 pub mod matrix;

@@ -43,6 +43,71 @@ enum Command {
     /// companions and probe in a server namespace and the client in another. The quick
     /// default takes under ten minutes; --full is the reference's whole run. Needs root.
     Matrix(MatrixArgs),
+    /// The three approaches from a real browser: launches headless Chromium (the system's
+    /// `chromium`), opens the SSE relay's page (GET /) and streams each prompt with the
+    /// browser's own fetch and WebTransport, timed in the page (performance.now()). Prints
+    /// the same tables as `run`, with the probe's wire figures for the browser's requests
+    /// (docs/browser.md).
+    Browser(Box<BrowserArgs>),
+}
+
+#[derive(clap::Args)]
+struct BrowserArgs {
+    /// Approaches to run, in this order: any of raw, sse, wt.
+    #[arg(long, value_delimiter = ',', default_value = "raw,sse,wt")]
+    approach: Vec<Approach>,
+    /// One page for every prompt: the browser keeps its connections and one WebTransport
+    /// session. Without it every prompt opens the page in a new browser context (an
+    /// incognito profile), so each pays its connections' handshakes, as a first visit.
+    #[arg(long)]
+    reuse: bool,
+    /// File of prompts, one per line (# comments and blank lines skipped); default: the
+    /// reference's ten.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Use only the first N prompts.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Run the prompt list N times.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// The SSE relay's page (`tokenwire-servers all` serves it; it knows where the raw
+    /// proxy and the WebTransport relay are; append ?raw=URL&wt=URL to override).
+    #[arg(long, default_value = "https://127.0.0.1:8080/")]
+    page: String,
+    /// The companions' certificate: Chromium trusts its public key (and only it) for raw
+    /// and sse; WebTransport pins it by hash.
+    #[arg(long, default_value = "certs/cert.pem")]
+    cert: PathBuf,
+    /// Chromium's executable (default: chromium, chromium-browser or google-chrome on PATH).
+    #[arg(long)]
+    chromium: Option<PathBuf>,
+    /// The probe's API address: the page shows each request's wire figures from it, and
+    /// the wire table comes from its records.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    probe: SocketAddr,
+    /// Do not ask a probe for wire figures.
+    #[arg(long, conflicts_with = "probe")]
+    no_probe: bool,
+    /// After the measured prompts, stream the first prompt in all three panels at once and
+    /// write a PNG of the page mid-stream here.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+    /// Skip the uncounted warm-up prompt per approach.
+    #[arg(long)]
+    no_warmup: bool,
+    /// Seconds one request may take before it counts as failed.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+    /// Write the run's metadata, the browser's facts and every request's detail as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one CSV row per request.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// No per-request lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -314,12 +379,17 @@ fn main() {
 }
 
 fn real_main() -> Result<()> {
-    tokenwire_servers::logging::init("warn");
+    // chromiumoxide warns of every DevTools event newer than its protocol tables; harmless.
+    tokenwire_servers::logging::init("warn,chromiumoxide=error");
     let _ = tokenwire_servers::limits::raise_open_files();
     match Cli::parse().command {
         Command::Run(args) => {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(run(*args))
+        }
+        Command::Browser(args) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(browser(*args))
         }
         Command::Shape(args) => shape(args),
         Command::Matrix(args) => matrix(args),
@@ -608,41 +678,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .unwrap_or_default();
     let runs = runner::run(&cfg).await;
 
-    for run in &runs {
-        if let Some(why) = &run.unreachable {
-            eprintln!("{}: skipped: {why}", run.approach);
-            continue;
-        }
-        if !args.quiet {
-            for r in &run.records {
-                match &r.error {
-                    None => println!(
-                        "{:<4} round {} prompt {:>2}  TTFT {:>7.1} ms  {:>4} tokens  {:>7} app bytes  {:>6.2} s",
-                        r.approach,
-                        r.round + 1,
-                        r.prompt_index + 1,
-                        r.ttft.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-                        r.tokens(),
-                        r.app_bytes,
-                        r.total.map_or(0.0, |d| d.as_secs_f64()),
-                    ),
-                    Some(e) => println!(
-                        "{:<4} round {} prompt {:>2}  FAILED: {e}",
-                        r.approach,
-                        r.round + 1,
-                        r.prompt_index + 1
-                    ),
-                }
-            }
-        }
-        println!(
-            "{:<4} {} connection(s) for {} request(s) ({})",
-            run.approach,
-            run.connections,
-            run.records.len(),
-            if args.reuse { "reused" } else { "fresh" }
-        );
-    }
+    print_requests(&runs, args.quiet, args.reuse);
     let all: Vec<_> = runs
         .iter()
         .flat_map(|r| r.records.iter().cloned())
@@ -653,31 +689,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .collect();
     println!("\n{}", report::markdown(&summaries));
     let wire_figures = match probe {
-        Some(addr) => {
-            let mut out = Vec::new();
-            for run in runs.iter().filter(|r| r.unreachable.is_none()) {
-                match wire::collect(addr, run, Duration::from_secs(10)).await {
-                    Ok(mut w) => {
-                        if reference.count_end_frame && run.approach == Approach::Wt {
-                            w.add_tokens_per_request(1);
-                        }
-                        out.push(w)
-                    }
-                    Err(e) => eprintln!("{}: wire figures left out: {e}", run.approach),
-                }
-            }
-            let app: Vec<_> = summaries
-                .iter()
-                .map(|s| (s.approach, s.app_bytes_per_token))
-                .collect();
-            if !out.is_empty() {
-                println!(
-                    "Wire (from tokenwire-probe at {addr}: IP bytes incl. handshakes)\n\n{}",
-                    wire::markdown(&out, &app)
-                );
-            }
-            Some(out)
-        }
+        Some(addr) => Some(wire_table(addr, &runs, &summaries, reference.count_end_frame).await),
         None => None,
     };
 
@@ -735,6 +747,213 @@ async fn run(args: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The browser's JSON document.
+#[derive(serde::Serialize)]
+struct BrowserJsonReport<'a> {
+    tool: &'static str,
+    version: &'static str,
+    started_at: String,
+    mode: &'static str,
+    page: &'a str,
+    browser: &'a tokenwire_bench::browser::BrowserFacts,
+    approaches: &'a [Approach],
+    prompts: Vec<&'a str>,
+    limit: Option<usize>,
+    repeat: usize,
+    warmup: bool,
+    summaries: &'a [Summary],
+    wire: Option<&'a [wire::WireSummary]>,
+    runs: &'a [ApproachRun],
+}
+
+async fn browser(args: BrowserArgs) -> Result<()> {
+    use tokenwire_bench::browser::{self, BrowserConfig};
+    let prompts = match &args.prompts {
+        Some(p) => workload::read_prompts(p)?,
+        None => workload::default_prompts(),
+    };
+    let jobs = workload::jobs(&prompts, args.limit, args.repeat)?;
+    let mut approaches = Vec::new();
+    for a in &args.approach {
+        if !approaches.contains(a) {
+            approaches.push(*a);
+        }
+    }
+    let probe = if args.no_probe {
+        None
+    } else {
+        match wire::check(args.probe).await {
+            Ok(()) => Some(args.probe),
+            Err(e) => {
+                eprintln!(
+                    "tokenwire-bench: {e}; wire figures left out (start `tokenwire-probe run`, or pass --no-probe)"
+                );
+                None
+            }
+        }
+    };
+    let cfg = BrowserConfig {
+        page_url: args.page.clone(),
+        approaches: approaches.clone(),
+        jobs,
+        reuse: args.reuse,
+        timeout: Duration::from_secs(args.timeout_secs),
+        warmup: !args.no_warmup,
+        chromium: args.chromium.clone(),
+        cert: args.cert.clone(),
+        probe,
+        screenshot: args.screenshot.clone(),
+    };
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let run = browser::run(&cfg).await?;
+    let runs = run.runs;
+    println!("Browser: {} ({})", run.facts.product, run.facts.user_agent);
+    for f in &run.facts.approaches {
+        println!(
+            "{:<4} {} over {}, {} connection(s)",
+            f.approach,
+            if f.protocols.is_empty() {
+                "?".to_owned()
+            } else {
+                f.protocols.join(", ")
+            },
+            if f.tls.is_empty() {
+                "?".to_owned()
+            } else {
+                f.tls.join(", ")
+            },
+            f.connections
+        );
+    }
+    print_requests(&runs, args.quiet, args.reuse);
+    let all: Vec<_> = runs
+        .iter()
+        .flat_map(|r| r.records.iter().cloned())
+        .collect();
+    let summaries: Vec<Summary> = runs
+        .iter()
+        .map(|r| report::summarise(r.approach, &all, r.connections))
+        .collect();
+    println!("\n{}", report::markdown(&summaries));
+    let wire_figures = match probe {
+        Some(addr) => Some(wire_table(addr, &runs, &summaries, false).await),
+        None => None,
+    };
+    if let Some(path) = &args.screenshot {
+        eprintln!("tokenwire-bench: screenshot in {}", path.display());
+    }
+    if let Some(path) = &args.csv {
+        std::fs::write(path, report::csv(&all))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        let doc = BrowserJsonReport {
+            tool: "tokenwire-bench browser",
+            version: env!("CARGO_PKG_VERSION"),
+            started_at,
+            mode: if args.reuse { "reuse" } else { "fresh" },
+            page: &args.page,
+            browser: &run.facts,
+            approaches: &approaches,
+            prompts: prompts
+                .iter()
+                .take(args.limit.unwrap_or(usize::MAX))
+                .map(String::as_str)
+                .collect(),
+            limit: args.limit,
+            repeat: args.repeat,
+            warmup: !args.no_warmup,
+            summaries: &summaries,
+            wire: wire_figures.as_deref(),
+            runs: &runs,
+        };
+        let text = serde_json::to_string_pretty(&doc).context("serialising the JSON report")?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let failed: Vec<String> = summaries
+        .iter()
+        .filter(|s| s.failed > 0)
+        .map(|s| format!("{} ({} of {})", s.approach, s.failed, s.requests))
+        .collect();
+    if !failed.is_empty() {
+        bail!("failed requests in the browser: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Each request's line (unless quiet), and each approach's connection count.
+fn print_requests(runs: &[ApproachRun], quiet: bool, reuse: bool) {
+    for run in runs {
+        if let Some(why) = &run.unreachable {
+            eprintln!("{}: skipped: {why}", run.approach);
+            continue;
+        }
+        if !quiet {
+            for r in &run.records {
+                match &r.error {
+                    None => println!(
+                        "{:<4} round {} prompt {:>2}  TTFT {:>7.1} ms  {:>4} tokens  {:>7} app bytes  {:>6.2} s",
+                        r.approach,
+                        r.round + 1,
+                        r.prompt_index + 1,
+                        r.ttft.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                        r.tokens(),
+                        r.app_bytes,
+                        r.total.map_or(0.0, |d| d.as_secs_f64()),
+                    ),
+                    Some(e) => println!(
+                        "{:<4} round {} prompt {:>2}  FAILED: {e}",
+                        r.approach,
+                        r.round + 1,
+                        r.prompt_index + 1
+                    ),
+                }
+            }
+        }
+        println!(
+            "{:<4} {} connection(s) for {} request(s) ({})",
+            run.approach,
+            run.connections,
+            run.records.len(),
+            if reuse { "reused" } else { "fresh" }
+        );
+    }
+}
+
+/// The probe's wire figures for the runs, printed as the wire table.
+async fn wire_table(
+    addr: SocketAddr,
+    runs: &[ApproachRun],
+    summaries: &[Summary],
+    count_end_frame: bool,
+) -> Vec<wire::WireSummary> {
+    let mut out = Vec::new();
+    for run in runs.iter().filter(|r| r.unreachable.is_none()) {
+        match wire::collect(addr, run, Duration::from_secs(10)).await {
+            Ok(mut w) => {
+                if count_end_frame && run.approach == Approach::Wt {
+                    w.add_tokens_per_request(1);
+                }
+                out.push(w)
+            }
+            Err(e) => eprintln!("{}: wire figures left out: {e}", run.approach),
+        }
+    }
+    let app: Vec<_> = summaries
+        .iter()
+        .map(|s| (s.approach, s.app_bytes_per_token))
+        .collect();
+    if !out.is_empty() {
+        println!(
+            "Wire (from tokenwire-probe at {addr}: IP bytes incl. handshakes)\n\n{}",
+            wire::markdown(&out, &app)
+        );
+    }
+    out
 }
 
 /// A non-negative, finite number of seconds.

@@ -67,6 +67,25 @@ pub enum Failure {
 }
 
 impl Failure {
+    const ALL: [Failure; 11] = [
+        Failure::ConnectTimeout,
+        Failure::Refused,
+        Failure::Connect,
+        Failure::Tls,
+        Failure::HttpStatus,
+        Failure::Reset,
+        Failure::ConnectionLost,
+        Failure::ServerReported,
+        Failure::Malformed,
+        Failure::Timeout,
+        Failure::NotRun,
+    ];
+
+    /// The kind [`Failure::as_str`] names (the browser page reports kinds by name).
+    pub fn from_name(name: &str) -> Option<Failure> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Failure::ConnectTimeout => "connect-timeout",

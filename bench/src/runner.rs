@@ -57,7 +57,8 @@ pub struct ApproachRun {
     pub measured_to_unix_ns: u64,
 }
 
-fn unix_ns() -> u64 {
+/// Now, in nanoseconds since the Unix epoch (what the probe's records use).
+pub fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -102,7 +102,33 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Query, 
     }
 }
 
+/// Whether a browser page at `origin` may read the API: pages served from this machine's
+/// loopback (the SSE relay's browser page, docs/browser.md) may; a site on the network may
+/// not read what the probe knows about this machine's connections.
+pub fn loopback_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|h| match rest.strip_prefix(h) {
+            Some("") => true,
+            Some(port) => port
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+            None => false,
+        })
+}
+
 async fn handle(req: http::Request<Incoming>, tx: mpsc::Sender<Ask>) -> Response<Full<Bytes>> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| o.to_str().is_ok_and(loopback_origin))
+        .cloned();
     let answer = match route(req.method(), req.uri().path(), req.uri().query()) {
         Err(a) => a,
         Ok(query) => {
@@ -127,6 +153,12 @@ async fn handle(req: http::Request<Incoming>, tx: mpsc::Sender<Ask>) -> Response
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
     );
+    if let Some(o) = origin {
+        r.headers_mut()
+            .insert(header::VARY, header::HeaderValue::from_static("Origin"));
+        r.headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+    }
     r
 }
 
@@ -162,6 +194,26 @@ pub async fn serve(listener: TcpListener, tx: mpsc::Sender<Ask>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_pages_may_read() {
+        for o in [
+            "https://127.0.0.1:8080",
+            "http://localhost",
+            "https://[::1]:8080",
+        ] {
+            assert!(loopback_origin(o), "{o}");
+        }
+        for o in [
+            "https://example.com",
+            "https://localhost.example.com",
+            "https://127.0.0.1:",
+            "null",
+            "file://",
+        ] {
+            assert!(!loopback_origin(o), "{o}");
+        }
+    }
 
     #[test]
     fn routes_and_refuses() {

@@ -12,6 +12,10 @@
 //!   run, the running ones own what follows.
 //! - A period with several owners (streams multiplexed on one QUIC connection) is split by
 //!   the owners' application bytes once they all ended, and their records are `shared`.
+//! - A 4-tuple can carry one connection after another (QUIC clients that keep one UDP
+//!   socket for successive sessions): the next connection's periods start where the last
+//!   one's ended, never at zero, and a new start on a closed connection's tuple ends the
+//!   old one at its close, so the new handshake is the new connection's setup.
 //!   The split is integral and sums exactly, so requests + setup + teardown always equal
 //!   the connection's totals.
 
@@ -31,6 +35,15 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn total(&self) -> Counters {
         self.to_server + self.to_client
+    }
+
+    /// Whether no counter is below `other`'s (a tuple's counters only grow, unless the
+    /// capture forgot the flow and started it again from zero).
+    pub fn at_least(&self, other: &Snapshot) -> bool {
+        let ge = |a: &Counters, b: &Counters| {
+            a.packets >= b.packets && a.ip_bytes >= b.ip_bytes && a.link_bytes >= b.link_bytes
+        };
+        ge(&self.to_server, &other.to_server) && ge(&self.to_client, &other.to_client)
     }
 
     /// What happened between `earlier` and `self` (saturating: totals never go back, but
@@ -228,6 +241,10 @@ impl Default for Limits {
 #[derive(Default)]
 pub struct Attributor {
     conns: HashMap<ConnRef, Conn>,
+    /// The counters where each recently finished connection ended, by 4-tuple, oldest
+    /// first in `ended_order` (bounded by `limits.connections`).
+    ended: HashMap<ConnRef, Snapshot>,
+    ended_order: std::collections::VecDeque<ConnRef>,
     reqs: HashMap<Id, Req>,
     /// Approach names seen in starts (they become label values: bounded).
     approaches: BTreeSet<String>,
@@ -334,10 +351,16 @@ impl Attributor {
                     self.approaches.insert(approach.clone());
                 }
                 if self.conns.get(&conn).is_some_and(|c| c.closed.is_some()) {
-                    // The 4-tuple was reused: the old connection is over.
-                    self.finish(&conn, src);
+                    // The 4-tuple was reused: the old connection ended at its close; what
+                    // followed is the new one's handshake.
+                    self.finish_at(&conn, None);
                 }
                 let snap = src.snapshot(&conn);
+                // A tuple's counters keep counting across the connections it carries.
+                let base = match self.ended.remove(&conn) {
+                    Some(b) if snap.at_least(&b) => b,
+                    _ => Snapshot::default(),
+                };
                 let c = self.conns.entry(conn).or_insert_with(|| Conn {
                     approach: approach.clone(),
                     transport,
@@ -345,7 +368,7 @@ impl Attributor {
                     reqs: Vec::new(),
                     active: Vec::new(),
                     owners: Owners::Setup,
-                    last_cut: Snapshot::default(),
+                    last_cut: base,
                     setup: Snapshot::default(),
                     teardown: Snapshot::default(),
                     pending: Vec::new(),
@@ -511,12 +534,26 @@ impl Attributor {
 
     /// Ends a connection: final cut, every request final, the connection's record kept.
     pub fn finish(&mut self, key: &ConnRef, src: &dyn Counts) {
-        let snap = src.snapshot(key);
-        self.cut(key, snap);
+        self.finish_at(key, Some(src.snapshot(key)));
+    }
+
+    /// Ends a connection with a last cut at `snap`, or where it was last cut.
+    fn finish_at(&mut self, key: &ConnRef, snap: Option<Snapshot>) {
+        if let Some(snap) = snap {
+            self.cut(key, snap);
+        }
         self.settle(key, true);
         let Some(c) = self.conns.remove(key) else {
             return;
         };
+        if self.ended.insert(*key, c.last_cut).is_none() {
+            self.ended_order.push_back(*key);
+        }
+        while self.ended_order.len() > self.limits.connections.max(1) {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
         self.events.push(Event::Connection(ConnectionRecord {
             approach: c.approach,
             transport: c.transport,
@@ -907,6 +944,46 @@ mod tests {
             f.snapshot(&conn()).total().ip_bytes
         );
         assert_eq!(recs[1].bytes_per_token, Some(17.5));
+    }
+
+    #[test]
+    fn connections_one_after_another_on_one_tuple_count_only_their_own() {
+        // A QUIC client keeping its UDP socket: session after session on one 4-tuple,
+        // whose counters never restart. Each lone request gets its own handshake and
+        // stream, and the records add up to the tuple's total.
+        let f = Fake(RefCell::default());
+        let mut a = Kept::new();
+        let now = Instant::now();
+        f.add(100, 200); // first handshake
+        let _ = a.apply(start("a"), &f, 0, now);
+        f.add(10, 20);
+        let _ = a.apply(end("a", 3, 20), &f, 0, now);
+        let _ = a.apply(close(), &f, 0, now);
+        f.add(1, 1); // the first session's last packets
+        a.tick(&f, now + Duration::from_secs(2)); // finished
+        f.add(50, 60); // second handshake, long after
+        let _ = a.apply(start("b"), &f, 0, now + Duration::from_secs(3));
+        f.add(7, 8);
+        let _ = a.apply(end("b", 2, 8), &f, 0, now + Duration::from_secs(3));
+        let _ = a.apply(close(), &f, 0, now + Duration::from_secs(3));
+        // The third session follows the second's close at once: its handshake is its own.
+        f.add(40, 30);
+        let _ = a.apply(start("c"), &f, 0, now + Duration::from_secs(3));
+        f.add(2, 3);
+        let _ = a.apply(end("c", 1, 3), &f, 0, now + Duration::from_secs(3));
+        let _ = a.apply(close(), &f, 0, now + Duration::from_secs(3));
+        a.tick(&f, now + Duration::from_secs(9));
+        let recs = a.requests(&f);
+        let bytes: Vec<u64> = recs.iter().map(|r| r.wire_bytes).collect();
+        assert_eq!(bytes, [332, 125, 75]);
+        assert!(
+            recs.iter()
+                .all(|r| r.is_final && r.includes_connection_overhead)
+        );
+        assert_eq!(total(&recs), f.snapshot(&conn()).total().ip_bytes);
+        let conns = a.connections(&f);
+        assert_eq!(conns.len(), 3);
+        assert_eq!(conns[2].setup.total().ip_bytes, 70);
     }
 
     #[test]

@@ -74,6 +74,14 @@ impl Identity {
     }
 }
 
+/// SHA-256 of a certificate's SubjectPublicKeyInfo: the pin Chromium's
+/// `--ignore-certificate-errors-spki-list` takes (base64), which trusts this key alone
+/// rather than turning verification off.
+pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], String> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
+    Ok(Sha256::digest(x509.tbs_certificate.subject_pki.raw).into())
+}
+
 /// Paths of the pair inside `dir`.
 pub fn paths(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("cert.pem"), dir.join("key.pem"))

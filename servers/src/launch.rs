@@ -68,6 +68,9 @@ pub struct RelayOptions {
     /// Idle upstream connections each relay keeps for reuse (each stream in flight holds
     /// one of its own).
     pub upstream_idle_max: usize,
+    /// Where the SSE relay's browser page finds the other companions and the probe
+    /// (`None`: no page at `GET /`).
+    pub page: Option<crate::page::PageLinks>,
 }
 
 /// quinn's connection ID length.
@@ -90,6 +93,7 @@ impl Default for RelayOptions {
             max_streams_per_session: crate::wt_relay::DEFAULT_MAX_STREAMS_PER_SESSION,
             max_connections: crate::http::DEFAULT_MAX_CONNECTIONS,
             upstream_idle_max: crate::http::UPSTREAM_IDLE_MAX,
+            page: Some(crate::page::PageLinks::default()),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
     pub task: JoinHandle<()>,
+    /// The server serves the browser page at `GET /` (the SSE relay).
+    pub page: bool,
 }
 
 async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, LaunchError> {
@@ -151,6 +157,7 @@ pub async fn start_model(
         addr,
         stats,
         task,
+        page: false,
     };
     Ok((running, model))
 }
@@ -229,6 +236,7 @@ where
         addr,
         stats,
         task,
+        page: false,
     })
 }
 
@@ -264,9 +272,13 @@ pub async fn start_sse(
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
     let (model, max_body, spans) = (opts.model.clone(), opts.max_body, opts.spans.clone());
+    let page = opts
+        .page
+        .map(|links| crate::page::PageConfig::new(links, id.sha256_hex(), model.clone()).html());
     let s = spans.clone();
     let max = opts.max_connections;
-    start_https(
+    let serves_page = page.is_some();
+    let mut running = start_https(
         "sse",
         "/chat",
         addr,
@@ -276,14 +288,19 @@ pub async fn start_sse(
         s,
         max,
         move |stats| {
-            let relay = SseRelay::new(upstream, model, stats, max_body, spans);
+            let mut relay = SseRelay::new(upstream, model, stats, max_body, spans);
+            if let Some(html) = page {
+                relay = relay.with_page(html);
+            }
             move |req, conn| {
                 let r = relay.clone();
                 async move { r.handle(req, conn).await }
             }
         },
     )
-    .await
+    .await?;
+    running.page = serves_page;
+    Ok(running)
 }
 
 /// The WebTransport relay.
@@ -347,5 +364,6 @@ pub async fn start_wt(
         addr,
         stats,
         task,
+        page: false,
     })
 }

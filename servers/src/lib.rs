@@ -9,6 +9,7 @@ pub mod launch;
 pub mod limits;
 pub mod logging;
 pub mod model;
+pub mod page;
 pub mod protocol;
 pub mod quic_socket;
 pub mod raw;

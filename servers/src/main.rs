@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokenwire_servers::certs;
 use tokenwire_servers::launch::{self, Companion, RelayOptions, Running};
 use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
+use tokenwire_servers::page::PageLinks;
 use tokenwire_servers::spans::SpanSink;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +43,8 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// HTTPS SSE relay: POST /chat {"message": "..."} (default 127.0.0.1:8080).
+    /// HTTPS SSE relay: POST /chat {"message": "..."} (default 127.0.0.1:8080), and at
+    /// GET / a browser page streaming through all three companions (docs/browser.md).
     Sse {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -224,6 +226,13 @@ struct RelayTuning {
     /// flight holds one of its own; after a burst only this many stay open).
     #[arg(long, default_value_t = tokenwire_servers::http::UPSTREAM_IDLE_MAX)]
     upstream_idle_max: usize,
+    /// The SSE relay serves no browser page at GET / (docs/browser.md).
+    #[arg(long)]
+    no_page: bool,
+    /// Port of the probe's API (`tokenwire-probe run --listen`) on the page's host: the
+    /// browser page asks it for each request's wire bytes and packets.
+    #[arg(long, default_value_t = tokenwire_servers::page::DEFAULT_PROBE_PORT)]
+    page_probe_port: u16,
 }
 
 impl RelayTuning {
@@ -249,6 +258,10 @@ impl RelayTuning {
             max_streams_per_session: self.max_streams_per_session,
             max_connections: self.max_connections,
             upstream_idle_max: self.upstream_idle_max,
+            page: (!self.no_page).then(|| PageLinks {
+                probe_port: self.page_probe_port,
+                ..PageLinks::default()
+            }),
         })
     }
 }
@@ -357,6 +370,10 @@ async fn run(command: Command) -> Result<()> {
                 }
             };
             let mut opts = relay.options(upstream)?;
+            if let Some(links) = &mut opts.page {
+                links.raw_port = raw_listen.port();
+                links.wt_port = wt_listen.port();
+            }
             let mut listeners = vec![
                 (Companion::Raw, raw_listen),
                 (Companion::Sse, sse_listen),
@@ -382,6 +399,9 @@ async fn run(command: Command) -> Result<()> {
     }
     for r in &running {
         tracing::info!(server = r.name, url = %r.url, "listening");
+        if r.name == "sse" && r.page {
+            tracing::info!(url = %format!("https://{}/", r.addr), "browser page (docs/browser.md)");
+        }
     }
     let urls: Vec<String> = running
         .iter()

@@ -1,7 +1,7 @@
 //! `sse`: the reference study's HTTP SSE relay. `POST /chat` with `{"message": "..."}`
 //! answers `text/event-stream` with one `data: <token>` event per token (multi-line tokens
 //! as several `data:` lines) and `data: [DONE]` at the end; upstream failures during the
-//! stream become an `event: error`.
+//! stream become an `event: error`. `GET /` is the browser page ([`crate::page`]).
 
 use crate::http::{Body, BodyError, BoxError, ConnInfo, read_body, response};
 use crate::protocol::sse;
@@ -22,6 +22,8 @@ pub struct SseRelay {
     stats: Arc<Stats>,
     max_body: usize,
     spans: SpanSink,
+    /// The browser page, rendered once.
+    page: Option<Arc<str>>,
 }
 
 #[derive(Deserialize)]
@@ -43,10 +45,23 @@ impl SseRelay {
             stats,
             max_body,
             spans,
+            page: None,
         }
     }
 
+    /// Serves `html` at `GET /`.
+    pub fn with_page(mut self, html: String) -> Self {
+        self.page = Some(html.into());
+        self
+    }
+
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        if let Some(page) = &self.page
+            && req.uri().path() == "/"
+            && matches!(*req.method(), Method::GET | Method::HEAD)
+        {
+            return self.page(page, conn);
+        }
         let mut span = self.spans.request("sse", "tls", conn.peer, conn.local);
         match self.relay(req, conn).await {
             Ok(stream) => {
@@ -74,6 +89,32 @@ impl SseRelay {
         }
     }
 
+    /// The page, under a span of its own (approach `page`), on a connection of its own:
+    /// `Connection: close` makes the browser open another for the SSE requests that
+    /// follow, so the page's bytes are never counted as theirs (the probe cuts periods when
+    /// a span arrives, and the whole page is on the wire by then).
+    fn page(&self, page: &Arc<str>, conn: ConnInfo) -> Response<Body> {
+        let mut span = self.spans.request("page", "tls", conn.peer, conn.local);
+        span.bytes(page.len());
+        span.finish(Outcome::Ok);
+        let mut r = response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            bytes::Bytes::copy_from_slice(page.as_bytes()),
+        );
+        // The page carries the certificate's hash, which changes when it is renewed.
+        let h = r.headers_mut();
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        h.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        r
+    }
+
     /// The upstream's token stream, or the error response.
     async fn relay(
         &self,
@@ -84,7 +125,7 @@ impl SseRelay {
         if req.uri().path() != "/chat" {
             return Err(error(
                 StatusCode::NOT_FOUND,
-                "not found: the SSE relay serves POST /chat",
+                "not found: the SSE relay serves POST /chat (and the page at GET /)",
             ));
         }
         if req.method() != Method::POST {

@@ -152,8 +152,9 @@ enum Task {
 
 /// Debian packages the project needs: libpcap for the probe's pcap backend, tcpdump as
 /// the ground truth of byte counts, prometheus for promtool and the real server the
-/// dashboard test queries, python3 for the span-access test's unprivileged sender.
-const APT_PACKAGES: [&str; 7] = [
+/// dashboard test queries, python3 for the span-access test's unprivileged sender,
+/// chromium for `tokenwire-bench browser` and its test.
+const APT_PACKAGES: [&str; 8] = [
     "libpcap-dev",
     "tcpdump",
     "iproute2",
@@ -161,6 +162,7 @@ const APT_PACKAGES: [&str; 7] = [
     "python3",
     "python3-venv",
     "curl",
+    "chromium",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The probe's pcap fallback must keep building for macOS: `test` checks and lints it for

@@ -153,10 +153,29 @@ pub struct Stack {
     pub sse: Running,
     pub wt: Running,
     pub trust: Trust,
+    /// The companions' certificate (PEM).
+    pub cert: PathBuf,
 }
 
 impl Stack {
+    /// The model the stack runs: fast and short.
+    pub fn model_config() -> ModelConfig {
+        ModelConfig {
+            timing: Timing {
+                speed: 20.0,
+                mean_tokens: 30,
+                ..Timing::default()
+            },
+            ..ModelConfig::default()
+        }
+    }
+
     pub async fn start(tag: &str, spans: SpanSink) -> Self {
+        Self::start_with(tag, spans, Self::model_config()).await
+    }
+
+    /// A stack whose model runs `cfg`.
+    pub async fn start_with(tag: &str, spans: SpanSink, cfg: ModelConfig) -> Self {
         let shutdown = CancellationToken::new();
         let grace = Duration::from_secs(1);
         let id = tokenwire_servers::certs::ensure(
@@ -164,19 +183,11 @@ impl Stack {
                 .join(format!("tokenwire-attr-certs-{tag}-{}", std::process::id())),
         )
         .unwrap();
-        let cfg = ModelConfig {
-            timing: Timing {
-                speed: 20.0,
-                mean_tokens: 30,
-                ..Timing::default()
-            },
-            ..ModelConfig::default()
-        };
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let (model, _) = launch::start_model(any, cfg, shutdown.clone(), grace)
             .await
             .unwrap();
-        let opts = RelayOptions {
+        let mut opts = RelayOptions {
             upstream: model.url.clone(),
             spans,
             ..RelayOptions::default()
@@ -184,10 +195,16 @@ impl Stack {
         let raw = launch::start_raw(any, &id, &opts, shutdown.clone(), grace)
             .await
             .unwrap();
-        let sse = launch::start_sse(any, &id, &opts, shutdown.clone(), grace)
+        let wt = launch::start_wt(any, &id, &opts, shutdown.clone(), grace)
             .await
             .unwrap();
-        let wt = launch::start_wt(any, &id, &opts, shutdown.clone(), grace)
+        // The browser page points at this stack's raw proxy and WebTransport relay.
+        opts.page = Some(tokenwire_servers::page::PageLinks {
+            raw_port: raw.addr.port(),
+            wt_port: wt.addr.port(),
+            ..Default::default()
+        });
+        let sse = launch::start_sse(any, &id, &opts, shutdown.clone(), grace)
             .await
             .unwrap();
         Self {
@@ -196,6 +213,7 @@ impl Stack {
             sse,
             wt,
             trust: Trust::Pinned(id.cert_der.clone()),
+            cert: id.cert_path.clone(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod corpus;
+pub mod cors;
 pub mod generation;
 mod server;
 

@@ -2,6 +2,7 @@
 //! Ollama's status codes and error bodies, and the three streaming encodings.
 
 use super::api::{self, Message};
+use super::cors::{self, Cors};
 use super::generation::{Clock, DoneReason, Plan, Timing, prompt_tokens};
 use crate::gojson;
 use crate::http::{Body, BodyError, ConnInfo, read_body, response};
@@ -105,6 +106,22 @@ impl Model {
 
     pub async fn handle(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
         self.stats.add_request();
+        let cors = cors::check(req.headers());
+        match cors {
+            Cors::Forbidden => return response(StatusCode::FORBIDDEN, "text/plain", ""),
+            Cors::Allowed(origin) if *req.method() == Method::OPTIONS => {
+                return cors::preflight(origin);
+            }
+            _ => {}
+        }
+        let mut r = self.route(req).await;
+        if let Cors::Allowed(origin) = cors {
+            cors::allow(r.headers_mut(), origin);
+        }
+        r
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         match (req.method().clone(), path.as_str()) {
             (Method::GET | Method::HEAD, "/") => response(

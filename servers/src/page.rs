@@ -1,0 +1,86 @@
+//! The browser page the SSE relay serves at `GET /`: a prompt box and three panels that
+//! stream the same prompt through the raw API, the SSE relay and the WebTransport relay,
+//! with the probe's wire figures per request (docs/browser.md). One self-contained HTML
+//! file (`assets/page.html`, no CDN, no build step); the server fills in where the other
+//! companions are and the certificate hash WebTransport pins.
+
+use serde::Serialize;
+
+const TEMPLATE: &str = include_str!("../assets/page.html");
+const PLACEHOLDER: &str = "/*TOKENWIRE_CONFIG*/";
+
+/// The probe's API port (`tokenwire-probe run --listen`'s default).
+pub const DEFAULT_PROBE_PORT: u16 = 9464;
+
+/// Where the page finds the other companions and the probe: ports on the page's own host
+/// name, so one page works as localhost, 127.0.0.1 or ::1 (`?raw=`, `?wt=` and `?probe=`
+/// override the URLs in the browser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PageLinks {
+    pub raw_port: u16,
+    pub wt_port: u16,
+    pub probe_port: u16,
+}
+
+impl Default for PageLinks {
+    /// The companions' and the probe's default ports.
+    fn default() -> Self {
+        Self {
+            raw_port: 11435,
+            wt_port: 4433,
+            probe_port: DEFAULT_PROBE_PORT,
+        }
+    }
+}
+
+/// Everything the page is told.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageConfig {
+    #[serde(flatten)]
+    pub links: PageLinks,
+    pub wt_path: &'static str,
+    /// Hex SHA-256 of the certificate's DER, for `serverCertificateHashes`.
+    pub cert_sha256: String,
+    /// Model the raw panel asks for.
+    pub model: String,
+}
+
+impl PageConfig {
+    pub fn new(links: PageLinks, cert_sha256: String, model: String) -> Self {
+        Self {
+            links,
+            wt_path: crate::wt_relay::PATH,
+            cert_sha256,
+            model,
+        }
+    }
+
+    /// The page with this configuration in it.
+    pub fn html(&self) -> String {
+        // Inside <script type="application/json">: no `<` may end the element early.
+        let json = serde_json::to_string(self)
+            .unwrap_or_else(|_| "{}".to_owned())
+            .replace('<', "\\u003c");
+        TEMPLATE.replacen(PLACEHOLDER, &json, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_in_the_config_once_and_safely() {
+        let mut cfg = PageConfig::new(PageLinks::default(), "ab".repeat(32), "gemma3:12b".into());
+        cfg.model = "</script><script>alert(1)".into();
+        let html = cfg.html();
+        assert!(!html.contains(PLACEHOLDER));
+        assert!(!html.contains("</script><script>alert"));
+        let start = html.find("type=\"application/json\">").unwrap() + 24;
+        let end = start + html[start..].find("</script>").unwrap();
+        let back: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
+        assert_eq!(back["model"], "</script><script>alert(1)");
+        assert_eq!(back["raw_port"], 11435);
+        assert_eq!(back["cert_sha256"], "ab".repeat(32));
+    }
+}

@@ -469,8 +469,8 @@ async fn drive(chromium: &Chromium, cfg: &BrowserConfig) -> Result<BrowserRun, B
             let (r, _) =
                 prompt(chromium, shared.as_ref(), &url, approach, &job, cfg, serial).await?;
             if let Some(e) = r.error {
-                runs.push(not_run(
-                    cfg,
+                runs.push(ApproachRun::not_run(
+                    &cfg.jobs,
                     approach,
                     format!("warm-up request failed: {e}"),
                 ));
@@ -605,27 +605,6 @@ async fn prompt(
     // Disposing of the context closes its connections.
     let _ = chromium.browser.dispose_browser_context(context).await;
     result
-}
-
-fn not_run(cfg: &BrowserConfig, approach: Approach, reason: String) -> ApproachRun {
-    let records = cfg
-        .jobs
-        .iter()
-        .map(|j| {
-            let mut r = crate::record::Recorder::new(approach, j.prompt_index, Instant::now())
-                .fail(Failure::NotRun, format!("not run: {reason}"));
-            r.round = j.round;
-            r
-        })
-        .collect();
-    ApproachRun {
-        approach,
-        connections: 0,
-        unreachable: Some(reason),
-        records,
-        measured_from_unix_ns: 0,
-        measured_to_unix_ns: 0,
-    }
 }
 
 /// A panel's state, as the page reports it.

@@ -51,16 +51,12 @@ enum Command {
     Browser(Box<BrowserArgs>),
 }
 
+/// What `run` and `browser` stream: which approaches, which prompts, how many times.
 #[derive(clap::Args)]
-struct BrowserArgs {
+struct WorkloadArgs {
     /// Approaches to run, in this order: any of raw, sse, wt.
     #[arg(long, value_delimiter = ',', default_value = "raw,sse,wt")]
     approach: Vec<Approach>,
-    /// One page for every prompt: the browser keeps its connections and one WebTransport
-    /// session. Without it every prompt opens the page in a new browser context (an
-    /// incognito profile), so each pays its connections' handshakes, as a first visit.
-    #[arg(long)]
-    reuse: bool,
     /// File of prompts, one per line (# comments and blank lines skipped); default: the
     /// reference's ten.
     #[arg(long)]
@@ -71,6 +67,35 @@ struct BrowserArgs {
     /// Run the prompt list N times.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+}
+
+impl WorkloadArgs {
+    /// The prompts, the jobs, and the approaches (each once, in the order given).
+    fn load(&self) -> Result<(Vec<String>, Vec<workload::Job>, Vec<Approach>)> {
+        let prompts = match &self.prompts {
+            Some(p) => workload::read_prompts(p)?,
+            None => workload::default_prompts(),
+        };
+        let jobs = workload::jobs(&prompts, self.limit, self.repeat)?;
+        let mut approaches = Vec::new();
+        for a in &self.approach {
+            if !approaches.contains(a) {
+                approaches.push(*a);
+            }
+        }
+        Ok((prompts, jobs, approaches))
+    }
+}
+
+#[derive(clap::Args)]
+struct BrowserArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// One page for every prompt: the browser keeps its connections and one WebTransport
+    /// session. Without it every prompt opens the page in a new browser context (an
+    /// incognito profile), so each pays its connections' handshakes, as a first visit.
+    #[arg(long)]
+    reuse: bool,
     /// The SSE relay's page (`tokenwire-servers all` serves it; it knows where the raw
     /// proxy and the WebTransport relay are; append ?raw=URL&wt=URL to override).
     #[arg(long, default_value = "https://127.0.0.1:8080/")]
@@ -231,23 +256,12 @@ struct ShapeArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Approaches to run, in this order: any of raw, sse, wt.
-    #[arg(long, value_delimiter = ',', default_value = "raw,sse,wt")]
-    approach: Vec<Approach>,
+    #[command(flatten)]
+    workload: WorkloadArgs,
     /// Keep one connection (or WebTransport session) per user for all its prompts;
     /// without it every prompt opens a new one and pays the handshakes.
     #[arg(long)]
     reuse: bool,
-    /// File of prompts, one per line (# comments and blank lines skipped); default: the
-    /// reference's ten.
-    #[arg(long)]
-    prompts: Option<PathBuf>,
-    /// Use only the first N prompts.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Run the prompt list N times.
-    #[arg(long, default_value_t = 1)]
-    repeat: usize,
     /// Closed loop: N users at once per approach, each with its own connection.
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
@@ -605,17 +619,7 @@ async fn run(args: RunArgs) -> Result<()> {
     } else {
         Trust::from_pem_file(&args.cert)?
     };
-    let prompts = match &args.prompts {
-        Some(p) => workload::read_prompts(p)?,
-        None => workload::default_prompts(),
-    };
-    let jobs = workload::jobs(&prompts, args.limit, args.repeat)?;
-    let mut approaches = Vec::new();
-    for a in &args.approach {
-        if !approaches.contains(a) {
-            approaches.push(*a);
-        }
-    }
+    let (prompts, jobs, approaches) = args.workload.load()?;
     let r = args.reference;
     let reference = ReferenceClient {
         no_usage: r || args.no_usage,
@@ -646,19 +650,7 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let show = !args.quiet && std::io::stdout().is_terminal();
     // Ask the probe first: a run of minutes should not end in "no probe".
-    let probe = if args.no_probe {
-        None
-    } else {
-        match wire::check(args.probe).await {
-            Ok(()) => Some(args.probe),
-            Err(e) => {
-                eprintln!(
-                    "tokenwire-bench: {e}; wire figures left out (start `tokenwire-probe run`, or pass --no-probe)"
-                );
-                None
-            }
-        }
-    };
+    let probe = reachable_probe(args.probe, args.no_probe).await;
     let cfg = RunConfig {
         approaches: approaches.clone(),
         reuse: args.reuse,
@@ -712,11 +704,11 @@ async fn run(args: RunArgs) -> Result<()> {
             approaches: &approaches,
             prompts: prompts
                 .iter()
-                .take(args.limit.unwrap_or(usize::MAX))
+                .take(args.workload.limit.unwrap_or(usize::MAX))
                 .map(String::as_str)
                 .collect(),
-            limit: args.limit,
-            repeat: args.repeat,
+            limit: args.workload.limit,
+            repeat: args.workload.repeat,
             concurrency: args.rate.is_none().then_some(args.concurrency),
             ramp_secs: args.ramp_secs,
             rate: args.rate,
@@ -770,30 +762,8 @@ struct BrowserJsonReport<'a> {
 
 async fn browser(args: BrowserArgs) -> Result<()> {
     use tokenwire_bench::browser::{self, BrowserConfig};
-    let prompts = match &args.prompts {
-        Some(p) => workload::read_prompts(p)?,
-        None => workload::default_prompts(),
-    };
-    let jobs = workload::jobs(&prompts, args.limit, args.repeat)?;
-    let mut approaches = Vec::new();
-    for a in &args.approach {
-        if !approaches.contains(a) {
-            approaches.push(*a);
-        }
-    }
-    let probe = if args.no_probe {
-        None
-    } else {
-        match wire::check(args.probe).await {
-            Ok(()) => Some(args.probe),
-            Err(e) => {
-                eprintln!(
-                    "tokenwire-bench: {e}; wire figures left out (start `tokenwire-probe run`, or pass --no-probe)"
-                );
-                None
-            }
-        }
-    };
+    let (prompts, jobs, approaches) = args.workload.load()?;
+    let probe = reachable_probe(args.probe, args.no_probe).await;
     let cfg = BrowserConfig {
         page_url: args.page.clone(),
         approaches: approaches.clone(),
@@ -861,11 +831,11 @@ async fn browser(args: BrowserArgs) -> Result<()> {
             approaches: &approaches,
             prompts: prompts
                 .iter()
-                .take(args.limit.unwrap_or(usize::MAX))
+                .take(args.workload.limit.unwrap_or(usize::MAX))
                 .map(String::as_str)
                 .collect(),
-            limit: args.limit,
-            repeat: args.repeat,
+            limit: args.workload.limit,
+            repeat: args.workload.repeat,
             warmup: !args.no_warmup,
             summaries: &summaries,
             wire: wire_figures.as_deref(),
@@ -883,6 +853,22 @@ async fn browser(args: BrowserArgs) -> Result<()> {
         bail!("failed requests in the browser: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The probe's address if one answers there (and is wanted); otherwise says why once.
+async fn reachable_probe(addr: SocketAddr, unwanted: bool) -> Option<SocketAddr> {
+    if unwanted {
+        return None;
+    }
+    match wire::check(addr).await {
+        Ok(()) => Some(addr),
+        Err(e) => {
+            eprintln!(
+                "tokenwire-bench: {e}; wire figures left out (start `tokenwire-probe run`, or pass --no-probe)"
+            );
+            None
+        }
+    }
 }
 
 /// Each request's line (unless quiet), and each approach's connection count.

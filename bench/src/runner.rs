@@ -158,23 +158,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn skipped(cfg: &RunConfig, approach: Approach, reason: String) -> ApproachRun {
-    let records = cfg
-        .jobs
-        .iter()
-        .map(|j| {
-            let mut r = crate::record::Recorder::new(approach, j.prompt_index, Instant::now())
-                .fail(Failure::NotRun, format!("not run: {reason}"));
-            r.round = j.round;
-            r
-        })
-        .collect();
-    ApproachRun {
-        approach,
-        connections: 0,
-        unreachable: Some(reason),
-        records,
-        measured_from_unix_ns: 0,
-        measured_to_unix_ns: 0,
+    ApproachRun::not_run(&cfg.jobs, approach, reason)
+}
+
+impl ApproachRun {
+    /// An approach that could not run (its warm-up or client set-up failed): every job a
+    /// `not-run` failure with the reason.
+    pub fn not_run(jobs: &[Job], approach: Approach, reason: String) -> Self {
+        let records = jobs
+            .iter()
+            .map(|j| {
+                let mut r = crate::record::Recorder::new(approach, j.prompt_index, Instant::now())
+                    .fail(Failure::NotRun, format!("not run: {reason}"));
+                r.round = j.round;
+                r
+            })
+            .collect();
+        ApproachRun {
+            approach,
+            connections: 0,
+            unreachable: Some(reason),
+            records,
+            measured_from_unix_ns: 0,
+            measured_to_unix_ns: 0,
+        }
     }
 }
 

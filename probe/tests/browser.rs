@@ -65,7 +65,7 @@ async fn chromium_streams_all_three_approaches_and_the_probe_attributes_each_req
     // The reference's pace, short answers: the screenshot catches the streams midway.
     let model = ModelConfig {
         timing: Timing {
-            mean_tokens: 40,
+            mean_tokens: 60,
             ..Timing::default()
         },
         ..ModelConfig::default()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::live::{Probe, Stack, spans_path, wt_stream};
+use common::live::{Probe, Stack, spans_path, wt_stream_together};
 use common::{Tcpdump, isolated, require_root};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -284,11 +284,14 @@ async fn hundreds_of_concurrent_streams_each_get_one_complete_record() {
     let mut client =
         tokenwire_bench::client::wt::WtClient::new(&stack.wt.url, &stack.trust).unwrap();
     let session = client.session(true).await.unwrap();
+    // All open before any prompt goes: the hundred run at once even on a loaded machine.
+    let together = std::sync::Arc::new(tokio::sync::Barrier::new(100));
     let mut streams = tokio::task::JoinSet::new();
     for i in 0..100 {
-        let session = session.clone();
+        let (session, together) = (session.clone(), together.clone());
         streams.spawn(async move {
-            wt_stream(&session, &format!("stream {i} of a hundred on one session")).await
+            let prompt = format!("stream {i} of a hundred on one session");
+            wt_stream_together(&session, &prompt, &together).await
         });
     }
     while let Some(n) = streams.join_next().await {

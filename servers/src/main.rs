@@ -425,6 +425,18 @@ async fn run(command: Command) -> Result<()> {
             aborted = r.stats.aborted(),
             "stopped"
         );
+        // The relays' added delay per token (upstream sent -> handed to the client).
+        if let Some(d) = r.stats.relay_delay.summary() {
+            tracing::info!(
+                server = r.name,
+                tokens = d.count,
+                relay_delay_mean_ms = format!("{:.3}", d.mean_ms),
+                relay_delay_p50_ms = format!("{:.3}", d.p50_ms),
+                relay_delay_p99_ms = format!("{:.3}", d.p99_ms),
+                relay_delay_max_ms = format!("{:.3}", d.max_ms),
+                "relay added delay per token"
+            );
+        }
     }
     Ok(())
 }

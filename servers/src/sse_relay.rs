@@ -185,9 +185,11 @@ fn events(stream: ChatStream, active: Active, stats: Arc<Stats>, span: RequestSp
         |(stream, mut active, stats, mut span)| async move {
             let mut s = stream?;
             let (bytes, outcome) = match s.next().await {
-                Some(Ok(ChatEvent::Token(t))) => {
+                Some(Ok(ChatEvent::Token { text, sent_unix_ns })) => {
                     stats.add_tokens(1);
-                    let bytes = sse::encode_data(&t);
+                    let bytes = sse::encode_data(&text);
+                    // Handed to hyper now, which writes it at once (one frame, one flush).
+                    stats.relayed_at(sent_unix_ns);
                     span.tokens(1);
                     span.bytes(bytes.len());
                     return Some((

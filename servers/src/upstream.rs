@@ -2,7 +2,7 @@
 //! is, and a token stream from its `/api/chat` for the relays.
 
 use crate::http::UpstreamClient;
-use crate::protocol::ollama_stream::{LineSplitter, StreamItem, parse_ndjson_line};
+use crate::protocol::ollama_stream::{LineSplitter, StreamItem, parse_ndjson_line_timed};
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
@@ -135,8 +135,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// What a chat stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatEvent {
-    Token(String),
-    Done { tokens: Option<u64> },
+    /// A piece of text, with when the upstream sent it (its line's `created_at`, Unix
+    /// nanoseconds) where the line says: the relays measure their added delay from it.
+    Token {
+        text: String,
+        sent_unix_ns: Option<u64>,
+    },
+    Done {
+        tokens: Option<u64>,
+    },
 }
 
 /// Tokens of one upstream `/api/chat` stream. Dropping it closes the upstream request,
@@ -153,7 +160,7 @@ impl ChatStream {
     pub async fn next(&mut self) -> Option<Result<ChatEvent, UpstreamError>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
-                if !matches!(ev, Ok(ChatEvent::Token(_))) {
+                if !matches!(ev, Ok(ChatEvent::Token { .. })) {
                     self.done = true;
                     self.pending.clear();
                 }
@@ -180,11 +187,13 @@ impl ChatStream {
                         if line.iter().all(u8::is_ascii_whitespace) {
                             return;
                         }
-                        pending.push_back(match parse_ndjson_line(line) {
-                            Ok(StreamItem::Token(t)) => Ok(ChatEvent::Token(t)),
-                            Ok(StreamItem::Done { tokens }) => Ok(ChatEvent::Done { tokens }),
-                            Ok(StreamItem::Error(e)) => Err(UpstreamError::Reported(e)),
-                            Ok(StreamItem::Other) => return,
+                        pending.push_back(match parse_ndjson_line_timed(line) {
+                            Ok((StreamItem::Token(text), sent_unix_ns)) => {
+                                Ok(ChatEvent::Token { text, sent_unix_ns })
+                            }
+                            Ok((StreamItem::Done { tokens }, _)) => Ok(ChatEvent::Done { tokens }),
+                            Ok((StreamItem::Error(e), _)) => Err(UpstreamError::Reported(e)),
+                            Ok((StreamItem::Other, _)) => return,
                             Err(e) => Err(UpstreamError::Malformed(e.to_string())),
                         });
                     });

@@ -225,10 +225,11 @@ impl WtRelay {
                 }
             };
             let written = match ev {
-                Some(Ok(ChatEvent::Token(t))) => {
-                    let frame = encode(t.as_bytes());
+                Some(Ok(ChatEvent::Token { text, sent_unix_ns })) => {
+                    let frame = encode(text.as_bytes());
                     let r = send.write_all(&frame).await;
                     if r.is_ok() {
+                        self.stats.relayed_at(sent_unix_ns);
                         self.stats.add_tokens(1);
                         span.tokens(1);
                         span.bytes(frame.len());

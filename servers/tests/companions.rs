@@ -54,6 +54,16 @@ async fn each_companion_streams_the_models_exact_text() {
     assert_eq!(s.raw.stats.tokens(), s.sse.stats.tokens());
     assert_eq!(s.sse.stats.tokens(), s.wt.stats.tokens());
     assert_eq!(s.model_run.stats.tokens(), 3 * s.sse.stats.tokens());
+    // The SSE and WebTransport relays timed every token from the model's created_at to
+    // their hand-over; on loopback, well under a token gap. (The raw proxy forwards /v1
+    // chunks, whose `created` is in whole seconds: it times nothing.)
+    for relay in [&s.sse, &s.wt] {
+        let d = relay.stats.relay_delay.summary().expect("relay delays");
+        assert_eq!(d.count, relay.stats.tokens(), "{}", relay.name);
+        assert!(d.p50_ms > 0.0 && d.p50_ms < 20.0, "{}: {d:?}", relay.name);
+        assert!(d.max_ms >= d.p99_ms / 1.125, "{}: {d:?}", relay.name);
+    }
+    assert_eq!(s.raw.stats.relay_delay.summary(), None);
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 //! over the ramp, each reusing one connection for answer after answer until the hold
 //! time is covered. Per step: failures by reason, P50/P99 TTFT, P99 gap, and the CPU (as
 //! a share of one core over the step) and peak memory of the model, the relay and the
-//! bench. The knee of an approach is the first step whose P99 gap exceeds 50 ms or where
+//! bench, and the relay's added delay per token (P50/P99, from the upstream's `created_at`
+//! to the hand-over to the client, as the relay logs it when it stops; sse and wt). The knee of an approach is the first step whose P99 gap exceeds 50 ms or where
 //! anything failed.
 
 use anyhow::{Context, Result, bail};
@@ -44,6 +45,8 @@ fn clock_ticks() -> f64 {
 /// A server process that said it listens.
 struct Server {
     child: Child,
+    /// Its "relay added delay per token" line, once it stopped.
+    delay_line: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Server {
@@ -64,14 +67,42 @@ impl Server {
             }
         }
         // Keep draining (and show warnings: refused or failed sessions say why).
+        let delay_line = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let keep = delay_line.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 if line.contains("WARN") {
                     eprintln!("  servers: {line}");
                 }
+                if line.contains("relay added delay per token")
+                    && let Ok(mut slot) = keep.lock()
+                {
+                    *slot = Some(line);
+                }
             }
         });
-        Ok(Self { child })
+        Ok(Self { child, delay_line })
+    }
+
+    /// Stops it and returns its relay delay P50 and P99, in ms, if it logged them.
+    fn stop(self) -> Option<(f64, f64)> {
+        let slot = self.delay_line.clone();
+        drop(self);
+        // The line follows the exit by the time the pipe drains.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(line) = slot.lock().ok().and_then(|s| s.clone()) {
+                let plain = strip_ansi(&line);
+                return Some((
+                    field(&plain, "relay_delay_p50_ms")?,
+                    field(&plain, "relay_delay_p99_ms")?,
+                ));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -96,6 +127,35 @@ impl Drop for Server {
     }
 }
 
+/// A log line without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `name=value` from a tracing line, as a number (quotes allowed).
+fn field(line: &str, name: &str) -> Option<f64> {
+    let rest = line.split(&format!("{name}=")).nth(1)?;
+    rest.split_whitespace()
+        .next()?
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
 struct Step {
     approach: &'static str,
     users: usize,
@@ -111,6 +171,8 @@ struct Step {
     bench_cpu: f64,
     relay_rss_mib: f64,
     bench_rss_mib: f64,
+    /// The relay's added delay per token, P50 and P99 (ms); raw times none.
+    relay_delay: Option<(f64, f64)>,
 }
 
 impl Step {
@@ -215,15 +277,17 @@ pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String
                 bench_cpu,
                 relay_rss_mib: relay_rss as f64 / 1024.0,
                 bench_rss_mib: bench_rss as f64 / 1024.0,
+                relay_delay: None,
             };
             eprintln!(
                 "{name} {users}: {} failed, P99 gap {:.1} ms, {:.0} s",
                 step.failed, step.p99_gap, wall
             );
             let over = step.over_knee();
-            rows.push(step);
-            drop(relay);
+            let mut step = step;
+            step.relay_delay = relay.stop();
             drop(model);
+            rows.push(step);
             if over && users != *steps.last().unwrap_or(&users) {
                 // Past the knee: the next steps only fail more (and take longest).
                 eprintln!("{name}: past the knee at {users}; its larger steps are skipped");
@@ -238,7 +302,7 @@ pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String
 
 fn table(rows: &[Step]) -> String {
     let mut s = String::from(
-        "| approach | users | requests | failed (by reason) | P50 TTFT | P99 TTFT | P99 gap | model CPU | relay CPU | bench CPU | relay RSS | bench RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| approach | users | requests | failed (by reason) | P50 TTFT | P99 TTFT | P99 gap | relay delay P50 / P99 | model CPU | relay CPU | bench CPU | relay RSS | bench RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let pct = |cpu: f64, wall: f64| format!("{:.0}%", 100.0 * cpu / wall.max(1e-9));
     for r in rows {
@@ -248,7 +312,7 @@ fn table(rows: &[Step]) -> String {
             format!("{} ({})", r.failed, r.failures)
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {failed} | {:.0} ms | {:.0} ms | {:.1} ms{} | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
+            "| {} | {} | {} | {failed} | {:.0} ms | {:.0} ms | {:.1} ms{} | {} | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
             r.approach,
             r.users,
             r.requests,
@@ -256,6 +320,8 @@ fn table(rows: &[Step]) -> String {
             r.p99_ttft,
             r.p99_gap,
             if r.over_knee() { " (over)" } else { "" },
+            r.relay_delay
+                .map_or("-".to_owned(), |(p50, p99)| format!("{p50:.2} / {p99:.2} ms")),
             pct(r.model_cpu, r.wall),
             pct(r.relay_cpu, r.wall),
             pct(r.bench_cpu, r.wall),
@@ -283,6 +349,20 @@ fn table(rows: &[Step]) -> String {
             )),
         }
     }
-    s.push_str("\n\nCPU: share of one core over the step (the machine's cores are shared by all three processes).\n");
+    s.push_str("\n\nCPU: share of one core over the step (the machine's cores are shared by all three processes). Relay delay: per token, from the model's `created_at` to the relay handing it to the client's connection (raw forwards /v1 chunks, whose timestamps are whole seconds: not timed).\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_relay_delay_from_a_coloured_log_line() {
+        let line = "\u{1b}[2m2026-11-29T22:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[3mrelay_delay_p50_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m0.412 \u{1b}[3mrelay_delay_p99_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"1.250\" relay added delay per token";
+        let plain = strip_ansi(line);
+        assert_eq!(field(&plain, "relay_delay_p50_ms"), Some(0.412));
+        assert_eq!(field(&plain, "relay_delay_p99_ms"), Some(1.25));
+        assert_eq!(field(&plain, "relay_delay_max_ms"), None);
+    }
 }

@@ -245,7 +245,19 @@ impl Drop for Stack {
 /// returned.
 #[allow(dead_code)] // not every test binary streams on a shared session
 pub async fn wt_stream(session: &wtransport::Connection, prompt: &str) -> usize {
+    wt_stream_together(session, prompt, &tokio::sync::Barrier::new(1)).await
+}
+
+/// [`wt_stream`], sending the prompt only once every stream waiting on `together` is open:
+/// the streams then run at once, however slowly the machine opens them.
+#[allow(dead_code)]
+pub async fn wt_stream_together(
+    session: &wtransport::Connection,
+    prompt: &str,
+    together: &tokio::sync::Barrier,
+) -> usize {
     let (mut send, mut recv) = session.open_bi().await.unwrap().await.unwrap();
+    together.wait().await;
     send.write_all(&tokenwire_servers::protocol::framing::encode(
         prompt.as_bytes(),
     ))

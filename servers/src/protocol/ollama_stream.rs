@@ -19,6 +19,7 @@ pub enum StreamItem {
 
 #[derive(Deserialize)]
 struct NdjsonLine {
+    created_at: Option<String>,
     message: Option<NdjsonMessage>,
     response: Option<String>,
     #[serde(default)]
@@ -35,9 +36,26 @@ struct NdjsonMessage {
 
 /// Parses one NDJSON line of `/api/chat` or `/api/generate`.
 pub fn parse_ndjson_line(line: &[u8]) -> Result<StreamItem, serde_json::Error> {
+    parse_ndjson_line_timed(line).map(|(item, _)| item)
+}
+
+/// Parses one NDJSON line, with its `created_at` (when the server sent it, RFC 3339 with
+/// nanoseconds) in nanoseconds since the Unix epoch, when present and valid.
+pub fn parse_ndjson_line_timed(
+    line: &[u8],
+) -> Result<(StreamItem, Option<u64>), serde_json::Error> {
     let l: NdjsonLine = serde_json::from_slice(line)?;
+    let created = l.created_at.as_deref().and_then(|s| {
+        let t =
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+        u64::try_from(t.unix_timestamp_nanos()).ok()
+    });
+    Ok((item(l), created))
+}
+
+fn item(l: NdjsonLine) -> StreamItem {
     if let Some(e) = l.error {
-        return Ok(StreamItem::Error(e));
+        return StreamItem::Error(e);
     }
     let content = l
         .message
@@ -45,15 +63,15 @@ pub fn parse_ndjson_line(line: &[u8]) -> Result<StreamItem, serde_json::Error> {
         .or(l.response)
         .unwrap_or_default();
     if l.done {
-        return Ok(StreamItem::Done {
+        return StreamItem::Done {
             tokens: l.eval_count,
-        });
+        };
     }
-    Ok(if content.is_empty() {
+    if content.is_empty() {
         StreamItem::Other
     } else {
         StreamItem::Token(content)
-    })
+    }
 }
 
 #[derive(Deserialize)]
@@ -166,12 +184,17 @@ mod tests {
             parse_ndjson_line(tok).unwrap(),
             StreamItem::Token("The".into())
         );
+        assert_eq!(
+            parse_ndjson_line_timed(tok).unwrap().1,
+            Some(1_735_732_800_123_456_789)
+        );
         let done = br#"{"model":"gemma3:12b","created_at":"2025-01-01T12:00:04.9Z","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","total_duration":4883583458,"load_duration":1334875,"prompt_eval_count":26,"prompt_eval_duration":342546000,"eval_count":282,"eval_duration":4535599000}"#;
         assert_eq!(
             parse_ndjson_line(done).unwrap(),
             StreamItem::Done { tokens: Some(282) }
         );
         let gen_tok = br#"{"model":"m","created_at":"x","response":"\u003cb\u003e","done":false}"#;
+        assert_eq!(parse_ndjson_line_timed(gen_tok).unwrap().1, None);
         assert_eq!(
             parse_ndjson_line(gen_tok).unwrap(),
             StreamItem::Token("<b>".into())

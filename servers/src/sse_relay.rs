@@ -22,8 +22,8 @@ pub struct SseRelay {
     stats: Arc<Stats>,
     max_body: usize,
     spans: SpanSink,
-    /// The browser page, rendered once.
-    page: Option<Arc<str>>,
+    /// The browser page, rendered once (each answer shares its bytes).
+    page: Option<bytes::Bytes>,
 }
 
 #[derive(Deserialize)]
@@ -51,7 +51,7 @@ impl SseRelay {
 
     /// Serves `html` at `GET /`.
     pub fn with_page(mut self, html: String) -> Self {
-        self.page = Some(html.into());
+        self.page = Some(bytes::Bytes::from(html));
         self
     }
 
@@ -93,15 +93,11 @@ impl SseRelay {
     /// `Connection: close` makes the browser open another for the SSE requests that
     /// follow, so the page's bytes are never counted as theirs (the probe cuts periods when
     /// a span arrives, and the whole page is on the wire by then).
-    fn page(&self, page: &Arc<str>, conn: ConnInfo) -> Response<Body> {
+    fn page(&self, page: &bytes::Bytes, conn: ConnInfo) -> Response<Body> {
         let mut span = self.spans.request("page", "tls", conn.peer, conn.local);
         span.bytes(page.len());
         span.finish(Outcome::Ok);
-        let mut r = response(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            bytes::Bytes::copy_from_slice(page.as_bytes()),
-        );
+        let mut r = response(StatusCode::OK, "text/html; charset=utf-8", page.clone());
         // The page carries the certificate's hash, which changes when it is renewed.
         let h = r.headers_mut();
         h.insert(

@@ -13,6 +13,7 @@ use tokenwire_bench::client::{ReferenceClient, Targets};
 use tokenwire_bench::report::{self, Summary};
 use tokenwire_bench::runner::{self, ApproachRun, RunConfig};
 use tokenwire_bench::{server_info, wire, workload};
+use tokenwire_servers::tuning::{Knob, Tuning};
 
 /// Streams prompts through the three approaches — raw (the Ollama API through the TLS
 /// proxy), sse (HTTPS SSE relay), wt (WebTransport) — and reports time to first token,
@@ -181,6 +182,18 @@ struct MatrixArgs {
     /// reference's client and P50.
     #[arg(long)]
     reference: bool,
+    /// Transport settings to compare, each on links of its own (docs/wire-efficiency.md):
+    /// `default`, `lean` (every knob; both ends, and TCP timestamps off in both
+    /// namespaces), or one knob alone: client-cid0, server-cid4, no-ecn, ack-frequency,
+    /// delayed-acks, no-timestamps. The main tables show the first; RESULTS.md gains a
+    /// tuning table and charts when there are several.
+    #[arg(long, value_delimiter = ',', default_value = "default", value_parser = parse_tuning)]
+    tuning: Vec<Tuning>,
+    /// The relays' coalescing windows to compare, ms (tokens arriving within the window
+    /// of the first unsent one leave together), e.g. 0,10,35,70. Each window runs with each
+    /// tuning.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    coalesce_ms: Vec<u64>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -358,6 +371,14 @@ struct RunArgs {
     /// Do not ask a probe for wire figures.
     #[arg(long, conflicts_with = "probe")]
     no_probe: bool,
+    /// The client's transport settings (docs/wire-efficiency.md): `default`, or `lean`:
+    /// zero-length QUIC connection IDs (a UDP socket per session), no ECN, and TCP delayed
+    /// ACKs. Lean also wants TCP timestamps off, a network namespace's setting
+    /// (net.ipv4.tcp_timestamps=0) that the run reports but does not change; `matrix`
+    /// sets it in its namespaces. One knob's name (e.g. delayed-acks) applies that knob
+    /// alone. Pair it with `tokenwire-servers --tuning lean`.
+    #[arg(long, default_value = "default", value_parser = parse_tuning)]
+    tuning: Tuning,
 }
 
 /// The JSON document: what ran, against what, and every request.
@@ -459,10 +480,19 @@ fn matrix(args: MatrixArgs) -> Result<()> {
         probe_bin,
         work_dir: work_dir.clone(),
         reference: args.reference,
+        tunings: args.tuning.clone(),
+        coalesce_ms: args.coalesce_ms.clone(),
     };
-    let cells = cfg.profiles.len() * cfg.directions.len() * cfg.modes.len();
+    let variants = cfg.variants();
+    let cells = variants.len() * cfg.profiles.len() * cfg.directions.len() * cfg.modes.len();
     eprintln!(
-        "tokenwire-bench matrix: {} profiles x {} directions x {} modes x 3 approaches, {limit} prompts of ~{mean_tokens} tokens each",
+        "tokenwire-bench matrix: {} settings ({}) x {} profiles x {} directions x {} modes x 3 approaches, {limit} prompts of ~{mean_tokens} tokens each",
+        variants.len(),
+        variants
+            .iter()
+            .map(|v| v.label())
+            .collect::<Vec<_>>()
+            .join("; "),
         cfg.profiles.len(),
         cfg.directions.len(),
         cfg.modes.len()
@@ -518,9 +548,16 @@ fn matrix(args: MatrixArgs) -> Result<()> {
         seed: args.seed,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         setup: if args.reference {
-            "the reference's (`--reference`, docs/reference.md): SSE over IPv6, the others over IPv4; 4-byte QUIC connection IDs, no ECN, keep-alives every 30 s from the server and none from the client; legacy /v1 chunks, no `stream_options`; WebTransport's end frame counted as a token; P50 the mean of the middle pair".into()
+            "the reference's (`--reference`, docs/reference.md): SSE over IPv6, the others over IPv4; 4-byte QUIC connection IDs, no ECN, keep-alives every 30 s from the server and none from the client; legacy /v1 chunks, no `stream_options`; WebTransport's end frame counted as a token; P50 the mean of the middle pair".to_owned()
         } else {
-            "tokenwire's default: IPv4 for every approach, quinn's QUIC defaults, the current /v1 chunk format, nearest-rank P50".into()
+            "tokenwire's default: IPv4 for every approach, quinn's QUIC defaults, the current /v1 chunk format, nearest-rank P50".to_owned()
+        } + &if variants.len() > 1 || variants.first().is_some_and(|v| v.label() != "default") {
+            format!(
+                "; transport settings compared: {} (the main tables show the first; docs/wire-efficiency.md)",
+                variants.iter().map(|v| v.label()).collect::<Vec<_>>().join("; ")
+            )
+        } else {
+            String::new()
         },
     };
     tokenwire_bench::results::write(&args.out, &results, &methodology)
@@ -647,7 +684,16 @@ async fn run(args: RunArgs) -> Result<()> {
         host: args.host.clone(),
         model: args.model.clone(),
         reference,
+        tuning: args.tuning.clone(),
     };
+    if args.tuning.has(Knob::NoTimestamps)
+        && tokenwire_servers::tuning::tcp_timestamps_on() == Some(true)
+    {
+        eprintln!(
+            "tokenwire-bench: --tuning {}: TCP timestamps are on in this network namespace (12 bytes in every segment); `sysctl -w net.ipv4.tcp_timestamps=0` turns them off for every connection in it, or run `matrix --tuning {}`",
+            args.tuning, args.tuning
+        );
+    }
     let show = !args.quiet && std::io::stdout().is_terminal();
     // Ask the probe first: a run of minutes should not end in "no probe".
     let probe = reachable_probe(args.probe, args.no_probe).await;
@@ -718,6 +764,8 @@ async fn run(args: RunArgs) -> Result<()> {
                 "raw": targets.raw, "sse": targets.sse, "wt": targets.wt_url,
                 "host": targets.host, "model": targets.model,
                 "reference": targets.reference, "p50_mean": p50 == report::Median::MeanOfMiddle,
+                "tuning": targets.tuning.name,
+                "tuning_knobs": targets.tuning.knobs.iter().map(|k| k.name()).collect::<Vec<_>>(),
             }),
             server,
             summaries: &summaries,
@@ -943,6 +991,10 @@ async fn wire_table(
 }
 
 /// A non-negative, finite number of seconds.
+fn parse_tuning(s: &str) -> Result<Tuning, String> {
+    Tuning::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),

@@ -39,9 +39,34 @@ fn cell<'a>(
     mode: &str,
     a: Approach,
 ) -> Option<&'a Cell> {
-    r.cells
-        .iter()
-        .find(|c| c.profile == profile && c.direction == dir && c.mode == mode && c.approach == a)
+    cell_of(r, &primary(r), profile, dir, mode, a)
+}
+
+/// The cell of one variant ([`crate::matrix::Variant::label`]).
+fn cell_of<'a>(
+    r: &'a MatrixResults,
+    variant: &str,
+    profile: &str,
+    dir: Direction,
+    mode: &str,
+    a: Approach,
+) -> Option<&'a Cell> {
+    r.cells.iter().find(|c| {
+        c.variant == variant
+            && c.profile == profile
+            && c.direction == dir
+            && c.mode == mode
+            && c.approach == a
+    })
+}
+
+/// The variant the main tables show: the first that ran.
+fn primary(r: &MatrixResults) -> String {
+    r.variants.first().map(|v| v.label()).unwrap_or_default()
+}
+
+fn labels(r: &MatrixResults) -> Vec<String> {
+    r.variants.iter().map(|v| v.label()).collect()
 }
 
 fn opt(v: Option<f64>, unit: &str, prec: usize) -> String {
@@ -194,6 +219,9 @@ pub fn markdown(r: &MatrixResults, m: &Methodology) -> String {
         }
         s.push('\n');
     }
+    if r.variants.len() > 1 {
+        s.push_str(&settings_section(r));
+    }
     s.push_str("## Analysis\n\n");
     for line in analysis(r) {
         let _ = writeln!(s, "- {line}");
@@ -219,7 +247,101 @@ pub fn markdown(r: &MatrixResults, m: &Methodology) -> String {
                 .unwrap_or_default()
         );
     }
-    s.push_str("\nCharts: [P50 TTFT](ttft.svg), [wire B/tok](wire_bytes_per_token.svg), [TBT distribution](tbt.svg).\n");
+    s.push_str("\nCharts: [P50 TTFT](ttft.svg), [wire B/tok](wire_bytes_per_token.svg), [TBT distribution](tbt.svg)");
+    if r.variants.len() > 1 {
+        s.push_str(", [B/tok by setting](settings_bytes_per_token.svg), [packets/token by setting](settings_packets_per_token.svg), [added delay by setting](settings_added_delay.svg)");
+        if profiles(r).len() > 1 {
+            s.push_str(", [B/tok by setting and profile](settings_by_profile.svg)");
+        }
+    }
+    s.push_str(".\n");
+    s
+}
+
+/// The transport settings compared: every cell of every setting, then each knob's effect
+/// alone and the coalescing curve where they ran.
+fn settings_section(r: &MatrixResults) -> String {
+    let mut s = String::from("## Transport settings (docs/wire-efficiency.md)\n\n");
+    s.push_str("Each setting ran on links of its own. Stream B/tok leaves out reused connections' handshakes; added delay is the relay's, from the model sending a token to the relay handing it to the connection (the raw proxy does not time tokens). With coalescing, the client's gaps are between batches.\n\n");
+    for dir in directions(r) {
+        for mode in modes(r) {
+            for p in profiles(r) {
+                let _ = writeln!(s, "### {p}, direction `{}`, {mode}\n", dir.as_str());
+                s.push_str("| Setting | Approach | Wire B/tok | Stream B/tok | Pkts/tok | P50 TTFT | P99 gap | Added delay P50 / P99 | Failed |\n|---|---|---|---|---|---|---|---|---|\n");
+                for v in labels(r) {
+                    for a in Approach::ALL {
+                        let Some(c) = cell_of(r, &v, &p, dir, mode, a) else {
+                            continue;
+                        };
+                        let w = c.wire.as_ref();
+                        let _ = writeln!(
+                            s,
+                            "| {v} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+                            a.title(),
+                            opt(w.and_then(|w| w.bytes_per_token), "", 1),
+                            opt(w.and_then(|w| w.stream_bytes_per_token), "", 1),
+                            opt(w.and_then(|w| w.packets_per_token), "", 2),
+                            opt(c.summary.p50_ttft_ms, "ms", 0),
+                            opt(c.summary.p99_gap_ms, "ms", 1),
+                            c.relay_delay.map_or("-".into(), |d| format!(
+                                "{:.2} / {:.2} ms",
+                                d.p50_ms, d.p99_ms
+                            )),
+                            c.summary.failed,
+                            c.summary.requests
+                        );
+                    }
+                }
+                s.push('\n');
+            }
+        }
+    }
+    // Each knob alone against the default, on the first profile, direction and mode.
+    let (Some(p), Some(d), Some(mode)) = (
+        profiles(r).into_iter().next(),
+        directions(r).into_iter().next(),
+        modes(r).into_iter().next(),
+    ) else {
+        return s;
+    };
+    let alone: Vec<_> = r
+        .variants
+        .iter()
+        .filter(|v| v.coalesce_ms == 0 && v.tuning != "default")
+        .collect();
+    if r.variants
+        .iter()
+        .any(|v| v.tuning == "default" && v.coalesce_ms == 0)
+        && !alone.is_empty()
+    {
+        let _ = writeln!(
+            s,
+            "### Each setting against the default ({p}, `{}`, {mode}): stream B/tok change\n\n| Setting | Knobs | Raw API | HTTP SSE | WebTransport |\n|---|---|---|---|---|",
+            d.as_str()
+        );
+        for v in alone {
+            let mut row = format!("| {} | {} |", v.tuning, v.knobs.join(", "));
+            for a in Approach::ALL {
+                let b = |label: &str| {
+                    cell_of(r, label, &p, d, mode, a)
+                        .and_then(|c| c.wire.as_ref())
+                        .and_then(|w| w.stream_bytes_per_token)
+                };
+                let _ = write!(
+                    row,
+                    " {} |",
+                    match (b(&v.label()), b("default")) {
+                        (Some(x), Some(base)) =>
+                            format!("{:+.1} ({:+.0}%)", x - base, (x / base - 1.0) * 100.0),
+                        _ => "-".into(),
+                    }
+                );
+            }
+            s.push_str(&row);
+            s.push('\n');
+        }
+        s.push('\n');
+    }
     s
 }
 
@@ -453,6 +575,90 @@ pub fn write(dir: &Path, r: &MatrixResults, m: &Methodology) -> std::io::Result<
             });
         }
     }
+    if r.variants.len() > 1
+        && let (Some(p), Some(d)) = (
+            profiles(r).into_iter().next(),
+            directions(r).into_iter().next(),
+        )
+    {
+        // One group per setting, on the first profile and direction.
+        let by_setting = |f: &dyn Fn(&Cell) -> Option<f64>| -> Vec<Series> {
+            Approach::ALL
+                .iter()
+                .map(|&a| Series {
+                    name: a.title().to_owned(),
+                    values: labels(r)
+                        .iter()
+                        .map(|v| cell_of(r, v, &p, d, mode, a).and_then(f))
+                        .collect(),
+                })
+                .collect()
+        };
+        let what = format!("{p}, {}, {mode}", d.as_str());
+        for (file, title, unit, f) in [
+            (
+                "settings_bytes_per_token.svg",
+                "Stream wire bytes per token by setting",
+                "B/tok",
+                &(|c: &Cell| c.wire.as_ref().and_then(|w| w.stream_bytes_per_token))
+                    as &dyn Fn(&Cell) -> Option<f64>,
+            ),
+            (
+                "settings_packets_per_token.svg",
+                "Packets per token by setting",
+                "pkts/tok",
+                &|c: &Cell| c.wire.as_ref().and_then(|w| w.packets_per_token),
+            ),
+            (
+                "settings_added_delay.svg",
+                "The relay's added delay per token, P99, by setting",
+                "ms",
+                &|c: &Cell| c.relay_delay.map(|d| d.p99_ms),
+            ),
+        ] {
+            std::fs::write(
+                dir.join(file),
+                BarChart {
+                    title: format!("{title} ({what})"),
+                    unit: unit.into(),
+                    groups: labels(r),
+                    series: by_setting(f),
+                }
+                .render(),
+            )?;
+        }
+    }
+    if r.variants.len() > 1 && profiles(r).len() > 1 {
+        // Every setting under every profile (and direction): stream B/tok.
+        let series = labels(r)
+            .into_iter()
+            .flat_map(|v| Approach::ALL.iter().map(move |&a| (v.clone(), a)))
+            .map(|(v, a)| Series {
+                name: format!("{} {v}", a.title()),
+                values: directions(r)
+                    .iter()
+                    .flat_map(|&d| {
+                        let v = v.clone();
+                        profiles(r).into_iter().map(move |p| {
+                            cell_of(r, &v, &p, d, mode, a)
+                                .and_then(|c| c.wire.as_ref())
+                                .and_then(|w| w.stream_bytes_per_token)
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        std::fs::write(
+            dir.join("settings_by_profile.svg"),
+            BarChart {
+                title: format!("Stream wire bytes per token by setting and profile ({mode})"),
+                unit: "B/tok".into(),
+                groups: groups.clone(),
+                series,
+            }
+            .render(),
+        )?;
+    }
     std::fs::write(
         dir.join("tbt.svg"),
         BarChart {
@@ -464,4 +670,121 @@ pub fn write(dir: &Path, r: &MatrixResults, m: &Methodology) -> std::io::Result<
         .render(),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::{LinkRun, Variant};
+    use crate::netem::profile::Profile;
+    use crate::report::{Median, summarise_with};
+    use crate::wire::WireSummary;
+
+    fn cell_with(variant: &str, a: Approach, stream_bpt: f64, pkts: f64) -> Cell {
+        Cell {
+            variant: variant.into(),
+            profile: "baseline".into(),
+            direction: Direction::Up,
+            mode: "reuse",
+            approach: a,
+            summary: summarise_with(a, &[], 1, Median::NearestRank),
+            wire: Some(WireSummary {
+                approach: a,
+                requests: 1,
+                tokens: 100,
+                wire_bytes: (stream_bpt * 100.0) as u64,
+                packets: (pkts * 100.0) as u64,
+                overhead_bytes: 0,
+                bytes_per_token: Some(stream_bpt),
+                lo0_bytes_per_token: None,
+                packets_per_token: Some(pkts),
+                stream_bytes_per_token: Some(stream_bpt),
+                shared: 0,
+                incomplete: false,
+                ip_versions: vec![4],
+            }),
+            gap_percentiles_ms: Vec::new(),
+            ttfts_ms: Vec::new(),
+            relay_delay: None,
+        }
+    }
+
+    /// default, delayed-acks alone (-20%), and the default with a 35 ms window (-50%).
+    fn three_settings() -> MatrixResults {
+        let variants = vec![
+            Variant {
+                tuning: "default".into(),
+                knobs: Vec::new(),
+                coalesce_ms: 0,
+            },
+            Variant {
+                tuning: "delayed-acks".into(),
+                knobs: vec!["delayed-acks"],
+                coalesce_ms: 0,
+            },
+            Variant {
+                tuning: "default".into(),
+                knobs: Vec::new(),
+                coalesce_ms: 35,
+            },
+        ];
+        let mut cells = Vec::new();
+        for (v, f) in [
+            ("default", 1.0),
+            ("delayed-acks", 0.8),
+            ("default, coalesce 35 ms", 0.5),
+        ] {
+            for (a, b) in [
+                (Approach::Raw, 300.0),
+                (Approach::Sse, 150.0),
+                (Approach::Wt, 140.0),
+            ] {
+                cells.push(cell_with(v, a, b * f, 2.0 * f));
+            }
+        }
+        let links = variants
+            .iter()
+            .map(|v| LinkRun {
+                variant: v.label(),
+                profile: Profile::named("baseline").unwrap(),
+                direction: Direction::Up,
+                emulator: Default::default(),
+                probe_backend: Some("ebpf".into()),
+                wire_note: None,
+            })
+            .collect();
+        MatrixResults {
+            variants,
+            cells,
+            links,
+        }
+    }
+
+    #[test]
+    fn the_main_tables_show_the_first_setting() {
+        let r = three_settings();
+        let c = cell(&r, "baseline", Direction::Up, "reuse", Approach::Sse).unwrap();
+        assert_eq!(c.variant, "default");
+        assert_eq!(
+            bpt(&r, "baseline", Direction::Up, "reuse", Approach::Wt),
+            Some(140.0)
+        );
+    }
+
+    #[test]
+    fn the_settings_section_lists_every_setting_and_each_against_the_default() {
+        let md = settings_section(&three_settings());
+        assert!(
+            md.contains("| default, coalesce 35 ms | HTTP SSE | 75.0 | 75.0 | 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| delayed-acks | delayed-acks | -60.0 (-20%) | -30.0 (-20%) | -28.0 (-20%) |"
+            ),
+            "{md}"
+        );
+        // A coalescing window is not a setting "alone": it is compared in its own rows.
+        assert!(!md.contains("| default | |"), "{md}");
+    }
 }

@@ -90,6 +90,8 @@ pub struct ServeOptions {
     /// Connections open at once; each one past it gets 503 to every request, with
     /// `Connection: close` and `Retry-After: 1`.
     pub max_connections: usize,
+    /// `TCP_NOTSENT_LOWAT` of each accepted connection, bytes (`None`: the kernel's).
+    pub notsent_lowat: Option<u32>,
 }
 
 /// Connections each TLS companion holds open at once by default (`--max-connections`).
@@ -155,6 +157,9 @@ pub async fn serve<H, Fut>(
             },
         };
         let _ = tcp.set_nodelay(true);
+        if let Some(bytes) = opts.notsent_lowat {
+            set_notsent_lowat(&tcp, bytes);
+        }
         let Ok(local) = tcp.local_addr() else {
             continue;
         };
@@ -252,4 +257,29 @@ pub fn upstream_client(idle_max: usize) -> UpstreamClient {
         .pool_idle_timeout(UPSTREAM_IDLE)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .build(connector)
+}
+
+/// Sets `TCP_NOTSENT_LOWAT` (Linux and macOS; a no-op elsewhere). A connection that
+/// refuses it keeps the kernel's setting, which changes no byte on the wire.
+fn set_notsent_lowat(tcp: &tokio::net::TcpStream, bytes: u32) {
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    {
+        use std::os::fd::AsRawFd;
+        let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid socket, an int option and its size.
+        let r = unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT refused");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    let _ = (tcp, bytes);
 }

@@ -71,6 +71,16 @@ pub struct RelayOptions {
     /// Where the SSE relay's browser page finds the other companions and the probe
     /// (`None`: no page at `GET /`).
     pub page: Option<crate::page::PageLinks>,
+    /// The ACK frequency the WebTransport server asks its clients for (`None`: it asks
+    /// nothing; [`crate::tuning::Knob::AckFrequency`]).
+    pub quic_ack_frequency: Option<crate::tuning::AckFrequency>,
+    /// The relays (sse, wt) send the tokens arriving within this long of the first unsent
+    /// one together ([`crate::coalesce`]); zero sends each as it arrives.
+    pub coalesce: Duration,
+    /// `TCP_NOTSENT_LOWAT` of the TLS companions' connections (raw, sse), bytes: how much
+    /// unsent data a connection buffers before the server stops writing to it (`None`:
+    /// the kernel's `net.ipv4.tcp_notsent_lowat`).
+    pub tcp_notsent_lowat: Option<u32>,
 }
 
 /// quinn's connection ID length.
@@ -94,6 +104,9 @@ impl Default for RelayOptions {
             max_connections: crate::http::DEFAULT_MAX_CONNECTIONS,
             upstream_idle_max: crate::http::UPSTREAM_IDLE_MAX,
             page: Some(crate::page::PageLinks::default()),
+            quic_ack_frequency: None,
+            coalesce: Duration::ZERO,
+            tcp_notsent_lowat: None,
         }
     }
 }
@@ -139,6 +152,7 @@ pub async fn start_model(
         tls: None,
         spans: SpanSink::disabled(),
         max_connections: usize::MAX,
+        notsent_lowat: None,
     };
     let task = tokio::spawn(crate::http::serve(
         listener,
@@ -200,8 +214,7 @@ async fn start_https<H, Fut>(
     id: &Identity,
     shutdown: CancellationToken,
     grace: Duration,
-    spans: SpanSink,
-    max_connections: usize,
+    relay: &RelayOptions,
     make: impl FnOnce(Arc<Stats>) -> H,
 ) -> Result<Running, LaunchError>
 where
@@ -219,8 +232,9 @@ where
     let handler = make(stats.clone());
     let opts = crate::http::ServeOptions {
         tls: Some(tls),
-        spans,
-        max_connections,
+        spans: relay.spans.clone(),
+        max_connections: relay.max_connections,
+        notsent_lowat: relay.tcp_notsent_lowat,
     };
     let task = tokio::spawn(crate::http::serve(
         listener,
@@ -250,9 +264,7 @@ pub async fn start_raw(
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
     let (max_body, spans) = (opts.max_body, opts.spans.clone());
-    let s = spans.clone();
-    let max = opts.max_connections;
-    start_https("raw", "", addr, id, shutdown, grace, s, max, move |stats| {
+    start_https("raw", "", addr, id, shutdown, grace, opts, move |stats| {
         let proxy = RawProxy::new(upstream, stats, max_body, spans);
         move |req, conn| {
             let p = proxy.clone();
@@ -275,8 +287,7 @@ pub async fn start_sse(
     let page = opts
         .page
         .map(|links| crate::page::PageConfig::new(links, id.sha256_hex(), model.clone()).html());
-    let s = spans.clone();
-    let max = opts.max_connections;
+    let coalesce = opts.coalesce;
     let serves_page = page.is_some();
     let mut running = start_https(
         "sse",
@@ -285,10 +296,10 @@ pub async fn start_sse(
         id,
         shutdown,
         grace,
-        s,
-        max,
+        opts,
         move |stats| {
-            let mut relay = SseRelay::new(upstream, model, stats, max_body, spans);
+            let mut relay =
+                SseRelay::new(upstream, model, stats, max_body, spans).with_coalescing(coalesce);
             if let Some(html) = page {
                 relay = relay.with_page(html);
             }
@@ -330,6 +341,12 @@ pub async fn start_wt(
     transport.max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(
         opts.max_streams_per_session.max(1).saturating_add(1),
     ));
+    if let Some(af) = opts.quic_ack_frequency {
+        let mut cfg = quinn_proto::AckFrequencyConfig::default();
+        cfg.ack_eliciting_threshold(quinn_proto::VarInt::from_u32(af.threshold))
+            .max_ack_delay(af.max_delay);
+        transport.ack_frequency_config(Some(cfg));
+    }
     let mut config = builder
         .with_custom_transport(identity, transport)
         .keep_alive_interval(opts.wt_keep_alive)
@@ -356,7 +373,8 @@ pub async fn start_wt(
         opts.stall,
         opts.spans.clone(),
     )
-    .with_max_sessions(opts.max_sessions);
+    .with_max_sessions(opts.max_sessions)
+    .with_coalescing(opts.coalesce);
     let task = tokio::spawn(relay.serve(endpoint, shutdown, grace));
     Ok(Running {
         name: "wt",

@@ -3,6 +3,7 @@
 //! `wt` (WebTransport relay) — as a library (tests start them in-process) and a binary.
 
 pub mod certs;
+pub mod coalesce;
 pub mod gojson;
 pub mod http;
 pub mod launch;
@@ -17,5 +18,6 @@ pub mod spans;
 pub mod sse_relay;
 pub mod stats;
 pub mod tls;
+pub mod tuning;
 pub mod upstream;
 pub mod wt_relay;

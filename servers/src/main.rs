@@ -10,6 +10,7 @@ use tokenwire_servers::launch::{self, Companion, RelayOptions, Running};
 use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
 use tokenwire_servers::page::PageLinks;
 use tokenwire_servers::spans::SpanSink;
+use tokenwire_servers::tuning::{AckFrequency, Tuning};
 use tokio_util::sync::CancellationToken;
 
 /// The embedded Ollama-compatible model and the companions that stream its tokens:
@@ -193,10 +194,37 @@ struct RelayTuning {
     /// Send no spans.
     #[arg(long, conflicts_with = "spans")]
     no_spans: bool,
-    /// Length of the WebTransport server's QUIC connection IDs, 1 to 20 bytes (quic-go, which
-    /// the reference ran, uses 4).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=20))]
-    quic_cid_len: u8,
+    /// Transport settings (docs/wire-efficiency.md): `default`, or `lean`, the server's
+    /// settings that lower wire bytes per token without holding any token back: 4-byte QUIC
+    /// connection IDs, no ECN, and asking clients to acknowledge every 10th packet (ACK
+    /// frequency extension). The flags below override it. Pair it with
+    /// `tokenwire-bench run --tuning lean`.
+    #[arg(long, default_value = "default", value_parser = parse_tuning)]
+    tuning: Tuning,
+    /// Length of the WebTransport server's QUIC connection IDs, 0 to 20 bytes [default: 8,
+    /// 4 with --tuning lean] (quic-go, which the reference ran, uses 4). With 0 the server
+    /// tells sessions apart by the client's address and port alone: two sessions from one
+    /// client socket (clients that share a socket) break each other.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=20))]
+    quic_cid_len: Option<u8>,
+    /// Ask WebTransport clients to acknowledge only every N+1th packet (ACK frequency
+    /// extension; clients without it ignore the request). quinn 0.11 asks for a delay of at
+    /// most max(RTT, 25 ms), so tokens further apart than that are each acknowledged.
+    #[arg(long)]
+    quic_ack_threshold: Option<u32>,
+    /// With --quic-ack-threshold: the longest a client may wait before acknowledging,
+    /// milliseconds (capped as said there) [default: the client's own, 25 ms for quinn].
+    #[arg(long, requires = "quic_ack_threshold")]
+    quic_max_ack_delay_ms: Option<u64>,
+    /// The sse and wt relays send the tokens that arrive within this many milliseconds of
+    /// the first unsent one as one event or frame: fewer packets and ACKs, but the first
+    /// token of each batch waits up to this long. 0 sends each token as it arrives.
+    #[arg(long, default_value_t = 0)]
+    coalesce_ms: u64,
+    /// TCP_NOTSENT_LOWAT of the raw and sse companions' connections, bytes: unsent data a
+    /// connection buffers before the server stops writing to it [default: the kernel's].
+    #[arg(long)]
+    tcp_notsent_lowat: Option<u32>,
     /// Seconds between the WebTransport server's keep-alive PINGs on an idle session; 0
     /// sends none (quic-go's server in the reference used 30).
     #[arg(long, default_value_t = 3)]
@@ -242,17 +270,17 @@ impl RelayTuning {
         } else {
             SpanSink::to_path(&self.spans).context("creating the spans socket")?
         };
-        Ok(RelayOptions {
+        let mut opts = RelayOptions {
             upstream,
             model: self.relay_model.clone(),
             max_body: self.max_body,
             max_frame: self.max_frame,
             stall: Duration::from_secs(self.stall_secs),
             spans,
-            quic_cid_len: usize::from(self.quic_cid_len),
+            quic_cid_len: launch::DEFAULT_QUIC_CID_LEN,
             wt_keep_alive: (self.wt_keepalive_secs > 0)
                 .then(|| Duration::from_secs(self.wt_keepalive_secs)),
-            quic_ecn: !self.no_quic_ecn,
+            quic_ecn: true,
             quic_socket_buffer: self.quic_socket_buffer,
             max_sessions: self.max_sessions,
             max_streams_per_session: self.max_streams_per_session,
@@ -262,8 +290,36 @@ impl RelayTuning {
                 probe_port: self.page_probe_port,
                 ..PageLinks::default()
             }),
-        })
+            quic_ack_frequency: None,
+            coalesce: Duration::from_millis(self.coalesce_ms),
+            tcp_notsent_lowat: self.tcp_notsent_lowat,
+        };
+        self.tuning.apply_server(&mut opts);
+        if !self.tuning.knobs.is_empty() || self.coalesce_ms > 0 {
+            tracing::info!(
+                tuning = %self.tuning,
+                coalesce_ms = self.coalesce_ms,
+                "transport settings (docs/wire-efficiency.md)"
+            );
+        }
+        if self.no_quic_ecn {
+            opts.quic_ecn = false;
+        }
+        if let Some(len) = self.quic_cid_len {
+            opts.quic_cid_len = usize::from(len);
+        }
+        if let Some(threshold) = self.quic_ack_threshold {
+            opts.quic_ack_frequency = Some(AckFrequency {
+                threshold,
+                max_delay: self.quic_max_ack_delay_ms.map(Duration::from_millis),
+            });
+        }
+        Ok(opts)
     }
+}
+
+fn parse_tuning(s: &str) -> Result<Tuning, String> {
+    Tuning::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]

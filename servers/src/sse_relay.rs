@@ -1,13 +1,15 @@
 //! `sse`: the reference study's HTTP SSE relay. `POST /chat` with `{"message": "..."}`
 //! answers `text/event-stream` with one `data: <token>` event per token (multi-line tokens
-//! as several `data:` lines) and `data: [DONE]` at the end; upstream failures during the
+//! as several `data:` lines; with `--coalesce-ms`, one event per batch of tokens,
+//! [`crate::coalesce`]) and `data: [DONE]` at the end; upstream failures during the
 //! stream become an `event: error`. `GET /` is the browser page ([`crate::page`]).
 
+use crate::coalesce::{Coalescer, Piece};
 use crate::http::{Body, BodyError, BoxError, ConnInfo, read_body, response};
 use crate::protocol::sse;
 use crate::spans::{Outcome, RequestSpan, SpanSink};
 use crate::stats::{Active, Stats};
-use crate::upstream::{ChatEvent, ChatStream, Upstream};
+use crate::upstream::{ChatStream, Upstream};
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
@@ -24,6 +26,8 @@ pub struct SseRelay {
     spans: SpanSink,
     /// The browser page, rendered once (each answer shares its bytes).
     page: Option<bytes::Bytes>,
+    /// Tokens arriving within this long of the first unsent one leave in one event.
+    coalesce: std::time::Duration,
 }
 
 #[derive(Deserialize)]
@@ -46,7 +50,15 @@ impl SseRelay {
             max_body,
             spans,
             page: None,
+            coalesce: std::time::Duration::ZERO,
         }
+    }
+
+    /// Sends the tokens that arrive within `window` of the first unsent one as one event
+    /// ([`crate::coalesce`]).
+    pub fn with_coalescing(mut self, window: std::time::Duration) -> Self {
+        self.coalesce = window;
+        self
     }
 
     /// Serves `html` at `GET /`.
@@ -66,7 +78,7 @@ impl SseRelay {
         match self.relay(req, conn).await {
             Ok(stream) => {
                 let mut r = Response::new(events(
-                    stream,
+                    Coalescer::new(stream, self.coalesce),
                     Active::new(&self.stats),
                     self.stats.clone(),
                     span,
@@ -173,27 +185,31 @@ fn error(status: StatusCode, msg: &str) -> Response<Body> {
     )
 }
 
-/// One SSE event (one body frame, one flush) per upstream token. The span ends with the
-/// last event, or as aborted when the body is dropped (the client went away).
-fn events(stream: ChatStream, active: Active, stats: Arc<Stats>, span: RequestSpan) -> Body {
+/// One SSE event (one body frame, one flush) per upstream token, or per batch of tokens
+/// when coalescing. The span ends with the last event, or as aborted when the body is
+/// dropped (the client went away).
+fn events(stream: Coalescer, active: Active, stats: Arc<Stats>, span: RequestSpan) -> Body {
     let frames = futures_util::stream::unfold(
         (Some(stream), active, stats, span),
         |(stream, mut active, stats, mut span)| async move {
             let mut s = stream?;
             let (bytes, outcome) = match s.next().await {
-                Some(Ok(ChatEvent::Token { text, sent_unix_ns })) => {
-                    stats.add_tokens(1);
+                Some(Ok(Piece::Tokens { text, sent_unix_ns })) => {
+                    let n = sent_unix_ns.len() as u64;
+                    stats.add_tokens(n);
                     let bytes = sse::encode_data(&text);
                     // Handed to hyper now, which writes it at once (one frame, one flush).
-                    stats.relayed_at(sent_unix_ns);
-                    span.tokens(1);
+                    for sent in sent_unix_ns {
+                        stats.relayed_at(sent);
+                    }
+                    span.tokens(n);
                     span.bytes(bytes.len());
                     return Some((
                         Ok::<_, BoxError>(Frame::data(bytes)),
                         (Some(s), active, stats, span),
                     ));
                 }
-                Some(Ok(ChatEvent::Done { .. })) => {
+                Some(Ok(Piece::Done)) => {
                     active.complete();
                     (sse::encode_data("[DONE]"), Outcome::Ok)
                 }

@@ -87,34 +87,76 @@ impl DelayHistogram {
 
     /// `None` before anything was recorded.
     pub fn summary(&self) -> Option<DelaySummary> {
-        let count = self.count.load(Ordering::Relaxed);
-        if count == 0 {
-            return None;
-        }
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let quantile = |q: f64| {
-            let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
-            let mut seen = 0;
-            for (i, c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    return Self::upper_us(i) as f64 / 1e3;
-                }
-            }
-            f64::NAN
-        };
-        Some(DelaySummary {
-            count,
-            mean_ms: self.sum_ns.load(Ordering::Relaxed) as f64 / count as f64 / 1e6,
-            p50_ms: quantile(0.5),
-            p99_ms: quantile(0.99),
-            max_ms: self.max_ns.load(Ordering::Relaxed) as f64 / 1e6,
-        })
+        let now = self.snapshot();
+        summarise(
+            &now.counts,
+            now.sum_ns,
+            self.max_ns.load(Ordering::Relaxed) as f64 / 1e6,
+        )
     }
+
+    /// What the histogram holds now, to summarise what comes after it
+    /// ([`Self::summary_since`]).
+    pub fn snapshot(&self) -> DelaySnapshot {
+        DelaySnapshot {
+            counts: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What was recorded after `earlier`; its max is the largest bucket's upper bound
+    /// (the exact max is kept for the whole life only). `None` if nothing was.
+    pub fn summary_since(&self, earlier: &DelaySnapshot) -> Option<DelaySummary> {
+        let now = self.snapshot();
+        let counts: Vec<u64> = now
+            .counts
+            .iter()
+            .zip(earlier.counts.iter().chain(std::iter::repeat(&0)))
+            .map(|(n, e)| n.saturating_sub(*e))
+            .collect();
+        let max_ms = counts
+            .iter()
+            .rposition(|&c| c > 0)
+            .map_or(0.0, |i| Self::upper_us(i) as f64 / 1e3);
+        summarise(&counts, now.sum_ns.saturating_sub(earlier.sum_ns), max_ms)
+    }
+}
+
+/// The counts of a [`DelayHistogram`] at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct DelaySnapshot {
+    counts: Vec<u64>,
+    sum_ns: u64,
+}
+
+/// Count, mean and quantiles of bucket counts (`None` when they are all zero).
+fn summarise(counts: &[u64], sum_ns: u64, max_ms: f64) -> Option<DelaySummary> {
+    let count: u64 = counts.iter().sum();
+    if count == 0 {
+        return None;
+    }
+    let quantile = |q: f64| {
+        let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return DelayHistogram::upper_us(i) as f64 / 1e3;
+            }
+        }
+        f64::NAN
+    };
+    Some(DelaySummary {
+        count,
+        mean_ms: sum_ns as f64 / count as f64 / 1e6,
+        p50_ms: quantile(0.5),
+        p99_ms: quantile(0.99),
+        max_ms,
+    })
 }
 
 impl Stats {
@@ -229,5 +271,23 @@ mod tests {
         assert!((50.0..=50.0 * 1.125).contains(&s.p50_ms), "{s:?}");
         assert!((99.0..=99.0 * 1.125).contains(&s.p99_ms), "{s:?}");
         assert_eq!(s.max_ms, 100.0);
+    }
+
+    #[test]
+    fn summarises_what_came_after_a_snapshot() {
+        let h = DelayHistogram::default();
+        for _ in 0..50 {
+            h.record(90_000_000);
+        }
+        let before = h.snapshot();
+        assert_eq!(h.summary_since(&before), None);
+        for ms in 1..=10u64 {
+            h.record(ms * 1_000_000);
+        }
+        let s = h.summary_since(&before).unwrap();
+        assert_eq!(s.count, 10);
+        assert!((s.mean_ms - 5.5).abs() < 1e-9, "{s:?}");
+        assert!((10.0..=10.0 * 1.125).contains(&s.max_ms), "{s:?}");
+        assert!((10.0..=10.0 * 1.125).contains(&s.p99_ms), "{s:?}");
     }
 }

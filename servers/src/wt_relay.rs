@@ -1,14 +1,16 @@
 //! `wt`: the reference study's WebTransport relay. One bidirectional stream per prompt: the
 //! client writes `<len>:<prompt>` and finishes; the server writes each token as
-//! `<len>:<token>`, then an empty frame `0:`, then finishes. Bad frames, oversized frames,
+//! `<len>:<token>` (with `--coalesce-ms`, each batch of tokens as one frame,
+//! [`crate::coalesce`]), then an empty frame `0:`, then finishes. Bad frames, oversized frames,
 //! stalled clients and upstream failures reset that stream with an application error code
 //! ([`codes`]); the session and its other streams carry on.
 
+use crate::coalesce::{Coalescer, Piece};
 use crate::logging::RateLimited;
 use crate::protocol::framing::{FrameDecoder, FrameError, encode};
 use crate::spans::{Outcome, RequestSpan, SpanSink};
 use crate::stats::{Active, Stats};
-use crate::upstream::{ChatEvent, Upstream};
+use crate::upstream::Upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +54,8 @@ pub struct WtRelay {
     /// Past this many open sessions, a new one is refused with 429.
     max_sessions: usize,
     sessions: Arc<AtomicUsize>,
+    /// Tokens arriving within this long of the first unsent one leave in one frame.
+    coalesce: Duration,
     /// Refused and failed sessions: a warning a second at most, under load.
     refused: Arc<RateLimited>,
     failed: Arc<RateLimited>,
@@ -84,6 +88,7 @@ impl WtRelay {
             spans,
             max_sessions: DEFAULT_MAX_SESSIONS,
             sessions: Arc::new(AtomicUsize::new(0)),
+            coalesce: Duration::ZERO,
             refused: Arc::new(RateLimited::new(Duration::from_secs(1))),
             failed: Arc::new(RateLimited::new(Duration::from_secs(1))),
         }
@@ -92,6 +97,13 @@ impl WtRelay {
     /// Refuses sessions past `max` open at once (429 to the CONNECT request).
     pub fn with_max_sessions(mut self, max: usize) -> Self {
         self.max_sessions = max;
+        self
+    }
+
+    /// Sends the tokens that arrive within `window` of the first unsent one as one frame
+    /// ([`crate::coalesce`]).
+    pub fn with_coalescing(mut self, window: Duration) -> Self {
+        self.coalesce = window;
         self
     }
 
@@ -209,7 +221,7 @@ impl WtRelay {
                 Err(_) => return reject(send, recv, codes::STALLED, peer, span),
             };
         let mut upstream = match self.upstream.chat(&self.model, &prompt).await {
-            Ok(s) => s,
+            Ok(s) => Coalescer::new(s, self.coalesce),
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "upstream request failed");
                 return reject(send, recv, codes::UPSTREAM_FAILED, peer, span);
@@ -225,18 +237,21 @@ impl WtRelay {
                 }
             };
             let written = match ev {
-                Some(Ok(ChatEvent::Token { text, sent_unix_ns })) => {
+                Some(Ok(Piece::Tokens { text, sent_unix_ns })) => {
                     let frame = encode(text.as_bytes());
                     let r = send.write_all(&frame).await;
                     if r.is_ok() {
-                        self.stats.relayed_at(sent_unix_ns);
-                        self.stats.add_tokens(1);
-                        span.tokens(1);
+                        for sent in &sent_unix_ns {
+                            self.stats.relayed_at(*sent);
+                        }
+                        let n = sent_unix_ns.len() as u64;
+                        self.stats.add_tokens(n);
+                        span.tokens(n);
                         span.bytes(frame.len());
                     }
                     r
                 }
-                Some(Ok(ChatEvent::Done { .. })) => {
+                Some(Ok(Piece::Done)) => {
                     // finish() resolves once the client has acknowledged everything; a client
                     // that vanished would hold this task until the idle timeout.
                     let end = encode(b"");

@@ -29,6 +29,8 @@ pub struct HttpsClient {
     /// A request that does not reuse its connection says `Connection: close` (as Go's
     /// client did for the reference's fresh mode).
     pub close_when_fresh: bool,
+    /// Let the kernel delay ACKs ([`super::delayed_ack`]).
+    pub delayed_acks: bool,
 }
 
 impl HttpsClient {
@@ -42,6 +44,7 @@ impl HttpsClient {
             connections: 0,
             extra_headers: Vec::new(),
             close_when_fresh: false,
+            delayed_acks: false,
         }
     }
 
@@ -64,13 +67,28 @@ impl HttpsClient {
                 },
             })?;
         let _ = tcp.set_nodelay(true);
+        let sender = if self.delayed_acks {
+            self.handshake(super::delayed_ack::DelayedAcks(tcp)).await?
+        } else {
+            self.handshake(tcp).await?
+        };
+        self.connections += 1;
+        Ok(sender)
+    }
+
+    /// TLS and HTTP/1.1 on a connected stream; the connection runs in a task of its own.
+    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = self.addr;
         let name = ServerName::try_from(self.host.clone()).map_err(|e| ClientError::Connect {
             addr,
             reason: format!("server name: {e}"),
         })?;
         let tls = self
             .tls
-            .connect(name, tcp)
+            .connect(name, stream)
             .await
             .map_err(|e| ClientError::Tls {
                 addr,
@@ -82,7 +100,6 @@ impl HttpsClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        self.connections += 1;
         Ok(sender)
     }
 

@@ -1,5 +1,6 @@
 //! Streaming one prompt through each approach and recording what arrives.
 
+pub mod delayed_ack;
 pub mod https;
 pub mod tls;
 pub mod wt;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokenwire_servers::protocol::framing::{FrameDecoder, MAX_FRAME, encode};
 use tokenwire_servers::protocol::ollama_stream::{StreamItem, parse_openai_data};
 use tokenwire_servers::protocol::sse;
+use tokenwire_servers::tuning::{Knob, Tuning};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -74,6 +76,8 @@ pub struct Targets {
     pub model: String,
     /// What the client does as the reference study's did (docs/reference.md).
     pub reference: ReferenceClient,
+    /// The client's transport knobs (docs/wire-efficiency.md).
+    pub tuning: Tuning,
 }
 
 /// The reference study's client behaviours, each on its own (`--reference` sets them all;
@@ -120,6 +124,7 @@ impl Default for Targets {
             host: "localhost".to_owned(),
             model: "gemma3:12b".to_owned(),
             reference: ReferenceClient::default(),
+            tuning: Tuning::standard(),
         }
     }
 }
@@ -146,6 +151,7 @@ impl ApproachClient {
         let https = |addr| -> Result<https::HttpsClient, ClientError> {
             let mut c = https::HttpsClient::new(addr, &targets.host, cfg()?);
             c.close_when_fresh = reference.connection_close;
+            c.delayed_acks = targets.tuning.has(Knob::DelayedAcks);
             Ok(c)
         };
         Ok(match approach {
@@ -163,10 +169,16 @@ impl ApproachClient {
             }
             Approach::Sse => ApproachClient::Sse(https(targets.sse)?),
             Approach::Wt => {
+                let tuning = &targets.tuning;
+                let cid_len = if tuning.has(Knob::ClientCid0) {
+                    Some(0)
+                } else {
+                    reference.short_cids.then_some(4)
+                };
                 let opts = wt::WtOptions {
-                    cid_len: reference.short_cids.then_some(4),
+                    cid_len,
                     keep_alive: (!reference.no_keepalive).then_some(wt::KEEP_ALIVE),
-                    ecn: !reference.no_ecn,
+                    ecn: !(reference.no_ecn || tuning.has(Knob::NoEcn)),
                 };
                 let client = wt::WtClient::with_options(&targets.wt_url, trust, opts)?;
                 ApproachClient::Wt(client, reference)

@@ -26,6 +26,10 @@ pub const CONNECTIONS_PER_ENDPOINT: usize = 100;
 
 pub struct WtClient {
     endpoint: Arc<Endpoint<Client>>,
+    /// Zero-length connection IDs: quinn tells this client's sessions apart by the
+    /// server's address alone, so the client has a socket of its own, and a new one for
+    /// each new session.
+    own_socket: Option<(Trust, WtOptions)>,
     url: String,
     session: Option<Connection>,
     /// Sessions (QUIC connections) opened so far.
@@ -69,7 +73,8 @@ fn netns() -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub struct WtOptions {
     /// Length of the client's connection IDs (quinn's 8 when `None`): the server puts the
-    /// client's ID in every short-header packet it sends.
+    /// client's ID in every short-header packet it sends. With zero, each client has a
+    /// socket of its own.
     pub cid_len: Option<usize>,
     /// Keep-alive PINGs every this long (none when `None`).
     pub keep_alive: Option<Duration>,
@@ -96,6 +101,15 @@ impl WtClient {
 
     /// Like [`Self::new`], with the connection's [`WtOptions`].
     pub fn with_options(url: &str, trust: &Trust, opts: WtOptions) -> Result<Self, ClientError> {
+        if opts.cid_len == Some(0) {
+            return Ok(Self {
+                endpoint: Arc::new(Self::endpoint(trust, opts)?),
+                own_socket: Some((trust.clone(), opts)),
+                url: url.to_owned(),
+                session: None,
+                connections: 0,
+            });
+        }
         let key = EndpointKey {
             trust: trust.sha256(),
             cid_len: opts.cid_len,
@@ -128,6 +142,7 @@ impl WtClient {
         };
         Ok(Self {
             endpoint,
+            own_socket: None,
             url: url.to_owned(),
             session: None,
             connections: 0,
@@ -188,6 +203,11 @@ impl WtClient {
         }
         if let Some(old) = self.session.take() {
             old.close(wtransport::VarInt::from_u32(0), b"done");
+        }
+        if let Some((trust, opts)) = &self.own_socket
+            && self.connections > 0
+        {
+            self.endpoint = Arc::new(Self::endpoint(trust, *opts)?);
         }
         let url = &self.url;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(url))

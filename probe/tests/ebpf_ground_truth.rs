@@ -28,10 +28,7 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
     require_root();
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(1);
-    let id = tokenwire_servers::certs::ensure(
-        &std::env::temp_dir().join(format!("tokenwire-probe-certs-{}", std::process::id())),
-    )
-    .unwrap();
+    let id = common::identity("probe");
     let model_cfg = ModelConfig {
         timing: Timing {
             speed: 20.0,

@@ -31,10 +31,7 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
     let path = spans_path("reference");
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(1);
-    let id = tokenwire_servers::certs::ensure(
-        &std::env::temp_dir().join(format!("tokenwire-ref-certs-{}", std::process::id())),
-    )
-    .unwrap();
+    let id = common::identity("ref");
     let cfg = ModelConfig {
         timing: Timing {
             speed: 10.0,

@@ -88,10 +88,7 @@ fn texts(records: &[RequestRecord]) -> Vec<String> {
 async fn lean_settings_cost_fewer_bytes_and_packets_and_coalescing_fewer_packets() {
     require_root();
     let shutdown = CancellationToken::new();
-    let id = tokenwire_servers::certs::ensure(
-        &std::env::temp_dir().join(format!("tokenwire-tuning-certs-{}", std::process::id())),
-    )
-    .unwrap();
+    let id = common::identity("tuning");
     // The reference's pace (35 ms between tokens): when ACKs go out depends on it.
     let cfg = ModelConfig {
         timing: Timing {

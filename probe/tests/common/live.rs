@@ -178,11 +178,7 @@ impl Stack {
     pub async fn start_with(tag: &str, spans: SpanSink, cfg: ModelConfig) -> Self {
         let shutdown = CancellationToken::new();
         let grace = Duration::from_secs(1);
-        let id = tokenwire_servers::certs::ensure(
-            &std::env::temp_dir()
-                .join(format!("tokenwire-attr-certs-{tag}-{}", std::process::id())),
-        )
-        .unwrap();
+        let id = super::identity(&format!("attr-{tag}"));
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let (model, _) = launch::start_model(any, cfg, shutdown.clone(), grace)
             .await

@@ -15,6 +15,13 @@ use tokenwire_probe::capture_file::PcapReader;
 use tokenwire_probe::flow::Counters;
 use tokenwire_probe::packet::{LinkType, parse};
 
+/// The companions' certificate and key for one test process, in a directory of its own
+/// (generated on first use).
+pub fn identity(tag: &str) -> tokenwire_servers::certs::Identity {
+    let dir = std::env::temp_dir().join(format!("tokenwire-{tag}-certs-{}", std::process::id()));
+    tokenwire_servers::certs::ensure(&dir).expect("generating the test certificate")
+}
+
 /// These tests attach real eBPF programs and run tcpdump: they need root (CI is root).
 pub fn require_root() {
     let uid = Command::new("id")

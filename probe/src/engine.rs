@@ -238,6 +238,12 @@ impl<B: Backend> Engine<B> {
         out
     }
 
+    /// Records how late the driver's loop ran a periodic tick (`tokenwire_probe_loop_lag_seconds`):
+    /// the live probe's measure of being behind, since one loop does all the work.
+    pub fn loop_lag(&self, lag: Duration) {
+        self.metrics.observe_loop_lag(lag);
+    }
+
     /// The Prometheus exposition of everything as it stands.
     pub fn metrics_text(&mut self, scrape_seconds: f64) -> Result<String, metrics::MetricsError> {
         let wire = self.table.wire_totals();

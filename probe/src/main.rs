@@ -156,7 +156,11 @@ async fn run(args: RunArgs) -> Result<()> {
             Some(ask) = ask_rx.recv() => {
                 let _ = ask.reply.send(engine.answer(ask.query));
             }
-            _ = tick.tick() => engine.tick(Instant::now()),
+            due = tick.tick() => {
+                let now = Instant::now();
+                engine.loop_lag(now.saturating_duration_since(due.into_std()));
+                engine.tick(now);
+            }
             _ = refresh.tick() => engine.poll(Instant::now())?,
             // The refresh tick (at least as often) keeps the table current: printing reads it.
             _ = print.tick() => {

@@ -17,7 +17,9 @@ use crate::spans::{RejectReason, SpanCounts};
 use crate::table::WireKey;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+};
 use std::collections::BTreeMap;
 
 pub const WIRE_BYTES_BUCKETS: &[f64] = &[
@@ -30,6 +32,9 @@ pub const PACKETS_PER_TOKEN_BUCKETS: &[f64] =
     &[0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0];
 pub const TTFT_BUCKETS: &[f64] = &[
     0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+];
+pub const LOOP_LAG_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,8 @@ pub struct Metrics {
     bytes_per_token: HistogramVec,
     packets_per_token: HistogramVec,
     ttft_seconds: HistogramVec,
+    /// How late the live probe's loop ran its periodic tick (its other work delays it).
+    loop_lag_seconds: Histogram,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -109,7 +116,21 @@ impl Metrics {
                 "Time to first token as the server saw it.",
                 TTFT_BUCKETS,
             ),
+            loop_lag_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tokenwire_probe_loop_lag_seconds",
+                    "How late the live probe's loop ran its 100 ms tick: the time spans, \
+                     queries and counter reads kept it busy (live runs only).",
+                )
+                .buckets(LOOP_LAG_BUCKETS.to_vec()),
+            )
+            .expect("a valid histogram definition"),
         }
+    }
+
+    /// Records how late the loop ran a tick that was due.
+    pub fn observe_loop_lag(&self, lag: std::time::Duration) {
+        self.loop_lag_seconds.observe(lag.as_secs_f64());
     }
 
     /// Feeds one of attribution's events into the aggregates.
@@ -180,6 +201,7 @@ impl Metrics {
             .flat_map(Collector::collect)
             .chain(self.active.collect())
             .chain(self.histograms().into_iter().flat_map(Collector::collect))
+            .chain(self.loop_lag_seconds.collect())
             .chain(StateCollector::new(state).collect())
             .filter(|f| !f.get_metric().is_empty())
             .collect();
@@ -466,6 +488,28 @@ mod tests {
             r#"tokenwire_request_wire_bytes_count{approach="a.b"} 5"#,
             r#"tokenwire_tokens_total{approach="a.b"} 0"#,
             r#"tokenwire_requests_active{approach="a.b"} 1"#,
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn loop_lag_is_a_histogram_in_seconds() {
+        let m = Metrics::new();
+        let text = scrape(&m, &BTreeMap::new(), &SpanCounts::default());
+        assert!(
+            text.contains("tokenwire_probe_loop_lag_seconds_count 0\n"),
+            "{text}"
+        );
+        m.observe_loop_lag(std::time::Duration::from_micros(300));
+        m.observe_loop_lag(std::time::Duration::from_millis(30));
+        let text = scrape(&m, &BTreeMap::new(), &SpanCounts::default());
+        for line in [
+            r#"tokenwire_probe_loop_lag_seconds_bucket{le="0.00025"} 0"#,
+            r#"tokenwire_probe_loop_lag_seconds_bucket{le="0.0005"} 1"#,
+            r#"tokenwire_probe_loop_lag_seconds_bucket{le="0.025"} 1"#,
+            r#"tokenwire_probe_loop_lag_seconds_bucket{le="0.05"} 2"#,
+            "tokenwire_probe_loop_lag_seconds_count 2",
         ] {
             assert!(text.contains(&format!("{line}\n")), "{line} in\n{text}");
         }

@@ -143,6 +143,11 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
 
     let mut table = FlowTable::new(labels.clone());
     probe.poll(&mut table, Instant::now()).unwrap();
+    // The counts below come from batch reads of the flow keys (BPF_MAP_LOOKUP_BATCH).
+    assert!(
+        probe.reads_keys_in_batches(),
+        "the kernel refused batch reads"
+    );
     let mut pcap_table = FlowTable::new(labels.clone());
     pcap.poll(&mut pcap_table, Instant::now()).unwrap();
     assert_eq!(pcap.health().kernel_drops, 0, "libpcap dropped packets");

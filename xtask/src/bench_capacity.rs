@@ -9,9 +9,18 @@
 //! time is covered. Per step: failures by reason, P50/P99 TTFT, P99 gap, and the CPU (as
 //! a share of one core over the step) and peak memory of the model, the relay and the
 //! bench, and the relay's added delay per token (P50/P99, from the upstream's `created_at`
-//! to the hand-over to the client, as the relay logs it when it stops; sse and wt). The knee of an approach is the first step whose P99 gap exceeds 50 ms or where
-//! anything failed.
+//! to the hand-over to the client, as the relay logs it when it stops; sse and wt), and
+//! how busy the whole machine was. The knee of an approach is the first step whose P99
+//! gap exceeds 50 ms or where anything failed.
+//!
+//! Unless `--no-probe`, a release `tokenwire-probe run` (eBPF on lo) runs beside them
+//! and the relay sends it its spans, as in a deployment: per step, the spans it took per
+//! second and refused, its loop's lag (P99 and worst bucket of
+//! `tokenwire_probe_loop_lag_seconds`), its CPU and memory, and whether it holds a final
+//! record for every request the bench made.
 
+use crate::observe::{histogram, quantile_between};
+use crate::probe_process::Probe;
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -173,6 +182,89 @@ struct Step {
     bench_rss_mib: f64,
     /// The relay's added delay per token, P50 and P99 (ms); raw times none.
     relay_delay: Option<(f64, f64)>,
+    /// The machine's busy share of all its cores over the step.
+    machine_busy: f64,
+    probe: Option<ProbeStep>,
+}
+
+/// The probe's part of a step.
+struct ProbeStep {
+    spans_per_sec: f64,
+    rejected: u64,
+    /// P99 and the worst bucket of its loop's lag, in ms.
+    lag_p99_ms: Option<f64>,
+    lag_max_ms: Option<f64>,
+    cpu: f64,
+    rss_mib: f64,
+    /// Final per-request records of the step's approach (the bench's requests are the
+    /// count to match).
+    records: u64,
+}
+
+/// The probe's readings at the start of a step.
+struct ProbeMark {
+    accepted: u64,
+    rejected: u64,
+    lag: Vec<(f64, u64)>,
+    cpu: f64,
+    records: u64,
+}
+
+const LOOP_LAG: &str = "tokenwire_probe_loop_lag_seconds";
+
+/// The probe's approach label for a bench approach.
+fn probe_label(approach: &str) -> &'static str {
+    match approach {
+        "raw" => "raw_api",
+        "sse" => "sse",
+        _ => "webtransport",
+    }
+}
+
+fn probe_mark(probe: &Probe, approach: &str) -> Result<ProbeMark> {
+    let text = probe.metrics()?;
+    let (accepted, rejected) = probe.span_counts()?;
+    Ok(ProbeMark {
+        accepted,
+        rejected: rejected.iter().map(|(_, n)| n).sum(),
+        lag: histogram(&text, LOOP_LAG),
+        cpu: cpu_secs(probe.pid()),
+        records: crate::observe::sample(
+            &text,
+            &format!(
+                "tokenwire_request_wire_bytes_count{{approach=\"{}\"}}",
+                probe_label(approach)
+            ),
+        ),
+    })
+}
+
+/// What the probe did since `mark`, once it holds a final record for `requests` requests
+/// or 15 s passed (a request's record is final when the next one on its connection starts
+/// or the connection ends).
+fn probe_step(
+    probe: &Probe,
+    approach: &str,
+    mark: &ProbeMark,
+    requests: u64,
+    wall: f64,
+) -> Result<ProbeStep> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut now = probe_mark(probe, approach)?;
+    while now.records - mark.records < requests && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        now = probe_mark(probe, approach)?;
+    }
+    let ms = |s: Option<f64>| s.map(|s| s * 1e3);
+    Ok(ProbeStep {
+        spans_per_sec: (now.accepted - mark.accepted) as f64 / wall.max(1e-9),
+        rejected: now.rejected - mark.rejected,
+        lag_p99_ms: ms(quantile_between(&mark.lag, &now.lag, 0.99)),
+        lag_max_ms: ms(quantile_between(&mark.lag, &now.lag, 1.0)),
+        cpu: now.cpu - mark.cpu,
+        rss_mib: probe.rss_kib().1 as f64 / 1024.0,
+        records: now.records - mark.records,
+    })
 }
 
 impl Step {
@@ -181,7 +273,13 @@ impl Step {
     }
 }
 
-pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String]) -> Result<()> {
+pub fn run(
+    steps: &[usize],
+    hold_secs: u64,
+    ramp_secs: u64,
+    approaches: &[String],
+    with_probe: bool,
+) -> Result<()> {
     crate::run(crate::cargo_cmd().args([
         "build",
         "--quiet",
@@ -190,6 +288,8 @@ pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String
         "tokenwire-servers",
         "-p",
         "tokenwire-bench",
+        "-p",
+        "tokenwire-probe",
     ]))?;
     let json = std::env::temp_dir().join(format!("tokenwire-capacity-{}.json", std::process::id()));
     let mut rows = Vec::new();
@@ -203,16 +303,28 @@ pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String
         for &users in steps {
             // Fresh processes per step: each step's memory is its own.
             let model = Server::start(&["model"])?;
-            let relay = Server::start(&[
-                relay_cmd,
-                "--upstream",
-                "http://127.0.0.1:11434",
-                "--no-spans",
-            ])?;
+            // Enough room for every request of the largest step.
+            let probe = if with_probe {
+                Some(Probe::start("ebpf", &["--keep-requests", "100000"])?)
+            } else {
+                None
+            };
+            let spans = probe.as_ref().map(|p| p.spans_socket());
+            let mut relay_args = vec![relay_cmd, "--upstream", "http://127.0.0.1:11434"];
+            match &spans {
+                Some(path) => relay_args.extend(["--spans", path.to_str().unwrap_or_default()]),
+                None => relay_args.push("--no-spans"),
+            }
+            let relay = Server::start(&relay_args)?;
             // Answers take ~17 s at the reference's pace: enough rounds to cover the hold.
             let rounds = (hold_secs as f64 / 17.0).ceil().max(1.0) as usize;
             let repeat = (users * rounds).div_ceil(10);
             let (m0, r0) = (cpu_secs(model.pid()), cpu_secs(relay.pid()));
+            let probe_start = probe
+                .as_ref()
+                .map(|p| probe_mark(p, approach))
+                .transpose()?;
+            let machine0 = crate::observe::machine_ticks();
             let started = Instant::now();
             let mut bench = Command::new("target/release/tokenwire-bench")
                 .args([
@@ -245,6 +357,9 @@ pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String
             };
             let wall = started.elapsed().as_secs_f64();
             let (model_cpu, relay_cpu) = (cpu_secs(model.pid()) - m0, cpu_secs(relay.pid()) - r0);
+            let machine1 = crate::observe::machine_ticks();
+            let machine_busy =
+                (machine1.0 - machine0.0) as f64 / ((machine1.1 - machine0.1) as f64).max(1.0);
             if !status.success() {
                 bail!("tokenwire-bench failed ({status}) at {users} {approach} users");
             }
@@ -278,6 +393,8 @@ pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String
                 relay_rss_mib: relay_rss as f64 / 1024.0,
                 bench_rss_mib: bench_rss as f64 / 1024.0,
                 relay_delay: None,
+                machine_busy,
+                probe: None,
             };
             eprintln!(
                 "{name} {users}: {} failed, P99 gap {:.1} ms, {:.0} s",
@@ -285,8 +402,12 @@ pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String
             );
             let over = step.over_knee();
             let mut step = step;
+            if let (Some(p), Some(mark)) = (&probe, &probe_start) {
+                step.probe = Some(probe_step(p, approach, mark, step.requests, wall)?);
+            }
             step.relay_delay = relay.stop();
             drop(model);
+            drop(probe);
             rows.push(step);
             if over && users != *steps.last().unwrap_or(&users) {
                 // Past the knee: the next steps only fail more (and take longest).
@@ -302,7 +423,7 @@ pub fn run(steps: &[usize], hold_secs: u64, ramp_secs: u64, approaches: &[String
 
 fn table(rows: &[Step]) -> String {
     let mut s = String::from(
-        "| approach | users | requests | failed (by reason) | P50 TTFT | P99 TTFT | P99 gap | relay delay P50 / P99 | model CPU | relay CPU | bench CPU | relay RSS | bench RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| approach | users | requests | failed (by reason) | P50 TTFT | P99 TTFT | P99 gap | relay delay P50 / P99 | machine busy | model CPU | relay CPU | bench CPU | relay RSS | bench RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let pct = |cpu: f64, wall: f64| format!("{:.0}%", 100.0 * cpu / wall.max(1e-9));
     for r in rows {
@@ -312,7 +433,7 @@ fn table(rows: &[Step]) -> String {
             format!("{} ({})", r.failed, r.failures)
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {failed} | {:.0} ms | {:.0} ms | {:.1} ms{} | {} | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
+            "| {} | {} | {} | {failed} | {:.0} ms | {:.0} ms | {:.1} ms{} | {} | {:.0}% | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
             r.approach,
             r.users,
             r.requests,
@@ -322,6 +443,7 @@ fn table(rows: &[Step]) -> String {
             if r.over_knee() { " (over)" } else { "" },
             r.relay_delay
                 .map_or("-".to_owned(), |(p50, p99)| format!("{p50:.2} / {p99:.2} ms")),
+            100.0 * r.machine_busy,
             pct(r.model_cpu, r.wall),
             pct(r.relay_cpu, r.wall),
             pct(r.bench_cpu, r.wall),
@@ -349,7 +471,43 @@ fn table(rows: &[Step]) -> String {
             )),
         }
     }
-    s.push_str("\n\nCPU: share of one core over the step (the machine's cores are shared by all three processes). Relay delay: per token, from the model's `created_at` to the relay handing it to the client's connection (raw forwards /v1 chunks, whose timestamps are whole seconds: not timed).\n");
+    s.push_str(&probe_table(rows));
+    s.push_str("\n\nMachine busy: the share of all the machine's cores not idle over the step (kernel work included). CPU: share of one core over the step (the machine's cores are shared by all three processes). Relay delay: per token, from the model's `created_at` to the relay handing it to the client's connection (raw forwards /v1 chunks, whose timestamps are whole seconds: not timed).\n");
+    s
+}
+
+/// The probe's columns, when it ran.
+fn probe_table(rows: &[Step]) -> String {
+    let with: Vec<(&Step, &ProbeStep)> = rows
+        .iter()
+        .filter_map(|r| Some((r, r.probe.as_ref()?)))
+        .collect();
+    if with.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n\nThe probe beside them (eBPF on lo, the relay's spans). Loop lag: how late its loop ran its 100 ms tick, as bucket bounds of `tokenwire_probe_loop_lag_seconds` (idle, about 1 ms: the timer's granularity). Final records: the probe's per-request records of the approach against the bench's requests (raw has 2 more, the bench's `/api/version` and `/tokenwire/model` through the proxy):\n\n| approach | users | spans/s | spans refused | loop lag P99 / worst | probe CPU | probe peak RSS | final records / requests |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let ms = |v: Option<f64>| match v {
+        Some(v) if v.is_finite() => format!("≤ {v:.2} ms"),
+        Some(_) => "> 1 s".to_owned(),
+        None => "-".to_owned(),
+    };
+    for (r, p) in with {
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {} / {} | {:.0}% | {:.0} MiB | {} / {} |\n",
+            r.approach,
+            r.users,
+            p.spans_per_sec,
+            p.rejected,
+            ms(p.lag_p99_ms),
+            ms(p.lag_max_ms),
+            100.0 * p.cpu / r.wall.max(1e-9),
+            p.rss_mib,
+            p.records,
+            r.requests,
+        ));
+    }
     s
 }
 

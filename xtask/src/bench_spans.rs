@@ -9,84 +9,12 @@
 //! The sender is a blocking Unix datagram socket, so it goes as fast as the probe drains
 //! the socket; the time runs until the probe's counters account for every span sent.
 
+use crate::probe_process::Probe;
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Probe {
-    child: Child,
-    api: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Probe {
-    fn start(backend: &str) -> Result<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("tokenwire-bench-spans-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let mut child = Command::new("target/release/tokenwire-probe")
-            .args(["run", "--iface", "lo", "--backend", backend, "--quiet"])
-            .args(["--interval", "3600", "--listen", "127.0.0.1:0", "--spans"])
-            .arg(dir.join("spans.sock"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting target/release/tokenwire-probe")?;
-        let stderr = child.stderr.take().context("the probe's stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let mut api = None;
-        for line in lines.by_ref() {
-            let line = line?;
-            if let Some(rest) = line.split("serving http://").nth(1) {
-                api = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-            if line.contains("receiving spans on") {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        let api = api.context("the probe did not say where it serves")?;
-        Ok(Self { child, api, dir })
-    }
-
-    /// (accepted, rejected by reason) from /metrics.
-    fn span_counts(&self) -> Result<(u64, Vec<(String, u64)>)> {
-        let text = crate::observe::metrics(self.api)?;
-        let accepted = crate::observe::sample(&text, "tokenwire_probe_spans_accepted_total ");
-        let rejected = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("tokenwire_probe_spans_rejected_total{reason=\""))
-            .filter_map(|rest| {
-                let (reason, value) = rest.split_once('"')?;
-                let n = value.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
-                Some((reason.to_owned(), n))
-            })
-            .collect();
-        Ok((accepted, rejected))
-    }
-
-    /// Resident and peak resident set size, KiB.
-    fn rss_kib(&self) -> (u64, u64) {
-        let pid = self.child.id();
-        (
-            crate::observe::status_kib(pid, "VmRSS:"),
-            crate::observe::status_kib(pid, "VmHWM:"),
-        )
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn start(id: &str, client: SocketAddr, server: SocketAddr) -> String {
     format!(
@@ -114,7 +42,7 @@ fn measure(probe: &Probe, messages: &[String]) -> Result<Outcome> {
     let rejected0: u64 = rejected0.iter().map(|(_, n)| n).sum();
     let (rss_before, _) = probe.rss_kib();
     let tx = UnixDatagram::unbound()?;
-    let path = probe.dir.join("spans.sock");
+    let path = probe.spans_socket();
     let t0 = Instant::now();
     for m in messages {
         tx.send_to(m.as_bytes(), &path).context("sending a span")?;
@@ -157,7 +85,7 @@ pub fn run(spans: usize, backend: &str) -> Result<()> {
     let server = listener.local_addr()?;
     let mut rows = Vec::new();
     for workload in ["abuse", "keep-alive"] {
-        let probe = Probe::start(backend)?;
+        let probe = Probe::start(backend, &[])?;
         // One real connection, with a payload each way, so the capture knows it.
         let mut client = TcpStream::connect(server)?;
         let (mut accepted, _) = listener.accept()?;

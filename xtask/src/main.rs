@@ -147,6 +147,10 @@ enum Task {
         /// Approaches, in this order.
         #[arg(long, value_delimiter = ',', default_value = "raw,sse,wt")]
         approaches: Vec<String>,
+        /// Run without the probe beside the servers (by default a release probe, eBPF on
+        /// lo, takes the relay's spans and its figures get a table of their own).
+        #[arg(long)]
+        no_probe: bool,
     },
 }
 
@@ -255,9 +259,10 @@ fn real_main() -> Result<()> {
             hold_secs,
             ramp_secs,
             approaches,
+            no_probe,
         } => {
             setup()?;
-            bench_capacity::run(&steps, hold_secs, ramp_secs, &approaches)
+            bench_capacity::run(&steps, hold_secs, ramp_secs, &approaches, !no_probe)
         }
     }
 }
@@ -268,6 +273,7 @@ mod bench_spans;
 mod fleet;
 mod fuzz;
 mod observe;
+mod probe_process;
 mod soak;
 
 fn workspace_root() -> PathBuf {

@@ -370,6 +370,11 @@ impl EbpfBackend {
         }
     }
 
+    /// Whether the flow keys are read with batch syscalls (else one by one: older kernels).
+    pub fn reads_keys_in_batches(&self) -> bool {
+        self.flows.reads_in_batches()
+    }
+
     /// Reads every key's counters (summed over CPUs) into the table.
     pub fn read_counters(&mut self, table: &mut FlowTable, now: Instant) -> Result<u64, EbpfError> {
         self.flows

@@ -4,12 +4,16 @@
 
 use super::ebpf::{EbpfError, Layout, chain};
 use crate::flow::{Counters, PacketKey};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use std::os::fd::{AsFd, OwnedFd};
 use tokenwire_probe_common as common;
 
 pub struct FlowMaps {
     slots: PerCpuArray<MapData, common::FlowCounters>,
     keys: HashMap<MapData, u32, common::FlowKey>,
+    /// The keys map again, for batch reads ([`super::map_batch`]); `None` once the kernel
+    /// refused them (aya's iterator reads it then).
+    keys_batch: Option<OwnedFd>,
     collided: PerCpuHashMap<MapData, common::FlowKey, common::FlowCounters>,
     layout: Layout,
 }
@@ -46,11 +50,16 @@ impl FlowMaps {
                 reason: "missing from the object".into(),
             })
         };
+        let keys = take(common::FLOW_KEYS_MAP)?;
+        let keys_batch = match &keys {
+            Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
         Ok(Self {
             slots: PerCpuArray::try_from(take(common::SLOTS_MAP)?)
                 .map_err(map_err(common::SLOTS_MAP))?,
-            keys: HashMap::try_from(take(common::FLOW_KEYS_MAP)?)
-                .map_err(map_err(common::FLOW_KEYS_MAP))?,
+            keys: HashMap::try_from(keys).map_err(map_err(common::FLOW_KEYS_MAP))?,
+            keys_batch,
             collided: PerCpuHashMap::try_from(take(common::COLLIDED_MAP)?)
                 .map_err(map_err(common::COLLIDED_MAP))?,
             layout,
@@ -73,10 +82,7 @@ impl FlowMaps {
         &mut self,
         mut each: impl FnMut(PacketKey, Counters, u8),
     ) -> Result<u64, EbpfError> {
-        let mut owned = Vec::new();
-        for entry in self.keys.iter() {
-            owned.push(entry.map_err(map_err(common::FLOW_KEYS_MAP))?);
-        }
+        let owned = self.owned_keys()?;
         let mut n = 0;
         for (slot, raw) in owned {
             let (Some(key), Some((total, flags))) = (
@@ -97,6 +103,31 @@ impl FlowMaps {
             }
         }
         Ok(n)
+    }
+
+    /// Whether the keys are read in batches (the kernel took the first batch read, or none
+    /// was tried yet).
+    pub fn reads_in_batches(&self) -> bool {
+        self.keys_batch.is_some()
+    }
+
+    /// Every (slot, key that owns it): in batches where the kernel allows, else one key at
+    /// a time.
+    fn owned_keys(&mut self) -> Result<Vec<(u32, common::FlowKey)>, EbpfError> {
+        if let Some(fd) = &self.keys_batch {
+            match super::map_batch::lookup_all::<u32, common::FlowKey>(fd.as_fd()) {
+                Ok(all) => return Ok(all),
+                Err(e) => {
+                    tracing::debug!(error = %e, "batch reads of the flow keys refused; reading them one by one");
+                    self.keys_batch = None;
+                }
+            }
+        }
+        let mut owned = Vec::new();
+        for entry in self.keys.iter() {
+            owned.push(entry.map_err(map_err(common::FLOW_KEYS_MAP))?);
+        }
+        Ok(owned)
     }
 
     /// The slot `key` owns and its tag, if it owns one (else it is collided, or not in

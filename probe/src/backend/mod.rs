@@ -18,6 +18,8 @@ mod factory;
 mod flow_maps;
 #[cfg(target_os = "linux")]
 pub mod kernel_run;
+#[cfg(target_os = "linux")]
+mod map_batch;
 pub mod pcap;
 pub mod replay;
 

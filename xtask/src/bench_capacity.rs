@@ -29,6 +29,14 @@ use std::time::{Duration, Instant};
 /// P99 gap past which a step is over the knee.
 const KNEE_GAP_MS: f64 = 50.0;
 
+/// The window of the machine's peak busy share.
+const PEAK_WINDOW: Duration = Duration::from_secs(5);
+
+/// The share of the machine's CPU time that was busy between two `machine_ticks` readings.
+fn busy_share(from: (u64, u64), to: (u64, u64)) -> f64 {
+    to.0.saturating_sub(from.0) as f64 / (to.1.saturating_sub(from.1) as f64).max(1.0)
+}
+
 /// A process's CPU seconds so far (user + system), from /proc.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -182,8 +190,10 @@ struct Step {
     bench_rss_mib: f64,
     /// The relay's added delay per token, P50 and P99 (ms); raw times none.
     relay_delay: Option<(f64, f64)>,
-    /// The machine's busy share of all its cores over the step.
+    /// The machine's busy share of all its cores over the step, and in its busiest
+    /// 5-second window (the ramp and the last answers' tail thin out the mean).
     machine_busy: f64,
+    machine_peak: f64,
     probe: Option<ProbeStep>,
 }
 
@@ -346,9 +356,15 @@ pub fn run(
                 .context("starting target/release/tokenwire-bench")?;
             let bench_pid = bench.id();
             let (mut bench_cpu, mut bench_rss, mut relay_rss) = (0.0, 0u64, 0u64);
+            let (mut window, mut window_at, mut machine_peak) = (machine0, Instant::now(), 0.0f64);
             let status = loop {
                 if let Some(s) = bench.try_wait()? {
                     break s;
+                }
+                if window_at.elapsed() >= PEAK_WINDOW {
+                    let now = crate::observe::machine_ticks();
+                    machine_peak = machine_peak.max(busy_share(window, now));
+                    (window, window_at) = (now, Instant::now());
                 }
                 bench_cpu = cpu_secs(bench_pid).max(bench_cpu);
                 bench_rss = bench_rss.max(crate::observe::status_kib(bench_pid, "VmHWM:"));
@@ -358,8 +374,7 @@ pub fn run(
             let wall = started.elapsed().as_secs_f64();
             let (model_cpu, relay_cpu) = (cpu_secs(model.pid()) - m0, cpu_secs(relay.pid()) - r0);
             let machine1 = crate::observe::machine_ticks();
-            let machine_busy =
-                (machine1.0 - machine0.0) as f64 / ((machine1.1 - machine0.1) as f64).max(1.0);
+            let machine_busy = busy_share(machine0, machine1);
             if !status.success() {
                 bail!("tokenwire-bench failed ({status}) at {users} {approach} users");
             }
@@ -394,6 +409,7 @@ pub fn run(
                 bench_rss_mib: bench_rss as f64 / 1024.0,
                 relay_delay: None,
                 machine_busy,
+                machine_peak,
                 probe: None,
             };
             eprintln!(
@@ -423,7 +439,7 @@ pub fn run(
 
 fn table(rows: &[Step]) -> String {
     let mut s = String::from(
-        "| approach | users | requests | failed (by reason) | P50 TTFT | P99 TTFT | P99 gap | relay delay P50 / P99 | machine busy | model CPU | relay CPU | bench CPU | relay RSS | bench RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| approach | users | requests | failed (by reason) | P50 TTFT | P99 TTFT | P99 gap | relay delay P50 / P99 | machine busy (mean / peak 5 s) | model CPU | relay CPU | bench CPU | relay RSS | bench RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let pct = |cpu: f64, wall: f64| format!("{:.0}%", 100.0 * cpu / wall.max(1e-9));
     for r in rows {
@@ -433,7 +449,7 @@ fn table(rows: &[Step]) -> String {
             format!("{} ({})", r.failed, r.failures)
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {failed} | {:.0} ms | {:.0} ms | {:.1} ms{} | {} | {:.0}% | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
+            "| {} | {} | {} | {failed} | {:.0} ms | {:.0} ms | {:.1} ms{} | {} | {:.0}% / {:.0}% | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
             r.approach,
             r.users,
             r.requests,
@@ -444,6 +460,7 @@ fn table(rows: &[Step]) -> String {
             r.relay_delay
                 .map_or("-".to_owned(), |(p50, p99)| format!("{p50:.2} / {p99:.2} ms")),
             100.0 * r.machine_busy,
+            100.0 * r.machine_peak,
             pct(r.model_cpu, r.wall),
             pct(r.relay_cpu, r.wall),
             pct(r.bench_cpu, r.wall),
@@ -472,7 +489,7 @@ fn table(rows: &[Step]) -> String {
         }
     }
     s.push_str(&probe_table(rows));
-    s.push_str("\n\nMachine busy: the share of all the machine's cores not idle over the step (kernel work included). CPU: share of one core over the step (the machine's cores are shared by all three processes). Relay delay: per token, from the model's `created_at` to the relay handing it to the client's connection (raw forwards /v1 chunks, whose timestamps are whole seconds: not timed).\n");
+    s.push_str("\n\nMachine busy: the share of all the machine's cores not idle (kernel work included), over the step and in its busiest 5 s. CPU: share of one core over the step (the machine's cores are shared by all the processes). Relay delay: per token, from the model's `created_at` to the relay handing it to the client's connection (raw forwards /v1 chunks, whose timestamps are whole seconds: not timed).\n");
     s
 }
 

@@ -152,13 +152,14 @@ fn rss_kib(pid: u32) -> u64 {
 /// longer than the idle timeout: the probe must evict each wave's keys to take the next
 /// (its map holds 16,384), count every eviction, keep every packet, and stay flat in memory.
 /// The flow tests run one at a time: each backend would see the other's traffic on lo.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// So does the many-streams test: every eBPF probe on lo sees a wave's 10,000 new keys,
+/// and a ring buffer full of their events drops the events of the streams' connections
+/// (the probe then learns their keys at its next counter read, after some cuts).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn hundred_thousand_flows(backend: &str) {
     require_root();
-    let _alone = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _alone = ONE_AT_A_TIME.blocking_lock();
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sink.local_addr().unwrap().port();
     let label = format!("{port}=flows");
@@ -263,6 +264,7 @@ fn a_hundred_thousand_flows_through_pcap_lose_nothing_and_stay_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_concurrent_streams_each_get_one_complete_record() {
     require_root();
+    let _alone = ONE_AT_A_TIME.lock().await;
     const USERS: usize = 200;
     let path = spans_path("many");
     let stack = Stack::start("many", SpanSink::to_path(&path).unwrap()).await;

@@ -233,7 +233,7 @@ fn probe_label(approach: &str) -> &'static str {
 
 fn probe_mark(probe: &Probe, approach: &str) -> Result<ProbeMark> {
     let text = probe.metrics()?;
-    let (accepted, rejected) = probe.span_counts()?;
+    let (accepted, rejected) = crate::probe_process::span_counts(&text);
     Ok(ProbeMark {
         accepted,
         rejected: rejected.iter().map(|(_, n)| n).sum(),

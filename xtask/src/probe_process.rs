@@ -70,18 +70,7 @@ impl Probe {
 
     /// (accepted, rejected by reason) from /metrics.
     pub fn span_counts(&self) -> Result<(u64, Vec<(String, u64)>)> {
-        let text = self.metrics()?;
-        let accepted = crate::observe::sample(&text, "tokenwire_probe_spans_accepted_total ");
-        let rejected = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("tokenwire_probe_spans_rejected_total{reason=\""))
-            .filter_map(|rest| {
-                let (reason, value) = rest.split_once('"')?;
-                let n = value.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
-                Some((reason.to_owned(), n))
-            })
-            .collect();
-        Ok((accepted, rejected))
+        Ok(span_counts(&self.metrics()?))
     }
 
     /// Resident and peak resident set size, KiB.
@@ -92,6 +81,21 @@ impl Probe {
             crate::observe::status_kib(pid, "VmHWM:"),
         )
     }
+}
+
+/// (accepted, rejected by reason) in a probe's exposition `text`.
+pub fn span_counts(text: &str) -> (u64, Vec<(String, u64)>) {
+    let accepted = crate::observe::sample(text, "tokenwire_probe_spans_accepted_total ");
+    let rejected = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tokenwire_probe_spans_rejected_total{reason=\""))
+        .filter_map(|rest| {
+            let (reason, value) = rest.split_once('"')?;
+            let n = value.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
+            Some((reason.to_owned(), n))
+        })
+        .collect();
+    (accepted, rejected)
 }
 
 impl Drop for Probe {

@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use tokenwire_probe::labels::Labels;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(a) = tokenwire_probe::analyze::analyze(data, Labels::default(), Vec::new()) {
+    if let Ok(a) = tokenwire_probe::analyze::analyze(data, Labels::default(), Vec::new(), Default::default()) {
         let _ = a.rows.len();
     }
 });

@@ -22,8 +22,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = classify_tcp(bytes);
     let mut acc = Accumulator::new();
     let mut table = FlowTable::new(Labels::default());
-    acc.packet(link, bytes, bytes.len() as u32, 1);
-    acc.packet(link, bytes, bytes.len() as u32, 1);
+    acc.packet(link, bytes, bytes.len() as u32, 1, 0);
+    acc.packet(link, bytes, bytes.len() as u32, 1, 0);
     acc.flush(&mut table, std::time::Instant::now());
     let counted: u64 = table.rows().iter().map(|r| r.counters.packets).sum::<u64>()
         + acc.health.not_ip.packets

@@ -28,6 +28,12 @@ pub const UNATTRIBUTED_MAP: &str = "UNATTRIBUTED";
 /// Name of the per-CPU array of the kernel side's own failure counters ([`Failure`]).
 pub const FAILURES_MAP: &str = "FAILURES";
 
+/// Name of the array, indexed by port, that says which TCP server ports are read
+/// passively (1) — `--http-ports`.
+pub const HTTP_PORTS_MAP: &str = "HTTP_PORTS";
+/// Name of the ring buffer of passively read packets ([`PassiveEvent`]).
+pub const PASSIVE_MAP: &str = "PASSIVE";
+
 /// Bytes of a flow's first payload copied into a [`FlowEvent`].
 pub const PAYLOAD_CAPTURE: usize = 512;
 
@@ -139,6 +145,9 @@ pub fn slot(hash: u64, shift: u32) -> u32 {
 
 /// `FlowCounters::sent`: the first-payload event went out.
 pub const SENT_PAYLOAD: u8 = 1;
+/// `FlowCounters::sent`: the key is a TCP flow of a port read passively: every packet
+/// goes to the [`PASSIVE_MAP`] ring.
+pub const SENT_PASSIVE: u8 = 4;
 /// `FlowCounters::sent`: the close (FIN/RST) event went out.
 pub const SENT_CLOSE: u8 = 2;
 
@@ -172,6 +181,39 @@ pub struct FlowEvent {
     pub data: [u8; PAYLOAD_CAPTURE],
 }
 
+/// A passively read packet's description, at the head of every [`PassiveEvent`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PassiveHeader {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub time_ns: u64,
+    pub key: FlowKey,
+    /// TCP sequence number.
+    pub seq: u32,
+    pub ip_bytes: u32,
+    pub link_bytes: u32,
+    /// Payload bytes on the wire (from the IP header's length).
+    pub payload_len: u32,
+    /// How many of them follow in `data`.
+    pub captured: u32,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A passively read packet with up to `N` bytes of its payload. The kernel picks the
+/// smallest of [`PASSIVE_CLASSES`] that holds the payload (a record per size, so a
+/// token's packet takes a few hundred bytes of the ring, not the largest copy).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PassiveEvent<const N: usize> {
+    pub head: PassiveHeader,
+    pub data: [u8; N],
+}
+
+/// Payload sizes a [`PassiveEvent`] is made in (each a power of two); a payload over the
+/// largest is cut there, and user space sees the rest as missing.
+pub const PASSIVE_CLASSES: [usize; 3] = [256, 2048, 16384];
+
 /// Indices into the per-CPU array of packets no flow key could describe.
 pub mod unattributed {
     /// Not IPv4 or IPv6 (ARP, ...).
@@ -198,7 +240,11 @@ pub mod failure {
     pub const RINGBUF_FULL: u32 = 0;
     /// A payload could not be copied into an event.
     pub const PAYLOAD_COPY: u32 = 1;
-    pub const LEN: u32 = 2;
+    /// A passively read packet could not be reserved in its ring (user space too slow).
+    pub const PASSIVE_RINGBUF_FULL: u32 = 2;
+    /// A passively read packet's payload could not be copied.
+    pub const PASSIVE_COPY: u32 = 3;
+    pub const LEN: u32 = 4;
 }
 
 #[cfg(all(feature = "user", target_os = "linux"))]

@@ -14,12 +14,12 @@
 
 use aya_ebpf::bindings::TC_ACT_UNSPEC;
 use aya_ebpf::macros::{classifier, map};
-use aya_ebpf::maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
 use tokenwire_probe_common::{
     EVENT_CLOSE, EVENT_OPEN, EVENT_PAYLOAD, FAMILY_V4, FAMILY_V6, FlowCounters, FlowEvent, FlowKey,
-    PAYLOAD_CAPTURE, SENT_CLOSE, SENT_PAYLOAD, TCP_FIN, TCP_RST, Unattributed, failure,
-    fingerprint, slot, unattributed,
+    PAYLOAD_CAPTURE, PassiveEvent, PassiveHeader, SENT_CLOSE, SENT_PASSIVE, SENT_PAYLOAD, TCP_FIN,
+    TCP_RST, Unattributed, failure, fingerprint, slot, unattributed,
 };
 
 /// One slot per key (a power of two of them, the loader sets how many from
@@ -48,6 +48,16 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// 1 at the TCP server ports read passively (`--http-ports`), by port; the loader fills it
+/// before attaching.
+#[map(name = "HTTP_PORTS")]
+static HTTP_PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
+
+/// Every packet of a passively read flow, with a bounded copy of its payload; the loader
+/// sizes it (`--passive-ring-mib`).
+#[map(name = "PASSIVE")]
+static PASSIVE: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 #[map(name = "UNATTRIBUTED")]
 static UNATTRIBUTED: PerCpuArray<Unattributed> =
@@ -103,6 +113,10 @@ pub fn tokenwire_empty(_ctx: TcContext) -> i32 {
 /// What parsing found.
 struct Parsed {
     key: FlowKey,
+    /// Offset of the IP header.
+    ip_off: usize,
+    /// Offset of the transport header.
+    l4_off: usize,
     /// Offset of the transport payload.
     payload_off: usize,
     tcp_flags: u8,
@@ -201,7 +215,7 @@ fn count(ctx: &TcContext, l2: bool, ingress: u8) {
         ETH_P_IPV6 => parse_v6(ctx, ip_off, &mut w, buf),
         _ => return unattributed(unattributed::NOT_IP, 0, len),
     };
-    let Some((payload_off, tcp_flags)) = parsed else {
+    let Some((l4_off, payload_off, tcp_flags)) = parsed else {
         return unattributed(unattributed::MALFORMED, ip_bytes, len);
     };
     w[9] |= (ingress as u32) << 16;
@@ -210,6 +224,8 @@ fn count(ctx: &TcContext, l2: bool, ingress: u8) {
     let key: FlowKey = unsafe { core::mem::transmute(w) };
     let p = Parsed {
         key,
+        ip_off,
+        l4_off,
         payload_off,
         tcp_flags,
     };
@@ -267,6 +283,9 @@ fn add(
         c.sent |= SENT_CLOSE;
         event(ctx, p, EVENT_CLOSE, payload_len);
     }
+    if c.sent & SENT_PASSIVE != 0 {
+        passive(ctx, p, ip_bytes, len);
+    }
 }
 
 /// The counters of a key's first packet on this CPU, its events sent: one says "open"
@@ -286,6 +305,10 @@ fn first(
     }
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         sent |= SENT_CLOSE;
+    }
+    if read_passively(&p.key) {
+        sent |= SENT_PASSIVE;
+        passive(ctx, p, ip_bytes, len);
     }
     let kind = if payload_len > 0 {
         EVENT_PAYLOAD
@@ -379,6 +402,95 @@ fn event(ctx: &TcContext, p: &Parsed, kind: u8, payload_len: u32) {
     entry.submit(BPF_RB_NO_WAKEUP);
 }
 
+/// Whether a key's packets are read passively: TCP with a port in [`HTTP_PORTS`]. Asked
+/// once per key and CPU (at its first packet); the answer is kept in the slot's `sent`.
+#[inline(always)]
+fn read_passively(key: &FlowKey) -> bool {
+    if key.proto != IPPROTO_TCP {
+        return false;
+    }
+    let marked = |port: u16| HTTP_PORTS.get(port as u32).is_some_and(|v| *v != 0);
+    marked(key.dst_port) || marked(key.src_port)
+}
+
+/// Sends a passively read packet to user space: its key, time, counts, TCP sequence
+/// number and as much of its payload as the smallest fitting event class holds.
+#[inline(never)]
+fn passive(ctx: &TcContext, p: &Parsed, ip_bytes: u64, len: u64) {
+    let mut buf = Scratch::uninit();
+    let buf = &mut buf;
+    // The payload's length from the IP header: a padded frame's padding is not payload.
+    let ip_len = if p.key.family == FAMILY_V4 {
+        be16(ctx, p.ip_off + 2, buf).map(|l| l as usize)
+    } else {
+        be16(ctx, p.ip_off + 4, buf).map(|l| l as usize + 40)
+    };
+    let headers = p.payload_off - p.ip_off;
+    let payload_len = match ip_len {
+        Some(l) if l > headers => (l - headers) as u32,
+        _ => 0,
+    };
+    let seq = match at::<8>(ctx, p.l4_off, buf) {
+        Some(h) => u32::from_be(ld32(h, 4)),
+        None => 0,
+    };
+    let head = PassiveHeader {
+        time_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+        key: p.key,
+        seq,
+        ip_bytes: ip_bytes as u32,
+        link_bytes: len as u32,
+        payload_len,
+        captured: 0,
+        tcp_flags: p.tcp_flags,
+        _pad: [0; 7],
+    };
+    if payload_len == 0 {
+        passive_event::<0>(ctx, p, &head);
+    } else if payload_len <= 256 {
+        passive_event::<256>(ctx, p, &head);
+    } else if payload_len <= 2048 {
+        passive_event::<2048>(ctx, p, &head);
+    } else {
+        passive_event::<16384>(ctx, p, &head);
+    }
+}
+
+/// One [`PassiveEvent`] with room for `N` payload bytes (`N` 0 or a power of two).
+#[inline(always)]
+fn passive_event<const N: usize>(ctx: &TcContext, p: &Parsed, head: &PassiveHeader) {
+    let Some(mut entry) = PASSIVE.reserve::<PassiveEvent<N>>(0) else {
+        return fail(failure::PASSIVE_RINGBUF_FULL);
+    };
+    let ev = entry.as_mut_ptr();
+    let mut captured = 0u32;
+    unsafe {
+        (*ev).head = *head;
+        if N > 0 && head.payload_len > 0 {
+            let want = if head.payload_len as usize > N {
+                N as u32
+            } else {
+                head.payload_len
+            };
+            // Written so the verifier can see 1 <= n <= N.
+            let n = ((want - 1) & (N as u32 - 1)) + 1;
+            let r = aya_ebpf::helpers::bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                p.payload_off as u32,
+                (*ev).data.as_mut_ptr() as *mut _,
+                n,
+            );
+            if r == 0 {
+                captured = n;
+            } else {
+                fail(failure::PASSIVE_COPY);
+            }
+        }
+        (*ev).head.captured = captured;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP);
+}
+
 /// One byte through the helper (the rare path: a packet shorter than two bytes).
 #[inline(always)]
 fn byte(ctx: &TcContext, off: usize) -> Option<u8> {
@@ -396,7 +508,7 @@ fn ports(
     proto: u8,
     l4: usize,
     buf: &mut Scratch,
-) -> Option<(usize, u8)> {
+) -> Option<(usize, usize, u8)> {
     let len = ctx.len() as usize;
     match proto {
         IPPROTO_TCP => {
@@ -406,15 +518,15 @@ fn ports(
             if doff < 20 || l4 + doff > len {
                 return None;
             }
-            Some((l4 + doff, ld8(h, 13)))
+            Some((l4, l4 + doff, ld8(h, 13)))
         }
         IPPROTO_UDP => {
             let h = at::<8>(ctx, l4, buf)?;
             w[8] = port_word(h);
-            Some((l4 + 8, 0))
+            Some((l4, l4 + 8, 0))
         }
         // Other protocols: keyed by addresses and protocol number, no payload.
-        _ if l4 <= len => Some((len, 0)),
+        _ if l4 <= len => Some((l4, len, 0)),
         _ => None,
     }
 }
@@ -439,7 +551,12 @@ fn proto_word(proto: u8, family: u8) -> u32 {
 /// The IPv4 header at `off`: addresses and protocol into `w`, then the transport header;
 /// where the payload starts and the TCP flags.
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, off: usize, w: &mut Words, buf: &mut Scratch) -> Option<(usize, u8)> {
+fn parse_v4(
+    ctx: &TcContext,
+    off: usize,
+    w: &mut Words,
+    buf: &mut Scratch,
+) -> Option<(usize, usize, u8)> {
     let h = at::<20>(ctx, off, buf)?;
     let vihl = ld8(h, 0);
     let ihl = (vihl & 0x0f) as usize * 4;
@@ -453,14 +570,19 @@ fn parse_v4(ctx: &TcContext, off: usize, w: &mut Words, buf: &mut Scratch) -> Op
     // A fragment other than the first carries no transport header.
     if u16::from_be(ld16(h, 6)) & 0x1fff != 0 {
         let len = ctx.len() as usize;
-        return (off + ihl <= len).then_some((len, 0));
+        return (off + ihl <= len).then_some((off + ihl, len, 0));
     }
     ports(ctx, w, proto, off + ihl, buf)
 }
 
 /// The IPv6 header at `off` and its extension headers, then the transport header.
 #[inline(always)]
-fn parse_v6(ctx: &TcContext, off: usize, w: &mut Words, buf: &mut Scratch) -> Option<(usize, u8)> {
+fn parse_v6(
+    ctx: &TcContext,
+    off: usize,
+    w: &mut Words,
+    buf: &mut Scratch,
+) -> Option<(usize, usize, u8)> {
     let h = at::<40>(ctx, off, buf)?;
     if ld8(h, 0) >> 4 != 6 {
         return None;
@@ -490,7 +612,7 @@ fn parse_v6(ctx: &TcContext, off: usize, w: &mut Words, buf: &mut Scratch) -> Op
                 l4 += 8;
                 if frag != 0 {
                     w[9] = proto_word(next, FAMILY_V6);
-                    return Some((ctx.len() as usize, 0));
+                    return Some((l4, ctx.len() as usize, 0));
                 }
             }
             51 => {

@@ -4,12 +4,13 @@
 //! time (the server's clock), in packet-time order.
 
 use crate::attribution::{ConnectionRecord, RequestRecord};
-use crate::backend::replay::{PacketSource, ReplayBackend, ReplayError};
+use crate::backend::replay::{PacketSource, ReplayBackend, ReplayError, Step};
 use crate::capture_file::CaptureFileError;
 use crate::engine::{Engine, EngineOptions};
 use crate::health::Health;
 use crate::labels::Labels;
 use crate::output;
+use crate::passive::PassiveOptions;
 use crate::spans::Span;
 use crate::table::FlowRow;
 use std::io::Read;
@@ -56,24 +57,35 @@ impl Analysis {
     }
 }
 
-/// Counts the file; `spans` cut its connections into requests.
-pub fn analyze<R: Read>(r: R, labels: Labels, spans: Vec<Span>) -> Result<Analysis, AnalyzeError> {
-    replay(ReplayBackend::open(r, spans)?, labels)
+/// Counts the file; `spans` cut its connections into requests, and connections on the
+/// `passive` ports are read for requests of their own.
+pub fn analyze<R: Read>(
+    r: R,
+    labels: Labels,
+    spans: Vec<Span>,
+    passive: PassiveOptions,
+) -> Result<Analysis, AnalyzeError> {
+    replay(ReplayBackend::open(r, spans)?, labels, passive)
 }
 
 /// Plays `backend` through the engine to its end.
 pub fn replay<S: PacketSource>(
     backend: ReplayBackend<S>,
     labels: Labels,
+    passive: PassiveOptions,
 ) -> Result<Analysis, AnalyzeError> {
     let now = Instant::now();
     let opts = EngineOptions {
         keep_requests: usize::MAX,
+        passive,
         ..EngineOptions::default()
     };
     let mut engine = Engine::new(backend, labels, opts);
-    while let Some(span) = engine.backend_mut().next_span()? {
-        engine.span(span, now);
+    while let Some(step) = engine.backend_mut().next_step()? {
+        if let Step::Span(span) = step {
+            engine.span(span, now);
+        }
+        engine.read_passive();
     }
     // Replay counting cannot fail: it is all in memory.
     let _ = engine.finish_all(now);
@@ -155,7 +167,8 @@ mod tests {
                     &packets.iter().map(Vec::as_slice).collect::<Vec<_>>(),
                 ),
             ] {
-                let a = analyze(&file[..], Labels::default(), Vec::new()).unwrap();
+                let a =
+                    analyze(&file[..], Labels::default(), Vec::new(), Default::default()).unwrap();
                 assert!(a.error.is_none(), "{linktype}");
                 let rows = &a.rows;
                 let summary: Vec<(&str, Transport, Direction, u64, u64)> = rows
@@ -212,17 +225,33 @@ mod tests {
             })
             .collect();
         let f = pcap_file(1, &packets);
-        let a = analyze(&f[..f.len() - 5], Labels::default(), Vec::new()).unwrap();
+        let a = analyze(
+            &f[..f.len() - 5],
+            Labels::default(),
+            Vec::new(),
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(a.packets, 4);
         assert_eq!(a.rows[0].counters.packets, 4);
         let e = a.error.unwrap().to_string();
         assert!(e.starts_with("packet 4 at byte "), "{e}");
         assert!(matches!(
-            analyze(&pcap_file(147, &packets)[..], Labels::default(), Vec::new()),
+            analyze(
+                &pcap_file(147, &packets)[..],
+                Labels::default(),
+                Vec::new(),
+                Default::default()
+            ),
             Err(ReplayError::UnknownLinkType(147))
         ));
         assert!(matches!(
-            analyze(&b"not a capture"[..], Labels::default(), Vec::new()),
+            analyze(
+                &b"not a capture"[..],
+                Labels::default(),
+                Vec::new(),
+                Default::default()
+            ),
             Err(ReplayError::Open(_))
         ));
     }

@@ -20,9 +20,11 @@
 //!   the connection's totals.
 
 use crate::flow::Counters;
+use crate::llm::{PassiveDetail, Source};
 use crate::spans::{ConnRef, Outcome, RejectReason, Span};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A connection's counters by direction at one moment.
@@ -117,6 +119,21 @@ pub struct RequestRecord {
     /// No more packets will be charged to it.
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// How the probe learnt of it: the server's spans, or its packets alone.
+    pub source: Source,
+    /// What a passively read request's packets showed (docs/passive.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passive: Option<Box<PassiveDetail>>,
+}
+
+impl RequestRecord {
+    /// When its last token passed: read from the packets (passive), else its end (spans).
+    pub fn last_token_unix_ns(&self) -> Option<u64> {
+        match &self.passive {
+            Some(p) => p.last_token_unix_ns,
+            None => self.end_unix_ns,
+        }
+    }
 }
 
 /// One connection that served requests, as GET /api/connections shows it.
@@ -264,6 +281,26 @@ impl Attributor {
             idle_limit: Duration::from_secs(300),
             ..Self::default()
         }
+    }
+
+    /// Whether spans named a connection between these endpoints (open, or recently ended):
+    /// its records are the spans' (a wildcard server address matches by port).
+    pub fn follows(&self, client: &SocketAddr, server: &SocketAddr) -> bool {
+        let wildcard = SocketAddr::new(
+            match server {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            },
+            server.port(),
+        );
+        [*server, wildcard].into_iter().any(|server| {
+            let key = ConnRef {
+                transport: crate::spans::SpanTransport::Tcp,
+                client: *client,
+                server,
+            };
+            self.conns.contains_key(&key) || self.ended.contains_key(&key)
+        })
     }
 
     /// What happened since the last call: starts, ends, final requests and connections.
@@ -727,6 +764,8 @@ fn record(r: &Req, own: Snapshot, overhead: bool, is_final: bool) -> RequestReco
             Quality::Exact
         },
         includes_connection_overhead: overhead,
+        source: Source::Spans,
+        passive: None,
         is_final,
     }
 }

@@ -8,6 +8,7 @@ use tokenwire_probe::attribution::Limits;
 use tokenwire_probe::backend::{self, BackendKind, LiveOptions};
 use tokenwire_probe::engine::EngineOptions;
 use tokenwire_probe::labels::Labels;
+use tokenwire_probe::passive::PassiveOptions;
 use tokenwire_probe::spans;
 
 /// Attributes every packet on an interface to a flow, a transport (tls, http, tcp, quic,
@@ -64,11 +65,64 @@ pub struct AnalyzeArgs {
     /// Server port to approach name, e.g. 9000=my-server (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub passive: PassiveArgs,
     /// The spans sent during the capture, one JSON message per line (what `run
     /// --spans-log` writes): adds the per-request records, with connections cut at each
     /// span's own time. Bad lines are reported and skipped.
     #[arg(long)]
     pub spans: Option<PathBuf>,
+}
+
+/// Passive reading (docs/passive.md): requests and tokens from the packets alone.
+#[derive(clap::Args)]
+pub struct PassiveArgs {
+    /// Server ports whose plaintext HTTP/1.1 connections are read passively: each LLM
+    /// request (Ollama /api/chat, /api/generate; OpenAI /v1/chat/completions,
+    /// /v1/completions) becomes a record with `source: passive`, its tokens counted from
+    /// the answer's body, with no span from the server. Comma-separated; `none` reads none.
+    /// Connections whose server sends spans keep the spans' records.
+    #[arg(long, default_value = "11434,8000", value_parser = parse_ports)]
+    pub http_ports: PortList,
+    /// Connections read passively at once; more are counted (outcome
+    /// `connection_limit`) and not read.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_passive_connections: usize,
+    /// eBPF: MiB of the ring buffer passively read packets go through (rounded up to a
+    /// power of two). A full ring loses packets: counted
+    /// (tokenwire_probe_passive_drops_total) and the requests then read marked incomplete.
+    #[arg(long, default_value_t = 16)]
+    pub passive_ring_mib: u32,
+}
+
+/// A set of ports from the command line.
+#[derive(Debug, Clone)]
+pub struct PortList(pub std::collections::BTreeSet<u16>);
+
+fn parse_ports(s: &str) -> Result<PortList, String> {
+    if s.trim().eq_ignore_ascii_case("none") || s.trim().is_empty() {
+        return Ok(PortList(Default::default()));
+    }
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{p:?} is not a port (1-65535); use `none` to read none"))
+        })
+        .collect::<Result<_, _>>()
+        .map(PortList)
+}
+
+impl PassiveArgs {
+    pub fn options(&self) -> PassiveOptions {
+        PassiveOptions {
+            ports: self.http_ports.0.clone(),
+            max_connections: self.max_passive_connections.max(1),
+            ..PassiveOptions::default()
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -105,9 +159,10 @@ pub struct RunArgs {
     /// own cost in ns per packet.
     #[arg(long)]
     pub bpf_stats: bool,
-    /// pcap: bytes kept of each packet (headers and the first payload bytes suffice).
-    #[arg(long, default_value_t = backend::pcap::DEFAULT_SNAPLEN)]
-    pub snaplen: i32,
+    /// pcap: bytes kept of each packet. Default: 600 (headers and the first payload bytes,
+    /// enough to classify), or whole packets (65535) when --http-ports are read passively.
+    #[arg(long)]
+    pub snaplen: Option<i32>,
     /// pcap: kernel buffer size in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub buffer_size: i32,
@@ -159,6 +214,8 @@ pub struct RunArgs {
     /// Print no tables (serve the endpoints only).
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub passive: PassiveArgs,
     /// Append every accepted span to FILE, one JSON message per line (for `analyze
     /// --spans` next to a capture taken at the same time).
     #[arg(long)]
@@ -178,8 +235,16 @@ impl RunArgs {
             ifaces: self.ifaces.clone(),
             max_flows: self.max_flows,
             bpf_stats: self.bpf_stats,
+            http_ports: self.passive.http_ports.0.clone(),
+            passive_ring_bytes: self.passive.passive_ring_mib.clamp(1, 1024) << 20,
             pcap: backend::pcap::PcapOptions {
-                snaplen: self.snaplen,
+                snaplen: self
+                    .snaplen
+                    .unwrap_or(if self.passive.http_ports.0.is_empty() {
+                        backend::pcap::DEFAULT_SNAPLEN
+                    } else {
+                        backend::pcap::WHOLE_PACKETS
+                    }),
                 buffer_size: self.buffer_size,
                 filter,
                 max_flows: self.max_flows,
@@ -197,6 +262,7 @@ impl RunArgs {
                 connections: self.max_span_connections.max(1),
                 streams_per_connection: self.max_streams_per_connection.max(1),
             },
+            passive: self.passive.options(),
         }
     }
 }

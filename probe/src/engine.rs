@@ -21,6 +21,7 @@ use crate::health::Health;
 use crate::labels::Labels;
 use crate::metrics::{self, Metrics};
 use crate::output;
+use crate::passive::{Passive, PassiveOptions};
 use crate::records::Records;
 use crate::spans::{Span, SpanCounts};
 use crate::table::FlowTable;
@@ -28,7 +29,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long things are kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// Finished requests (and connections) kept for the API.
     pub keep_requests: usize,
@@ -39,6 +40,8 @@ pub struct EngineOptions {
     pub closed: Duration,
     /// What attribution holds at most.
     pub limits: Limits,
+    /// Which connections are read passively, and its limits.
+    pub passive: PassiveOptions,
 }
 
 impl Default for EngineOptions {
@@ -48,6 +51,7 @@ impl Default for EngineOptions {
             idle: Duration::from_secs(300),
             closed: Duration::from_secs(30),
             limits: Limits::default(),
+            passive: PassiveOptions::default(),
         }
     }
 }
@@ -66,14 +70,21 @@ pub struct Engine<B> {
     opts: EngineOptions,
     unlogged_rejects: u64,
     last_reject_log: Option<Instant>,
+    passive: Passive,
+    /// Passive records dropped because the connection's server sent spans (spans win).
+    passive_superseded: u64,
 }
 
 impl<B: Backend> Engine<B> {
-    pub fn new(backend: B, labels: Labels, opts: EngineOptions) -> Self {
+    pub fn new(mut backend: B, labels: Labels, opts: EngineOptions) -> Self {
+        if let Err(e) = backend.read_passive(&opts.passive.ports) {
+            tracing::warn!("passive reading is off: {e}");
+        }
         let mut attributor = Attributor::new();
         attributor.idle_limit = opts.idle;
         attributor.limits = opts.limits;
         Self {
+            passive: Passive::new(opts.passive.clone()),
             interfaces: backend.interfaces(),
             backend,
             table: FlowTable::new(labels),
@@ -84,6 +95,7 @@ impl<B: Backend> Engine<B> {
             opts,
             unlogged_rejects: 0,
             last_reject_log: None,
+            passive_superseded: 0,
         }
     }
 
@@ -132,6 +144,7 @@ impl<B: Backend> Engine<B> {
     /// connections that are due (closed, or silent), with their final counters.
     pub fn tick(&mut self, now: Instant) {
         self.backend.drain(&mut self.table);
+        self.read_passive();
         for conn in self.attributor.due(&self.table, now) {
             let keys = self.table.keys_of(&conn);
             self.backend.refresh(&mut self.table, &keys, now);
@@ -208,7 +221,57 @@ impl<B: Backend> Engine<B> {
         self.backend.poll(&mut self.table, now)?;
         self.attributor.finish_all(&self.table);
         self.route_events();
+        self.backend.drain_passive(&mut self.passive);
+        self.passive.finish_all();
+        self.route_passive();
         Ok(())
+    }
+
+    /// Reads the packets kept for passive reading and ends the connections that are due.
+    pub fn read_passive(&mut self) {
+        self.backend.drain_passive(&mut self.passive);
+        self.passive.tick(self.backend.now_ns());
+        self.route_passive();
+    }
+
+    /// Passive reading's counts (`tokenwire_passive_*`).
+    pub fn passive_counts(&self) -> &crate::passive::PassiveCounts {
+        self.passive.counts()
+    }
+
+    /// Hands passive reading's final records to the records and the metrics, but for
+    /// connections whose server sent spans: the spans' records win.
+    fn route_passive(&mut self) {
+        for e in self.passive.take_events() {
+            match e {
+                Event::Request(r) => {
+                    if self.attributor.follows(&r.client, &r.server) {
+                        self.passive_superseded += 1;
+                        continue;
+                    }
+                    self.metrics.observe(&Event::Started {
+                        approach: r.approach.clone(),
+                    });
+                    self.metrics.observe(&Event::Ended {
+                        approach: r.approach.clone(),
+                        tokens: r.tokens,
+                        outcome: r.outcome.unwrap_or(crate::spans::Outcome::Unknown),
+                        ttft_seconds: r.ttft_ms.map(|m| m / 1e3),
+                    });
+                    let e = Event::Request(r);
+                    self.metrics.observe(&e);
+                    if let Event::Request(r) = e {
+                        self.records.push_request(r);
+                    }
+                }
+                Event::Connection(c) => {
+                    if !self.attributor.follows(&c.client, &c.server) {
+                        self.records.push_connection(c);
+                    }
+                }
+                Event::Started { .. } | Event::Ended { .. } => {}
+            }
+        }
     }
 
     /// Hands what attribution reported to the records and the metrics.
@@ -228,6 +291,12 @@ impl<B: Backend> Engine<B> {
     pub fn requests(&self) -> Vec<RequestRecord> {
         let mut out: Vec<RequestRecord> = self.records.requests().cloned().collect();
         out.extend(self.attributor.running(&self.table));
+        out.extend(
+            self.passive
+                .running()
+                .into_iter()
+                .filter(|r| !self.attributor.follows(&r.client, &r.server)),
+        );
         out
     }
 
@@ -263,6 +332,7 @@ impl<B: Backend> Engine<B> {
             connections: self.table.len() as u64,
             evictions: self.table.evictions,
             scrape_seconds,
+            passive: self.passive.counts(),
         })
     }
 

@@ -16,6 +16,10 @@ pub struct Health {
     pub event_drops: u64,
     /// First-payload copies that failed.
     pub payload_copy_failures: u64,
+    /// Passively read packets lost because their ring was full (eBPF).
+    pub passive_drops: u64,
+    /// Passively read packets whose payload could not be copied (eBPF).
+    pub passive_copy_failures: u64,
     /// Keys currently held (in the kernel map, for eBPF).
     pub flows_tracked: u64,
     /// Packets the kernel dropped before libpcap read them (pcap backend).

@@ -210,9 +210,17 @@ fn analyze(args: AnalyzeArgs) -> Result<()> {
             spans
         }
     };
-    let a = tokenwire_probe::analyze::analyze(std::io::BufReader::new(file), labels, spans)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    print!("{}", a.render(args.json, args.spans.is_some()));
+    let a = tokenwire_probe::analyze::analyze(
+        std::io::BufReader::new(file),
+        labels,
+        spans,
+        args.passive.options(),
+    )
+    .with_context(|| format!("reading {}", args.file.display()))?;
+    print!(
+        "{}",
+        a.render(args.json, args.spans.is_some() || !a.requests.is_empty())
+    );
     if let Some(e) = a.error {
         bail!(
             "{}: {e} (the totals above count the {} packets before it)",

@@ -33,6 +33,20 @@ pub const PACKETS_PER_TOKEN_BUCKETS: &[f64] =
 pub const TTFT_BUCKETS: &[f64] = &[
     0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
 ];
+/// OpenTelemetry GenAI semantic conventions' advised boundaries for
+/// `gen_ai.server.time_to_first_token` (seconds).
+pub const GEN_AI_TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// ... for `gen_ai.server.time_per_output_token` (seconds).
+pub const GEN_AI_TPOT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+/// ... for `gen_ai.client.token.usage` (tokens).
+pub const GEN_AI_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
 pub const LOOP_LAG_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
@@ -52,6 +66,28 @@ pub struct Metrics {
     ttft_seconds: HistogramVec,
     /// How late the live probe's loop ran its periodic tick (its other work delays it).
     loop_lag_seconds: Histogram,
+    /// OpenTelemetry GenAI names, for span-fed and passive records alike.
+    gen_ai_ttft: HistogramVec,
+    gen_ai_tpot: HistogramVec,
+    gen_ai_tokens: HistogramVec,
+}
+
+/// The OpenTelemetry GenAI attributes the gen_ai_* histograms carry, beside `approach`
+/// and `source`: bounded (the model name is not one of them).
+const GEN_AI_LABELS: &[&str] = &[
+    "approach",
+    "source",
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+];
+
+fn gen_ai_histogram(name: &str, help: &str, buckets: &[f64], extra: &[&str]) -> HistogramVec {
+    let labels: Vec<&str> = GEN_AI_LABELS.iter().chain(extra).copied().collect();
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &labels,
+    )
+    .expect("a valid histogram definition")
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -125,6 +161,27 @@ impl Metrics {
                 .buckets(LOOP_LAG_BUCKETS.to_vec()),
             )
             .expect("a valid histogram definition"),
+            gen_ai_ttft: gen_ai_histogram(
+                "gen_ai_server_time_to_first_token_seconds",
+                "Time to generate the first token (OpenTelemetry GenAI): from the server's \
+                 spans, or from the request's last packet to the first token's packet.",
+                GEN_AI_TTFT_BUCKETS,
+                &[],
+            ),
+            gen_ai_tpot: gen_ai_histogram(
+                "gen_ai_server_time_per_output_token_seconds",
+                "Time per output token after the first (OpenTelemetry GenAI): (last token - \
+                 first token) / (tokens - 1), per request with two tokens or more.",
+                GEN_AI_TPOT_BUCKETS,
+                &[],
+            ),
+            gen_ai_tokens: gen_ai_histogram(
+                "gen_ai_client_token_usage",
+                "Tokens per request by type (OpenTelemetry GenAI): output as counted, input \
+                 as the server reported it (passive records only).",
+                GEN_AI_TOKEN_BUCKETS,
+                &["gen_ai_token_type"],
+            ),
         }
     }
 
@@ -180,8 +237,35 @@ impl Metrics {
                 if let Some(p) = r.packets_per_token {
                     observe(&self.packets_per_token, a, p);
                 }
+                self.observe_gen_ai(r);
             }
             Event::Connection(_) => {}
+        }
+    }
+
+    /// A final record's figures under the OpenTelemetry GenAI names.
+    fn observe_gen_ai(&self, r: &crate::attribution::RequestRecord) {
+        let (op, provider) = crate::llm::gen_ai_names(&r.approach);
+        let base = [r.approach.as_str(), r.source.as_str(), op, provider];
+        let observe = |h: &HistogramVec, extra: Option<&str>, v: f64| {
+            if v.is_finite() {
+                let mut labels: Vec<&str> = base.to_vec();
+                labels.extend(extra);
+                h.with_label_values(&labels).observe(v);
+            }
+        };
+        if let Some(ms) = r.ttft_ms {
+            observe(&self.gen_ai_ttft, None, ms / 1e3);
+        }
+        if let (Some(first), Some(last)) = (r.first_token_unix_ns, r.last_token_unix_ns())
+            && r.tokens > 1
+        {
+            let per = last.saturating_sub(first) as f64 / 1e9 / (r.tokens - 1) as f64;
+            observe(&self.gen_ai_tpot, None, per);
+        }
+        observe(&self.gen_ai_tokens, Some("output"), r.tokens as f64);
+        if let Some(input) = r.passive.as_ref().and_then(|p| p.server_input_tokens) {
+            observe(&self.gen_ai_tokens, Some("input"), input as f64);
         }
     }
 
@@ -202,6 +286,11 @@ impl Metrics {
             .chain(self.active.collect())
             .chain(self.histograms().into_iter().flat_map(Collector::collect))
             .chain(self.loop_lag_seconds.collect())
+            .chain(
+                [&self.gen_ai_ttft, &self.gen_ai_tpot, &self.gen_ai_tokens]
+                    .into_iter()
+                    .flat_map(Collector::collect),
+            )
             .chain(StateCollector::new(state).collect())
             .filter(|f| !f.get_metric().is_empty())
             .collect();
@@ -223,6 +312,8 @@ pub struct State<'a> {
     pub connections: u64,
     pub evictions: u64,
     pub scrape_seconds: f64,
+    /// Passive reading's counts.
+    pub passive: &'a crate::passive::PassiveCounts,
 }
 
 /// Reads [`State`] at scrape time (Prometheus's "custom collector" pattern: the values
@@ -412,6 +503,35 @@ impl Collector for StateCollector<'_> {
                 h.bpf_run_count as f64,
             ),
             single(
+                "tokenwire_probe_passive_drops_total",
+                "Passively read packets lost because their ring buffer was full (eBPF): the \
+                 requests being read then are marked incomplete.",
+                COUNTER,
+                h.passive_drops as f64,
+            ),
+            single(
+                "tokenwire_probe_passive_copy_failures_total",
+                "Passively read packets whose payload copy failed (eBPF).",
+                COUNTER,
+                h.passive_copy_failures as f64,
+            ),
+            single(
+                "tokenwire_passive_packets_total",
+                "Packets read passively (TCP of the --http-ports).",
+                COUNTER,
+                s.passive.packets as f64,
+            ),
+            family(
+                "tokenwire_passive_outcomes_total",
+                "Passive reading's outcomes: requests recorded, and each reason something \
+                 was not read (docs/passive.md).",
+                COUNTER,
+                crate::passive::OUTCOMES
+                    .iter()
+                    .map(|o| counter(&[("outcome", o)], s.passive.get(o) as f64))
+                    .collect(),
+            ),
+            single(
                 "tokenwire_probe_scrape_duration_seconds",
                 "Time this scrape took to collect the figures.",
                 GAUGE,
@@ -453,6 +573,8 @@ mod tests {
             attribution: Quality::Exact,
             includes_connection_overhead: false,
             is_final: true,
+            source: crate::llm::Source::Spans,
+            passive: None,
         }
     }
 
@@ -462,6 +584,7 @@ mod tests {
             spans,
             health: &Health::default(),
             backend: "pcap",
+            passive: &crate::passive::PassiveCounts::default(),
             interfaces: "lo",
             connections: 0,
             evictions: 0,

@@ -81,8 +81,25 @@ pub struct PacketInfo<'a> {
     /// Bytes of the link header, so IP bytes = original length - link_len.
     pub link_len: usize,
     pub tcp_flags: u8,
+    /// The TCP sequence number (0 for other protocols).
+    pub tcp_seq: u32,
+    /// The IP datagram's length as its header states it (total length; 40 + payload
+    /// length for IPv6): with the header bytes before the payload, the payload's length on
+    /// the wire, whatever the capture cut or the link padded.
+    pub ip_len: u32,
     /// The captured part of the transport payload.
     pub payload: &'a [u8],
+}
+
+impl PacketInfo<'_> {
+    /// Transport payload bytes on the wire: the IP length less the headers before the
+    /// payload, for a packet captured as `captured` bytes.
+    pub fn wire_payload_len(&self, captured: usize) -> u32 {
+        let headers = captured
+            .saturating_sub(self.link_len)
+            .saturating_sub(self.payload.len());
+        self.ip_len.saturating_sub(headers as u32)
+    }
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -165,10 +182,11 @@ fn parse_v4(ip: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
     );
     let proto = h.protocol().0;
     let l4 = &ip[h.slice().len()..];
+    let ip_len = u32::from(h.total_len());
     if h.fragments_offset().value() != 0 {
         return Ok(no_ports(proto, src, dst));
     }
-    transport(proto, src, dst, l4)
+    transport(proto, src, dst, l4).map(|i| PacketInfo { ip_len, ..i })
 }
 
 fn parse_v6(ip: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
@@ -177,6 +195,7 @@ fn parse_v6(ip: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
         IpAddr::V6(h.source_addr()),
         IpAddr::V6(h.destination_addr()),
     );
+    let ip_len = 40 + u32::from(h.payload_length());
     let mut next = h.next_header().0;
     let mut rest = &ip[h.slice().len()..];
     for _ in 0..6 {
@@ -200,14 +219,14 @@ fn parse_v6(ip: &[u8]) -> Result<PacketInfo<'_>, PacketError> {
                 next = e.next_header().0;
                 e.slice().len()
             }
-            _ => return transport(next, src, dst, rest),
+            _ => return transport(next, src, dst, rest).map(|i| PacketInfo { ip_len, ..i }),
         };
         rest = &rest[len..];
     }
     if matches!(next, 0 | 43 | 60 | 44 | 51) {
         return Err(PacketError::ExtensionLoop);
     }
-    transport(next, src, dst, rest)
+    transport(next, src, dst, rest).map(|i| PacketInfo { ip_len, ..i })
 }
 
 fn no_ports(proto: u8, src: IpAddr, dst: IpAddr) -> PacketInfo<'static> {
@@ -217,6 +236,8 @@ fn no_ports(proto: u8, src: IpAddr, dst: IpAddr) -> PacketInfo<'static> {
         dst: SocketAddr::new(dst, 0),
         link_len: 0,
         tcp_flags: 0,
+        tcp_seq: 0,
+        ip_len: 0,
         payload: &[],
     }
 }
@@ -239,6 +260,8 @@ fn transport(
                 link_len: 0,
                 // The flags byte as the kernel side ORs it (CWR..FIN).
                 tcp_flags: h.slice()[13],
+                tcp_seq: h.sequence_number(),
+                ip_len: 0,
                 payload: &l4[h.slice().len()..],
             })
         }
@@ -250,6 +273,8 @@ fn transport(
                 dst: SocketAddr::new(dst, h.destination_port()),
                 link_len: 0,
                 tcp_flags: 0,
+                tcp_seq: 0,
+                ip_len: 0,
                 payload: &l4[h.slice().len()..],
             })
         }

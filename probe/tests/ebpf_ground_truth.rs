@@ -155,9 +155,13 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
     drop(probe);
     drop(pcap);
     // analyze on tcpdump's file.
-    let analysis =
-        tokenwire_probe::analyze::analyze(std::fs::File::open(&file).unwrap(), labels, Vec::new())
-            .unwrap();
+    let analysis = tokenwire_probe::analyze::analyze(
+        std::fs::File::open(&file).unwrap(),
+        labels,
+        Vec::new(),
+        Default::default(),
+    )
+    .unwrap();
     let _ = std::fs::remove_file(&file);
     assert!(analysis.error.is_none());
 

@@ -10,6 +10,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "health",
         "labels",
+        "llm",
         "packet",
         "classify",
         "spans",
@@ -19,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "span_socket",
     ],
     &["attribution"],
-    &["table"],
+    &["table", "passive"],
     &["records", "metrics", "output"],
     &["backend"],
     &["engine"],

@@ -318,20 +318,32 @@ fn setup() -> Result<()> {
     certs(false)
 }
 
-/// The offline validator of deploy/'s Kubernetes manifests (PyPI), in a venv of its own.
-const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The Python tools the tests use (PyPI), in a venv of their own: the offline validator of
+/// deploy/'s Kubernetes manifests, and the real LLM clients the passive-accounting test
+/// streams with (probe/tests/passive.rs).
+const PYTHON_TOOLS: [&str; 4] = [
+    "kubernetes-validate==1.37.0",
+    "ollama==0.6.3",
+    "openai==3.63.0",
+    "httpx==0.29.0",
+];
 
 fn deploy_tools() -> Result<()> {
     let venv = workspace_root().join("target/tools-venv");
-    let have = Command::new(venv.join("bin/kubernetes-validate"))
-        .arg("--version")
+    let python = venv.join("bin/python");
+    let have = Command::new(&python)
+        .args(["-c", "import kubernetes_validate, ollama, openai, httpx"])
         .output();
     if have.is_ok_and(|o| o.status.success()) {
-        eprintln!("xtask: {KUBERNETES_VALIDATE} present");
+        eprintln!("xtask: python tools present ({})", PYTHON_TOOLS.join(", "));
         return Ok(());
     }
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet"])
+        .args(PYTHON_TOOLS))
 }
 
 /// The kernel object, where probe/build.rs looks for it.

@@ -5,7 +5,9 @@
 use crate::flow::{Counters, PacketKey};
 use crate::health::Health;
 use crate::packet::{LinkType, PacketError, link_len, parse};
+use crate::passive::{Passive, PassivePacketBuf};
 use crate::table::{EventKind, FlowTable};
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::time::Instant;
 use tokenwire_probe_common::{TCP_FIN, TCP_RST};
@@ -96,7 +98,18 @@ pub struct Accumulator {
     /// it are counted as "map full", never dropped.
     max_keys: usize,
     pub health: Health,
+    /// TCP server ports whose packets are kept for passive reading (none: nothing kept).
+    passive_ports: BTreeSet<u16>,
+    /// Packets kept for passive reading, in capture order, until the next hand-over.
+    passive: Vec<PassivePacketBuf>,
+    /// Some were not kept (more than [`MAX_PASSIVE_PENDING`] waited).
+    passive_lost: bool,
 }
+
+/// Packets kept for passive reading between two hand-overs, at most: beyond it they are
+/// lost, counted, and the requests being read marked (live capture only: a replay hands
+/// them over as it goes).
+pub const MAX_PASSIVE_PENDING: usize = 1 << 18;
 
 impl Default for Accumulator {
     fn default() -> Self {
@@ -117,11 +130,43 @@ impl Accumulator {
             events: Vec::new(),
             max_keys,
             health: Health::default(),
+            passive_ports: BTreeSet::new(),
+            passive: Vec::new(),
+            passive_lost: false,
         }
     }
 
-    /// Counts one packet: `data` is what was captured, `orig_len` its length on the wire.
-    pub fn packet(&mut self, link: LinkType, data: &[u8], orig_len: u32, ifindex: u32) {
+    /// Keeps the packets of TCP connections with a server port in `ports` for passive
+    /// reading ([`Accumulator::drain_passive`]).
+    pub fn read_passive(&mut self, ports: BTreeSet<u16>) {
+        self.passive_ports = ports;
+    }
+
+    /// Packets kept for passive reading, not yet handed over.
+    pub fn passive_pending(&self) -> usize {
+        self.passive.len()
+    }
+
+    /// Hands the kept packets to passive reading, in capture order.
+    pub fn drain_passive(&mut self, sink: &mut Passive) {
+        if std::mem::take(&mut self.passive_lost) {
+            sink.capture_lost();
+        }
+        for p in self.passive.drain(..) {
+            sink.packet(&p.as_packet());
+        }
+    }
+
+    /// Counts one packet: `data` is what was captured, `orig_len` its length on the wire,
+    /// `time_ns` when it passed (Unix nanoseconds; passive reading's clock).
+    pub fn packet(
+        &mut self,
+        link: LinkType,
+        data: &[u8],
+        orig_len: u32,
+        ifindex: u32,
+        time_ns: u64,
+    ) {
         let link_bytes = u64::from(orig_len);
         let p = match parse(link, data) {
             Ok(p) => p,
@@ -185,6 +230,32 @@ impl Accumulator {
                 payload: Vec::new(),
             });
         }
+        if p.proto == crate::flow::IPPROTO_TCP
+            && (self.passive_ports.contains(&p.dst.port())
+                || self.passive_ports.contains(&p.src.port()))
+        {
+            if self.passive.len() >= MAX_PASSIVE_PENDING {
+                self.passive_lost = true;
+                return;
+            }
+            let payload_len = p.wire_payload_len(data.len());
+            let keep = p.payload.len().min(payload_len as usize);
+            self.passive.push(PassivePacketBuf {
+                time_ns,
+                src: p.src,
+                dst: p.dst,
+                ifindex,
+                counters: Counters {
+                    packets: 1,
+                    ip_bytes,
+                    link_bytes,
+                },
+                tcp_flags: p.tcp_flags,
+                seq: p.tcp_seq,
+                payload_len,
+                payload: p.payload[..keep].to_vec(),
+            });
+        }
     }
 
     /// Hands pending events, then every key's totals, to the table.
@@ -222,7 +293,7 @@ mod tests {
         let mut table = FlowTable::new(Labels::default());
         for port in [1000, 1001, 1002, 1000] {
             let p = packet(port);
-            acc.packet(LinkType::Ethernet, &p, p.len() as u32, 1);
+            acc.packet(LinkType::Ethernet, &p, p.len() as u32, 1, 0);
         }
         let now = Instant::now();
         acc.flush(&mut table, now);
@@ -236,7 +307,7 @@ mod tests {
         );
         acc.evict(&mut table, &first);
         let p = packet(1002);
-        acc.packet(LinkType::Ethernet, &p, p.len() as u32, 1);
+        acc.packet(LinkType::Ethernet, &p, p.len() as u32, 1, 0);
         acc.flush(&mut table, now);
         let counted: u64 = table.rows().iter().map(|r| r.counters.packets).sum();
         assert_eq!((counted, acc.health.map_full.packets), (4, 1));

@@ -2,8 +2,10 @@
 
 use crate::flow::PacketKey;
 use crate::health::Health;
+use crate::passive::Passive;
 use crate::spans::Span;
 use crate::table::FlowTable;
+use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// What a capture backend does for the engine.
@@ -34,6 +36,20 @@ pub trait Backend {
     fn evict(&mut self, table: &mut FlowTable, keys: &[PacketKey]);
 
     fn health(&self) -> Health;
+    /// Keeps every packet of TCP connections with a server port in `ports` (with its
+    /// payload, as far as the backend copies it) for [`Backend::drain_passive`]. Backends
+    /// that cannot say so (and an empty set) keep none.
+    fn read_passive(&mut self, _ports: &BTreeSet<u16>) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Hands the packets kept for passive reading to `sink`, in capture order, and tells
+    /// it when some were lost.
+    fn drain_passive(&mut self, _sink: &mut Passive) {}
+    /// The capture's clock now, Unix nanoseconds: the wall clock live, the last packet's
+    /// time in a replay.
+    fn now_ns(&self) -> u64 {
+        wall_clock_ns()
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -60,6 +76,15 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn health(&self) -> Health {
         (**self).health()
+    }
+    fn read_passive(&mut self, ports: &BTreeSet<u16>) -> Result<(), BackendError> {
+        (**self).read_passive(ports)
+    }
+    fn drain_passive(&mut self, sink: &mut Passive) {
+        (**self).drain_passive(sink)
+    }
+    fn now_ns(&self) -> u64 {
+        (**self).now_ns()
     }
 }
 

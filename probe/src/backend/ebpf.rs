@@ -11,10 +11,12 @@ use super::capture::{Backend, BackendError, wall_clock_ns};
 use super::flow_maps::FlowMaps;
 use crate::flow::{Counters, PacketKey};
 use crate::health::Health;
+use crate::passive::{Passive, PassivePacket};
 use crate::spans::Span;
 use crate::table::{EventKind, FlowTable};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};
+use std::collections::BTreeSet;
 use std::time::Instant;
 use tokenwire_probe_common as common;
 
@@ -111,11 +113,23 @@ pub(super) struct Layout {
 
 /// The embedded object with room for `max_flows` keys, its programs not loaded yet.
 pub(super) fn load_object(max_flows: u32) -> Result<(aya::Ebpf, Layout), EbpfError> {
+    load_object_sized(max_flows, DEFAULT_PASSIVE_RING_BYTES)
+}
+
+/// The same with a passive ring of `passive_ring_bytes`.
+fn load_object_sized(
+    max_flows: u32,
+    passive_ring_bytes: u32,
+) -> Result<(aya::Ebpf, Layout), EbpfError> {
     use std::hash::{BuildHasher, Hasher};
     let seed = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    load_object_with(max_flows, common::fingerprint_keys(seed))
+    load_object_full(
+        max_flows,
+        common::fingerprint_keys(seed),
+        passive_ring_bytes,
+    )
 }
 
 /// The same with chosen fingerprint keys (tests force collisions with them).
@@ -123,6 +137,19 @@ pub(super) fn load_object_with(
     max_flows: u32,
     keys: [u64; 14],
 ) -> Result<(aya::Ebpf, Layout), EbpfError> {
+    load_object_full(max_flows, keys, DEFAULT_PASSIVE_RING_BYTES)
+}
+
+fn load_object_full(
+    max_flows: u32,
+    keys: [u64; 14],
+    passive_ring_bytes: u32,
+) -> Result<(aya::Ebpf, Layout), EbpfError> {
+    // A ring's size is a power of two of pages.
+    let ring = passive_ring_bytes
+        .max(4096)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31);
     // A slot per key, a power of two of them (at least 1,024).
     let slots = max_flows
         .max(1024)
@@ -136,6 +163,7 @@ pub(super) fn load_object_with(
         .map_max_entries(common::SLOTS_MAP, slots)
         .map_max_entries(common::FLOW_KEYS_MAP, slots)
         .map_max_entries(common::COLLIDED_MAP, max_flows.max(1))
+        .map_max_entries(common::PASSIVE_MAP, ring)
         .override_global(common::FINGERPRINT_KEYS, &layout.keys, true)
         .override_global(common::SLOT_SHIFT, &layout.slot_shift, true)
         .load(OBJECT)
@@ -229,10 +257,74 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// What passive reading asks of the kernel side.
+#[derive(Debug, Clone)]
+pub struct PassiveCapture {
+    /// TCP server ports whose every packet is sent to user space.
+    pub ports: BTreeSet<u16>,
+    /// Size of the ring those packets go through (a power of two of pages).
+    pub ring_bytes: u32,
+}
+
+/// The passive ring's size unless told otherwise: 16 MiB, a second of 1,000 streams'
+/// packets at 29 tokens/s with room to spare (docs/passive.md).
+pub const DEFAULT_PASSIVE_RING_BYTES: u32 = 16 << 20;
+
+impl Default for PassiveCapture {
+    fn default() -> Self {
+        Self {
+            ports: BTreeSet::new(),
+            ring_bytes: DEFAULT_PASSIVE_RING_BYTES,
+        }
+    }
+}
+
+/// Marks `ports` (1) in the kernel's port array where `marked` are marked now; the others
+/// of `marked` go back to 0. `marked` becomes `ports`.
+fn mark_ports(
+    map: &mut Array<MapData, u8>,
+    marked: &mut BTreeSet<u16>,
+    ports: &BTreeSet<u16>,
+) -> Result<(), EbpfError> {
+    let changes = ports
+        .difference(marked)
+        .map(|p| (*p, 1))
+        .chain(marked.difference(ports).map(|p| (*p, 0)))
+        .collect::<Vec<(u16, u8)>>();
+    for (port, v) in changes {
+        map.set(u32::from(port), v, 0).map_err(|e| EbpfError::Map {
+            map: common::HTTP_PORTS_MAP,
+            reason: chain(&e),
+        })?;
+    }
+    *marked = ports.clone();
+    Ok(())
+}
+
+/// Unix time minus CLOCK_MONOTONIC, now (the kernel stamps packets with the latter).
+fn mono_to_unix_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+    i128::from(wall_clock_ns()) - mono
+}
+
 pub struct EbpfBackend {
     // Field order matters: maps and links go before the object is dropped.
     flows: FlowMaps,
     events: RingBuf<MapData>,
+    passive: RingBuf<MapData>,
+    http_ports: Array<MapData, u8>,
+    /// The ports marked in `http_ports`.
+    marked: BTreeSet<u16>,
+    /// Unix time minus CLOCK_MONOTONIC (the kernel's packet times), nanoseconds.
+    mono_to_unix_ns: i128,
+    /// Passive ring drops already reported to passive reading.
+    passive_drops_seen: u64,
     unattributed: PerCpuArray<MapData, common::Unattributed>,
     failures: PerCpuArray<MapData, u64>,
     ifaces: Vec<Iface>,
@@ -249,11 +341,35 @@ impl EbpfBackend {
     /// Loads the object with room for `max_flows` keys and attaches it to `ifaces`; with
     /// `bpf_stats`, turns on the kernel's BPF run-time statistics while it runs.
     pub fn start(ifaces: &[String], max_flows: u32, bpf_stats: bool) -> Result<Self, EbpfError> {
+        Self::start_with(ifaces, max_flows, bpf_stats, &PassiveCapture::default())
+    }
+
+    /// The same, with the ports read passively marked before the programs attach (so
+    /// every connection that starts from then on is read from its first packet).
+    pub fn start_with(
+        ifaces: &[String],
+        max_flows: u32,
+        bpf_stats: bool,
+        passive: &PassiveCapture,
+    ) -> Result<Self, EbpfError> {
         let ifaces: Vec<Iface> = ifaces
             .iter()
             .map(|n| Iface::lookup(n))
             .collect::<Result<_, _>>()?;
-        let (mut ebpf, layout) = load_object(max_flows)?;
+        let (mut ebpf, layout) = load_object_sized(max_flows, passive.ring_bytes)?;
+        let mut http_ports: Array<MapData, u8> = Array::try_from(
+            ebpf.take_map(common::HTTP_PORTS_MAP)
+                .ok_or(EbpfError::Map {
+                    map: common::HTTP_PORTS_MAP,
+                    reason: "missing from the object".into(),
+                })?,
+        )
+        .map_err(|e| EbpfError::Map {
+            map: common::HTTP_PORTS_MAP,
+            reason: chain(&e),
+        })?;
+        let mut marked = BTreeSet::new();
+        mark_ports(&mut http_ports, &mut marked, &passive.ports)?;
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         let mut added_qdisc = Vec::new();
@@ -315,6 +431,8 @@ impl EbpfBackend {
         let flows = FlowMaps::take(&mut ebpf, layout)?;
         let events = RingBuf::try_from(take(&mut ebpf, common::EVENTS_MAP)?)
             .map_err(map_err(common::EVENTS_MAP))?;
+        let passive_ring = RingBuf::try_from(take(&mut ebpf, common::PASSIVE_MAP)?)
+            .map_err(map_err(common::PASSIVE_MAP))?;
         let unattributed = PerCpuArray::try_from(take(&mut ebpf, common::UNATTRIBUTED_MAP)?)
             .map_err(map_err(common::UNATTRIBUTED_MAP))?;
         let failures = PerCpuArray::try_from(take(&mut ebpf, common::FAILURES_MAP)?)
@@ -327,6 +445,11 @@ impl EbpfBackend {
         Ok(Self {
             flows,
             events,
+            passive: passive_ring,
+            http_ports,
+            marked,
+            mono_to_unix_ns: mono_to_unix_ns(),
+            passive_drops_seen: 0,
             unattributed,
             failures,
             ifaces,
@@ -368,6 +491,55 @@ impl EbpfBackend {
             let n = (ev.captured as usize).min(ev.data.len());
             table.event(key, kind, ev.tcp_flags, &ev.data[..n]);
         }
+    }
+
+    /// Hands the passively read packets to `sink`, in ring order, after telling it of
+    /// drops since the last hand-over.
+    pub fn drain_passive_into(&mut self, sink: &mut Passive) {
+        let drops = self.failure(common::failure::PASSIVE_RINGBUF_FULL);
+        if drops > self.passive_drops_seen {
+            self.passive_drops_seen = drops;
+            sink.capture_lost();
+        }
+        let head_len = std::mem::size_of::<common::PassiveHeader>();
+        while let Some(item) = self.passive.next() {
+            if item.len() < head_len {
+                continue;
+            }
+            // SAFETY: the kernel writes a PassiveHeader at the head of every record
+            // (checked length); plain old data, read unaligned.
+            let h: common::PassiveHeader =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let Some(key) = PacketKey::from_raw(&h.key) else {
+                continue;
+            };
+            let data = &item[head_len..];
+            let n = (h.captured as usize).min(data.len());
+            let time_ns = (i128::from(h.time_ns) + self.mono_to_unix_ns).max(0) as u64;
+            sink.packet(&PassivePacket {
+                time_ns,
+                src: key.src,
+                dst: key.dst,
+                ifindex: key.ifindex,
+                counters: Counters {
+                    packets: 1,
+                    ip_bytes: u64::from(h.ip_bytes),
+                    link_bytes: u64::from(h.link_bytes),
+                },
+                tcp_flags: h.tcp_flags,
+                seq: h.seq,
+                payload_len: h.payload_len,
+                payload: &data[..n],
+            });
+        }
+    }
+
+    /// A kernel failure counter, summed over CPUs.
+    fn failure(&self, i: u32) -> u64 {
+        self.failures
+            .get(&i, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Whether the flow keys are read with batch syscalls (else one by one: older kernels).
@@ -434,6 +606,15 @@ impl Backend for EbpfBackend {
         }
     }
 
+    fn read_passive(&mut self, ports: &BTreeSet<u16>) -> Result<(), BackendError> {
+        mark_ports(&mut self.http_ports, &mut self.marked, ports)
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    fn drain_passive(&mut self, sink: &mut Passive) {
+        self.drain_passive_into(sink);
+    }
+
     fn health(&self) -> Health {
         let sum_u = |i: u32| {
             let mut c = Counters::default();
@@ -448,12 +629,7 @@ impl Backend for EbpfBackend {
             }
             c
         };
-        let sum_f = |i: u32| {
-            self.failures
-                .get(&i, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum_f = |i: u32| self.failure(i);
         let (mut bpf_run_count, mut bpf_run_time_ns) = (0, 0);
         for (_, prog) in self._ebpf.programs() {
             if let Ok(info) = prog.info() {
@@ -467,6 +643,8 @@ impl Backend for EbpfBackend {
             map_full: sum_u(common::unattributed::MAP_FULL),
             event_drops: sum_f(common::failure::RINGBUF_FULL),
             payload_copy_failures: sum_f(common::failure::PAYLOAD_COPY),
+            passive_drops: sum_f(common::failure::PASSIVE_RINGBUF_FULL),
+            passive_copy_failures: sum_f(common::failure::PASSIVE_COPY),
             flows_tracked: self.tracked,
             kernel_drops: 0,
             bpf_run_count,

@@ -32,6 +32,10 @@ pub struct LiveOptions {
     pub max_flows: u32,
     /// eBPF: turn on the kernel's BPF run-time statistics while running.
     pub bpf_stats: bool,
+    /// TCP server ports read passively (marked in the kernel before attaching).
+    pub http_ports: std::collections::BTreeSet<u16>,
+    /// eBPF: bytes of the ring passively read packets go through.
+    pub passive_ring_bytes: u32,
     pub pcap: pcap::PcapOptions,
 }
 
@@ -85,10 +89,14 @@ pub fn open(kind: BackendKind, opts: &LiveOptions) -> Result<Opened, OpenError> 
 
 #[cfg(target_os = "linux")]
 fn open_ebpf(opts: &LiveOptions) -> Result<Box<dyn Backend>, OpenError> {
-    Ok(Box::new(ebpf::EbpfBackend::start(
+    Ok(Box::new(ebpf::EbpfBackend::start_with(
         &opts.ifaces,
         opts.max_flows,
         opts.bpf_stats,
+        &ebpf::PassiveCapture {
+            ports: opts.http_ports.clone(),
+            ring_bytes: opts.passive_ring_bytes,
+        },
     )?))
 }
 

@@ -16,9 +16,13 @@ use crate::health::Health;
 #[cfg(feature = "pcap")]
 use crate::packet::LinkType;
 #[cfg(feature = "pcap")]
+use crate::passive::Passive;
+#[cfg(feature = "pcap")]
 use crate::spans::Span;
 #[cfg(feature = "pcap")]
 use crate::table::FlowTable;
+#[cfg(feature = "pcap")]
+use std::collections::BTreeSet;
 #[cfg(feature = "pcap")]
 use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(feature = "pcap")]
@@ -31,6 +35,8 @@ use std::time::Instant;
 /// Enough for Ethernet + VLAN + IPv6 with extension headers + TCP options + the first
 /// payload bytes the classifier reads (a TLS ClientHello's SNI and ALPN).
 pub const DEFAULT_SNAPLEN: i32 = 600;
+/// Whole packets: what passive reading needs of the ports it reads.
+pub const WHOLE_PACKETS: i32 = 65_535;
 
 /// What a capture that was refused needs, on this platform.
 #[cfg(all(feature = "pcap", target_os = "linux"))]
@@ -79,6 +85,8 @@ struct Shared {
     acc: Accumulator,
     /// Kernel drops per interface (libpcap's ps_drop + ps_ifdrop).
     drops: Vec<u64>,
+    /// Drops already reported to passive reading.
+    drops_seen: u64,
     error: Option<String>,
 }
 
@@ -103,6 +111,7 @@ impl PcapBackend {
         let shared = Arc::new(Mutex::new(Shared {
             acc: Accumulator::with_max_keys(opts.max_flows as usize),
             drops: vec![0; ifaces.len()],
+            drops_seen: 0,
             error: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -201,6 +210,22 @@ impl Backend for PcapBackend {
             ..s.acc.health
         }
     }
+
+    fn read_passive(&mut self, ports: &BTreeSet<u16>) -> Result<(), BackendError> {
+        lock(&self.shared).acc.read_passive(ports.clone());
+        Ok(())
+    }
+
+    fn drain_passive(&mut self, sink: &mut Passive) {
+        let mut s = lock(&self.shared);
+        // libpcap's own drops may have been packets of the ports read.
+        let drops: u64 = s.drops.iter().sum();
+        if drops > s.drops_seen {
+            s.drops_seen = drops;
+            sink.capture_lost();
+        }
+        s.acc.drain_passive(sink);
+    }
 }
 
 #[cfg(feature = "pcap")]
@@ -215,7 +240,14 @@ fn capture_loop(
     let mut last_stats = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match cap.next_packet() {
-            Ok(p) => lock(shared).acc.packet(link, p.data, p.header.len, ifindex),
+            Ok(p) => {
+                let ts = &p.header.ts;
+                let time_ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+                    + u64::try_from(ts.tv_usec).unwrap_or(0) * 1_000;
+                lock(shared)
+                    .acc
+                    .packet(link, p.data, p.header.len, ifindex, time_ns)
+            }
             Err(pcap::Error::TimeoutExpired) => {}
             Err(_) if stop.load(Ordering::Relaxed) => break,
             Err(e) => {

@@ -10,9 +10,10 @@ use crate::capture_file::{CaptureFile, CaptureFileError, CapturedPacket};
 use crate::flow::PacketKey;
 use crate::health::Health;
 use crate::packet::LinkType;
+use crate::passive::Passive;
 use crate::spans::Span;
 use crate::table::FlowTable;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::Read;
 use std::time::Instant;
 
@@ -45,6 +46,18 @@ impl PacketSource for std::vec::IntoIter<CapturedPacket> {
     }
 }
 
+/// Packets kept for passive reading after which [`ReplayBackend::next_step`] hands over.
+pub const PASSIVE_BATCH: usize = 4096;
+
+/// What [`ReplayBackend::next_step`] reached.
+#[derive(Debug)]
+pub enum Step {
+    /// A span is due: every packet before it is counted.
+    Span(Span),
+    /// Packets wait for passive reading.
+    Packets,
+}
+
 pub struct ReplayBackend<S> {
     source: S,
     acc: Accumulator,
@@ -54,6 +67,8 @@ pub struct ReplayBackend<S> {
     held: Option<CapturedPacket>,
     ended: bool,
     packets: u64,
+    /// The latest packet time counted (the replay's clock).
+    last_ns: u64,
     /// Why the file stopped early; the counts hold up to there.
     error: Option<CaptureFileError>,
 }
@@ -75,6 +90,7 @@ impl<S: PacketSource> ReplayBackend<S> {
             held: None,
             ended: false,
             packets: 0,
+            last_ns: 0,
             error: None,
         }
     }
@@ -84,20 +100,36 @@ impl<S: PacketSource> ReplayBackend<S> {
     /// Packets without a timestamp are counted where they stand.
     pub fn next_span(&mut self) -> Result<Option<Span>, ReplayError> {
         let due = self.spans.front().map_or(u64::MAX, Span::time_ns);
-        self.count_until(due)?;
+        while !self.count_until(due, usize::MAX)? {}
         Ok(self.spans.pop_front())
+    }
+
+    /// As [`ReplayBackend::next_span`], but stops early once [`PASSIVE_BATCH`] packets
+    /// wait for passive reading ([`Step::Packets`]: hand them over, then call again), so a
+    /// long file is read in bounded memory.
+    pub fn next_step(&mut self) -> Result<Option<Step>, ReplayError> {
+        let due = self.spans.front().map_or(u64::MAX, Span::time_ns);
+        if !self.count_until(due, PASSIVE_BATCH)? {
+            return Ok(Some(Step::Packets));
+        }
+        Ok(self.spans.pop_front().map(Step::Span))
     }
 
     /// Counts the packets before `ts_ns` (stops early at a span due before then, which
     /// [`ReplayBackend::next_span`] hands out).
     pub fn advance_to(&mut self, ts_ns: u64) -> Result<(), ReplayError> {
         let due = self.spans.front().map_or(u64::MAX, Span::time_ns);
-        self.count_until(due.min(ts_ns))
+        while !self.count_until(due.min(ts_ns), usize::MAX)? {}
+        Ok(())
     }
 
-    /// Counts packets with a time before `limit_ns`.
-    fn count_until(&mut self, limit_ns: u64) -> Result<(), ReplayError> {
+    /// Counts packets with a time before `limit_ns`; `false` when it stopped early because
+    /// `batch` packets wait for passive reading.
+    fn count_until(&mut self, limit_ns: u64, batch: usize) -> Result<bool, ReplayError> {
         while !self.ended {
+            if self.acc.passive_pending() >= batch {
+                return Ok(false);
+            }
             let p = match self.held.take() {
                 Some(p) => p,
                 None => match self.source.next_packet() {
@@ -117,12 +149,19 @@ impl<S: PacketSource> ReplayBackend<S> {
                 LinkType::from_pcap(p.linktype).ok_or(ReplayError::UnknownLinkType(p.linktype))?;
             if p.ts_ns.is_some_and(|ts| ts >= limit_ns) {
                 self.held = Some(p);
-                return Ok(());
+                return Ok(true);
             }
-            self.acc.packet(link, &p.data, p.orig_len, p.iface);
+            self.acc.packet(
+                link,
+                &p.data,
+                p.orig_len,
+                p.iface,
+                p.ts_ns.unwrap_or(self.last_ns),
+            );
+            self.last_ns = p.ts_ns.unwrap_or(self.last_ns).max(self.last_ns);
             self.packets += 1;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Packets counted so far.
@@ -170,5 +209,18 @@ impl<S: PacketSource> Backend for ReplayBackend<S> {
 
     fn health(&self) -> Health {
         self.acc.health
+    }
+
+    fn read_passive(&mut self, ports: &BTreeSet<u16>) -> Result<(), BackendError> {
+        self.acc.read_passive(ports.clone());
+        Ok(())
+    }
+
+    fn drain_passive(&mut self, sink: &mut Passive) {
+        self.acc.drain_passive(sink);
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.last_ns
     }
 }

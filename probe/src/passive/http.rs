@@ -1,0 +1,624 @@
+//! One direction of an HTTP/1.1 connection, read incrementally from whatever pieces the
+//! packets bring: message heads (parsed by `httparse`), then bodies in any framing
+//! (`Content-Length`, `Transfer-Encoding: chunked`, or until the connection closes),
+//! message after message (keep-alive, pipelining).
+//!
+//! State is bounded: a head may be at most [`MAX_HEAD`] bytes and a chunk-size line
+//! [`MAX_CHUNK_LINE`]. Bytes the capture did not get (a copy limit, a lost packet) arrive as
+//! a gap: inside a body of known length the reader skips them and says so; anywhere else it
+//! can no longer tell where messages start, so it stops ([`Broken`]) and says why. Nothing
+//! here panics on input, and every outcome is a value the caller counts.
+
+use std::collections::VecDeque;
+
+/// Most bytes of a message head (request or status line and headers).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most bytes of a chunk-size line (with extensions) or a trailer line.
+pub const MAX_CHUNK_LINE: usize = 1024;
+/// Most headers a head may carry.
+const MAX_HEADERS: usize = 64;
+
+/// Why a direction stopped being read: the rest of the connection is not decoded (its
+/// packets are still counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Broken {
+    /// A head that `httparse` refuses, or a framing header that makes no sense.
+    MalformedHead,
+    /// A head longer than [`MAX_HEAD`].
+    HeadTooLarge,
+    /// A chunk-size line that does not parse or is too long.
+    MalformedChunk,
+    /// Bytes missing where the framing is read (a head, a chunk-size line).
+    LostSync,
+    /// Not HTTP/1.x (TLS, HTTP/2's preface, anything else).
+    NotHttp,
+}
+
+impl Broken {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Broken::MalformedHead => "malformed_head",
+            Broken::HeadTooLarge => "head_too_large",
+            Broken::MalformedChunk => "malformed_chunk",
+            Broken::LostSync => "lost_sync",
+            Broken::NotHttp => "not_http",
+        }
+    }
+}
+
+/// A request's head, what the decoders and the records need of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The path without the query.
+    pub path: String,
+}
+
+/// A response's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// The media type, lower case, without parameters.
+    pub content_type: String,
+}
+
+/// What reading gives, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HttpEvent<'a> {
+    Request(RequestHead),
+    Response(ResponseHead),
+    /// Body bytes (chunked framing removed).
+    Body(&'a [u8]),
+    /// Body bytes the capture did not get.
+    BodyGap(u64),
+    /// The message (head and body) is complete.
+    End,
+}
+
+/// Which side this direction carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Requests,
+    Responses,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    /// The CRLF after a chunk's data; how many of its 2 bytes are still due.
+    ChunkEnd(u8),
+    Trailers,
+    UntilClose,
+    Broken(Broken),
+}
+
+/// One direction's reader.
+#[derive(Debug)]
+pub struct HttpReader {
+    side: Side,
+    state: State,
+    /// A head or line being gathered.
+    buf: Vec<u8>,
+    /// For responses: whether each pending request expects no body (HEAD), oldest first.
+    no_body: VecDeque<bool>,
+}
+
+impl HttpReader {
+    pub fn new(side: Side) -> Self {
+        Self {
+            side,
+            state: State::Head,
+            buf: Vec::new(),
+            no_body: VecDeque::new(),
+        }
+    }
+
+    /// For a response reader: one more request is waiting for its answer (`head` for a HEAD
+    /// request, whose answer has no body).
+    pub fn expect(&mut self, head: bool) {
+        self.no_body.push_back(head);
+    }
+
+    /// Why reading stopped, if it did.
+    pub fn broken(&self) -> Option<Broken> {
+        match self.state {
+            State::Broken(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Whether a body is being read until the connection closes.
+    pub fn until_close(&self) -> bool {
+        self.state == State::UntilClose
+    }
+
+    /// Whether the reader is between messages.
+    pub fn idle(&self) -> bool {
+        self.state == State::Head && self.buf.is_empty()
+    }
+
+    /// The connection closed: a body read until close ends here.
+    pub fn close(&mut self, out: &mut dyn FnMut(HttpEvent<'_>)) {
+        if self.state == State::UntilClose {
+            self.state = State::Head;
+            out(HttpEvent::End);
+        }
+    }
+
+    /// `n` bytes the capture did not get.
+    pub fn gap(&mut self, n: u64, out: &mut dyn FnMut(HttpEvent<'_>)) {
+        if n == 0 {
+            return;
+        }
+        match self.state {
+            State::Length(rest) => {
+                let skip = n.min(rest);
+                out(HttpEvent::BodyGap(skip));
+                self.state = State::Length(rest - skip);
+                if rest == skip {
+                    self.finish(out);
+                }
+                if n > skip {
+                    self.gap(n - skip, out);
+                }
+            }
+            State::ChunkData(rest) if n <= rest => {
+                out(HttpEvent::BodyGap(n));
+                self.state = if n == rest {
+                    State::ChunkEnd(2)
+                } else {
+                    State::ChunkData(rest - n)
+                };
+            }
+            State::UntilClose => out(HttpEvent::BodyGap(n)),
+            State::Broken(_) => {}
+            _ => self.state = State::Broken(Broken::LostSync),
+        }
+    }
+
+    /// Reads `data`, the next bytes of the direction.
+    pub fn feed(&mut self, mut data: &[u8], out: &mut dyn FnMut(HttpEvent<'_>)) {
+        while !data.is_empty() {
+            match self.state {
+                State::Broken(_) => return,
+                State::Head => {
+                    let used = self.head(data, out);
+                    data = &data[used..];
+                }
+                State::Length(rest) => {
+                    let n = (rest.min(data.len() as u64)) as usize;
+                    out(HttpEvent::Body(&data[..n]));
+                    data = &data[n..];
+                    self.state = State::Length(rest - n as u64);
+                    if rest == n as u64 {
+                        self.finish(out);
+                    }
+                }
+                State::ChunkSize => {
+                    let used = self.chunk_size(data, out);
+                    data = &data[used..];
+                }
+                State::ChunkData(rest) => {
+                    let n = (rest.min(data.len() as u64)) as usize;
+                    out(HttpEvent::Body(&data[..n]));
+                    data = &data[n..];
+                    self.state = if rest == n as u64 {
+                        State::ChunkEnd(2)
+                    } else {
+                        State::ChunkData(rest - n as u64)
+                    };
+                }
+                State::ChunkEnd(due) => {
+                    // The CRLF after the data: anything else breaks the framing.
+                    let expected: &[u8] = if due == 2 { b"\r\n" } else { b"\n" };
+                    let n = data.len().min(due as usize);
+                    if data[..n] != expected[..n] {
+                        self.state = State::Broken(Broken::MalformedChunk);
+                        return;
+                    }
+                    data = &data[n..];
+                    let left = due - n as u8;
+                    self.state = if left == 0 {
+                        State::ChunkSize
+                    } else {
+                        State::ChunkEnd(left)
+                    };
+                }
+                State::Trailers => {
+                    let used = self.trailers(data, out);
+                    data = &data[used..];
+                }
+                State::UntilClose => {
+                    out(HttpEvent::Body(data));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut dyn FnMut(HttpEvent<'_>)) {
+        self.state = State::Head;
+        out(HttpEvent::End);
+    }
+
+    /// Gathers a head; how many bytes of `data` it took.
+    fn head(&mut self, data: &[u8], out: &mut dyn FnMut(HttpEvent<'_>)) -> usize {
+        // Bytes between messages: the CRLFs some clients send after a body (RFC 9112 2.2).
+        if self.buf.is_empty() {
+            let skip = data
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            if skip > 0 {
+                return skip;
+            }
+            if !looks_like_http(self.side, data) {
+                self.state = State::Broken(Broken::NotHttp);
+                return data.len();
+            }
+        }
+        let before = self.buf.len();
+        // Look for the end of the head in what was gathered plus the new bytes; a head's
+        // "\r\n\r\n" may straddle two pieces, so search from a few bytes back.
+        let room = MAX_HEAD.saturating_sub(before);
+        let take = data.len().min(room);
+        self.buf.extend_from_slice(&data[..take]);
+        let from = before.saturating_sub(3);
+        let Some(end) = find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
+            if self.buf.len() >= MAX_HEAD {
+                self.state = State::Broken(Broken::HeadTooLarge);
+                self.buf = Vec::new();
+                return data.len();
+            }
+            return take;
+        };
+        let used = end - before;
+        let head = std::mem::take(&mut self.buf);
+        self.parse_head(&head[..end], out);
+        used
+    }
+
+    fn parse_head(&mut self, head: &[u8], out: &mut dyn FnMut(HttpEvent<'_>)) {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let framing = match self.side {
+            Side::Requests => {
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(head) {
+                    Ok(httparse::Status::Complete(_)) => {}
+                    _ => return self.state = State::Broken(Broken::MalformedHead),
+                }
+                let (Some(method), Some(target)) = (req.method, req.path) else {
+                    return self.state = State::Broken(Broken::MalformedHead);
+                };
+                let path = target.split(['?', '#']).next().unwrap_or(target);
+                let framing = framing(req.headers, false);
+                out(HttpEvent::Request(RequestHead {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                }));
+                // A request without framing headers has no body (RFC 9112 6.3).
+                match framing {
+                    Framing::Close => Framing::Length(0),
+                    f => f,
+                }
+            }
+            Side::Responses => {
+                let mut res = httparse::Response::new(&mut headers);
+                match res.parse(head) {
+                    Ok(httparse::Status::Complete(_)) => {}
+                    _ => return self.state = State::Broken(Broken::MalformedHead),
+                }
+                let Some(status) = res.code else {
+                    return self.state = State::Broken(Broken::MalformedHead);
+                };
+                let content_type = res
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+                    .map(|h| media_type(h.value))
+                    .unwrap_or_default();
+                out(HttpEvent::Response(ResponseHead {
+                    status,
+                    content_type,
+                }));
+                if (100..200).contains(&status) {
+                    // Informational: the real answer follows, for the same request.
+                    out(HttpEvent::End);
+                    return self.state = State::Head;
+                }
+                let head_request = self.no_body.pop_front().unwrap_or(false);
+                if head_request || status == 204 || status == 304 {
+                    Framing::Length(0)
+                } else {
+                    framing(res.headers, true)
+                }
+            }
+        };
+        self.state = match framing {
+            Framing::Length(0) => return self.finish(out),
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::UntilClose,
+            Framing::Invalid => State::Broken(Broken::MalformedHead),
+        };
+    }
+
+    /// Gathers a chunk-size line; how many bytes of `data` it took.
+    fn chunk_size(&mut self, data: &[u8], out: &mut dyn FnMut(HttpEvent<'_>)) -> usize {
+        let (line_end, used) = match gather_line(&mut self.buf, data) {
+            Some(x) => x,
+            None if self.buf.len() > MAX_CHUNK_LINE => {
+                self.state = State::Broken(Broken::MalformedChunk);
+                return data.len();
+            }
+            None => return data.len(),
+        };
+        let line = std::mem::take(&mut self.buf);
+        match httparse::parse_chunk_size(&line[..line_end]) {
+            Ok(httparse::Status::Complete((_, 0))) => self.state = State::Trailers,
+            Ok(httparse::Status::Complete((_, n))) => self.state = State::ChunkData(n),
+            _ => self.state = State::Broken(Broken::MalformedChunk),
+        }
+        let _ = out;
+        used
+    }
+
+    /// Skips trailer lines up to the empty one that ends the message.
+    fn trailers(&mut self, data: &[u8], out: &mut dyn FnMut(HttpEvent<'_>)) -> usize {
+        let (line_end, used) = match gather_line(&mut self.buf, data) {
+            Some(x) => x,
+            None if self.buf.len() > MAX_CHUNK_LINE => {
+                self.state = State::Broken(Broken::MalformedChunk);
+                return data.len();
+            }
+            None => return data.len(),
+        };
+        let line = std::mem::take(&mut self.buf);
+        if line_end <= 2 && line[..line_end].iter().all(|b| *b == b'\r' || *b == b'\n') {
+            self.finish(out);
+        }
+        used
+    }
+}
+
+/// Appends `data` to `buf` up to and including the first LF; `(line length in buf with
+/// its LF, bytes of data used)` once a line is whole.
+fn gather_line(buf: &mut Vec<u8>, data: &[u8]) -> Option<(usize, usize)> {
+    match data.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            buf.extend_from_slice(&data[..=i]);
+            Some((buf.len(), i + 1))
+        }
+        None => {
+            // Bounded by the caller's check: stop growing once past the limit.
+            if buf.len() <= MAX_CHUNK_LINE {
+                let room = MAX_CHUNK_LINE + 1 - buf.len();
+                buf.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            None
+        }
+    }
+}
+
+enum Framing {
+    Length(u64),
+    Chunked,
+    Close,
+    Invalid,
+}
+
+/// A message's framing from its headers (RFC 9112 6.3): chunked wins over a length; two
+/// different lengths are invalid.
+fn framing(headers: &[httparse::Header<'_>], response: bool) -> Framing {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let v = String::from_utf8_lossy(h.value);
+            match v.rsplit(',').next().map(str::trim) {
+                Some(last) if last.eq_ignore_ascii_case("chunked") => chunked = true,
+                // Another final coding: a response runs until close, a request is invalid.
+                _ if response => return Framing::Close,
+                _ => return Framing::Invalid,
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            else {
+                return Framing::Invalid;
+            };
+            if length.is_some_and(|l| l != n) {
+                return Framing::Invalid;
+            }
+            length = Some(n);
+        }
+    }
+    match (chunked, length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::Close,
+    }
+}
+
+/// `type/subtype`, lower case, parameters dropped.
+fn media_type(v: &[u8]) -> String {
+    let s = String::from_utf8_lossy(v);
+    s.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Whether a message can start with these bytes: a request line's method (an uppercase
+/// token and a space) or a status line's `HTTP/`. Checked on as many bytes as there are.
+fn looks_like_http(side: Side, data: &[u8]) -> bool {
+    match side {
+        Side::Responses => {
+            let n = data.len().min(5);
+            data[..n] == b"HTTP/"[..n]
+        }
+        Side::Requests => {
+            let method: Vec<u8> = data
+                .iter()
+                .copied()
+                .take_while(|b| b.is_ascii_uppercase())
+                .take(16)
+                .collect();
+            match data.get(method.len()) {
+                Some(b' ') => !method.is_empty(),
+                // Not yet known: as many uppercase letters as there are bytes.
+                None => method.len() == data.len() && method.len() < 16,
+                _ => false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Seen {
+        heads: Vec<String>,
+        body: Vec<u8>,
+        gaps: u64,
+        ends: usize,
+    }
+
+    fn run(side: Side, pieces: &[&[u8]]) -> (Seen, Option<Broken>) {
+        let mut r = HttpReader::new(side);
+        let mut seen = Seen::default();
+        for p in pieces {
+            r.feed(p, &mut |e| match e {
+                HttpEvent::Request(h) => seen.heads.push(format!("{} {}", h.method, h.path)),
+                HttpEvent::Response(h) => {
+                    seen.heads.push(format!("{} {}", h.status, h.content_type))
+                }
+                HttpEvent::Body(b) => seen.body.extend_from_slice(b),
+                HttpEvent::BodyGap(n) => seen.gaps += n,
+                HttpEvent::End => seen.ends += 1,
+            });
+        }
+        r.close(&mut |e| {
+            if e == HttpEvent::End {
+                seen.ends += 1
+            }
+        });
+        (seen, r.broken())
+    }
+
+    const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{\"a\":1\r\n1\r\n\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nabc";
+
+    #[test]
+    fn chunked_then_length_in_any_split() {
+        let (whole, broken) = run(Side::Responses, &[CHUNKED]);
+        assert_eq!(broken, None);
+        assert_eq!(whole.heads, ["200 application/x-ndjson", "200 text/plain"]);
+        assert_eq!(whole.body, b"{\"a\":1\nabc");
+        assert_eq!(whole.ends, 2);
+        for i in 0..CHUNKED.len() {
+            for j in i..CHUNKED.len() {
+                let (a, b) = CHUNKED.split_at(i);
+                let (b, c) = b.split_at(j - i);
+                assert_eq!(
+                    run(Side::Responses, &[a, b, c]),
+                    (whole_again(), None),
+                    "{i} {j}"
+                );
+            }
+        }
+        fn whole_again() -> Seen {
+            run(Side::Responses, &[CHUNKED]).0
+        }
+    }
+
+    #[test]
+    fn requests_keep_alive_and_pipelined() {
+        let two = b"POST /api/chat?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}GET /api/tags HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (seen, broken) = run(Side::Requests, &[two]);
+        assert_eq!(broken, None);
+        assert_eq!(seen.heads, ["POST /api/chat", "GET /api/tags"]);
+        assert_eq!(seen.body, b"{}");
+        assert_eq!(seen.ends, 2);
+    }
+
+    #[test]
+    fn body_until_close_and_head_without_body() {
+        let (seen, _) = run(
+            Side::Responses,
+            &[
+                b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"x\":",
+                b"1}",
+            ],
+        );
+        assert_eq!((seen.body.as_slice(), seen.ends), (&b"{\"x\":1}"[..], 1));
+        let mut r = HttpReader::new(Side::Responses);
+        r.expect(true);
+        let mut ends = 0;
+        r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", &mut |e| {
+            ends += usize::from(e == HttpEvent::End)
+        });
+        assert_eq!((ends, r.idle()), (1, true));
+    }
+
+    #[test]
+    fn gaps_inside_known_lengths_are_skipped_elsewhere_they_break() {
+        let mut r = HttpReader::new(Side::Responses);
+        let mut gaps = 0;
+        let mut ends = 0;
+        let mut out = |e: HttpEvent<'_>| match e {
+            HttpEvent::BodyGap(n) => gaps += n,
+            HttpEvent::End => ends += 1,
+            _ => {}
+        };
+        r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", &mut out);
+        r.gap(5, &mut out);
+        r.feed(b"cde", &mut out);
+        assert_eq!(r.broken(), None);
+        r.gap(3, &mut out);
+        assert_eq!(r.broken(), Some(Broken::LostSync));
+        assert_eq!((gaps, ends), (5, 1));
+    }
+
+    #[test]
+    fn bad_input_is_an_outcome() {
+        assert_eq!(
+            run(Side::Requests, &[b"\x16\x03\x01\x02"]).1,
+            Some(Broken::NotHttp)
+        );
+        assert_eq!(
+            run(Side::Responses, &[b"PRI * HTTP/2.0"]).1,
+            Some(Broken::NotHttp)
+        );
+        assert_eq!(
+            run(
+                Side::Requests,
+                &[b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"]
+            )
+            .1,
+            Some(Broken::MalformedHead)
+        );
+        let big = vec![b'a'; MAX_HEAD + 10];
+        let mut head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        head.extend(&big);
+        assert_eq!(run(Side::Requests, &[&head]).1, Some(Broken::HeadTooLarge));
+        assert_eq!(
+            run(
+                Side::Responses,
+                &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]
+            )
+            .1,
+            Some(Broken::MalformedChunk)
+        );
+    }
+}

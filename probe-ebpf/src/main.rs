@@ -334,7 +334,15 @@ fn first(
 #[inline(never)]
 fn collided(ctx: &TcContext, p: &Parsed, ip_bytes: u64, len: u64, payload_len: u32) {
     match COLLIDED.get_ptr_mut(&p.key) {
-        Some(c) => add(ctx, unsafe { &mut *c }, p, ip_bytes, len, payload_len),
+        Some(c) => {
+            let c = unsafe { &mut *c };
+            // Another CPU inserted the key: this CPU's copy starts zeroed, so whether the
+            // key is read passively is decided here, at its first packet on this CPU.
+            if c.packets == 0 && read_passively(&p.key) {
+                c.sent |= SENT_PASSIVE;
+            }
+            add(ctx, c, p, ip_bytes, len, payload_len)
+        }
         None => {
             let c = first(ctx, p, ip_bytes, len, payload_len, 0);
             if COLLIDED.insert(&p.key, &c, 0).is_err() {

@@ -53,6 +53,10 @@ pub struct KernelBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Time this kernel object instead of the embedded one (e.g. an older build of
+    /// probe-ebpf, to compare two builds side by side on the same machine and day).
+    #[arg(long)]
+    pub object: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

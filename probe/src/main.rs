@@ -234,7 +234,22 @@ fn analyze(args: AnalyzeArgs) -> Result<()> {
 #[cfg(target_os = "linux")]
 fn kernel_bench(args: KernelBenchArgs) -> Result<()> {
     use tokenwire_probe::backend::kernel_run::KernelRun;
-    let mut k = KernelRun::load().context("loading the eBPF programs")?;
+    let mut k = match &args.object {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            // aya reads the ELF in place: give it 8-byte-aligned bytes.
+            let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+            // SAFETY: u64s are 8 bytes of plain data; the slice covers `bytes.len()` of them.
+            let view = unsafe {
+                std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), bytes.len())
+            };
+            view.copy_from_slice(&bytes);
+            KernelRun::load_object_file(view)
+        }
+        None => KernelRun::load(),
+    }
+    .context("loading the eBPF programs")?;
     let r = k
         .bench(args.repeat, args.rounds, args.first_runs)
         .context("running the programs")?;

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::live::{Probe, spans_path};
+use common::live::{Probe, Stack, spans_path};
 use common::{Tcpdump, require_root};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -17,10 +17,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tokenwire_bench::approach::Approach;
+use tokenwire_bench::client::ApproachClient;
 use tokenwire_probe::packet::LinkType;
 use tokenwire_probe::passive::PassiveOptions;
 use tokenwire_servers::launch;
 use tokenwire_servers::model::{ModelConfig, Timing};
+use tokenwire_servers::spans::SpanSink;
 use tokio_util::sync::CancellationToken;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -291,4 +294,73 @@ async fn real_clients_beside_an_unmodified_server_are_accounted_from_packets() {
     );
     drop(probe);
     shutdown.cancel();
+}
+
+/// The relays' own upstream legs (relay -> model, plain HTTP) are read passively while
+/// their client legs are span-fed: each passive record's tokens equal the span-fed record
+/// of the request it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_upstream_legs_carry_the_span_fed_tokens() {
+    require_root();
+    let path = spans_path("passive-legs");
+    let stack = Stack::start("passive-legs", SpanSink::to_path(&path).unwrap()).await;
+    let probe = Probe::start_with(
+        "ebpf",
+        &path,
+        &stack.labels(),
+        &["--http-ports".into(), stack.model.port().to_string()],
+    );
+    let approaches = [Approach::Raw, Approach::Sse, Approach::Wt];
+    for a in approaches {
+        let mut c = ApproachClient::new(a, &stack.targets(), &stack.trust).unwrap();
+        for i in 0..3 {
+            let r = c
+                .stream("upstream legs", i, true, Duration::from_secs(30))
+                .await;
+            assert!(r.ok(), "{a:?}: {:?}", r.error);
+        }
+        c.shutdown().await;
+    }
+    // The relays keep their upstream connections pooled, so a leg's last record is not
+    // final yet; its answer has ended (its tokens are all there).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (spans, legs) = loop {
+        let all: Vec<Value> = probe.json("/api/requests?limit=1000")["requests"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let mut spans: Vec<Value> = all
+            .iter()
+            .filter(|r| r["source"] == "spans" && r["final"] == true)
+            .cloned()
+            .collect();
+        let mut legs: Vec<Value> = all
+            .iter()
+            .filter(|r| r["source"] == "passive" && r["end_unix_ns"].is_u64())
+            .cloned()
+            .collect();
+        if spans.len() >= 9 && legs.len() >= 9 {
+            let start = |r: &Value| r["start_unix_ns"].as_u64().unwrap();
+            spans.sort_by_key(start);
+            legs.sort_by_key(start);
+            break (spans, legs);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} span-fed and {} passive records",
+            spans.len(),
+            legs.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!((spans.len(), legs.len()), (9, 9));
+    // One request at a time: the n-th client request and the n-th upstream request pair.
+    for (s, l) in spans.iter().zip(&legs) {
+        assert!(s["tokens"].as_u64() > Some(0), "{s}");
+        assert_eq!(s["tokens"], l["tokens"], "{}: {s}\nleg: {l}", s["approach"]);
+        assert!(l["passive"].get("incomplete").is_none(), "{l}");
+        assert_eq!(l["server"], stack.model.to_string());
+    }
+    drop(probe);
+    stack.shutdown.cancel();
 }

@@ -209,6 +209,46 @@ struct ProbeStep {
     /// Final per-request records of the step's approach (the bench's requests are the
     /// count to match).
     records: u64,
+    passive: Passive,
+}
+
+/// Passive reading of the relays' upstream legs (relay -> model on :11434, no spans).
+#[derive(Debug, Clone, Copy, Default)]
+struct Passive {
+    /// Records of the legs.
+    records: u64,
+    /// Of them, those whose answer was not all read.
+    incomplete: u64,
+    /// Packets the kernel could not put in the passive ring.
+    ring_drops: u64,
+    /// Packets whose payload was not all captured.
+    payload_lost: u64,
+}
+
+impl Passive {
+    fn read(text: &str) -> Self {
+        let outcome = |o: &str| {
+            crate::observe::sample(
+                text,
+                &format!("tokenwire_passive_outcomes_total{{outcome=\"{o}\"}}"),
+            )
+        };
+        Self {
+            records: outcome("request"),
+            incomplete: outcome("tokens_incomplete"),
+            ring_drops: crate::observe::sample(text, "tokenwire_probe_passive_drops_total"),
+            payload_lost: outcome("payload_lost"),
+        }
+    }
+
+    fn since(&self, mark: &Self) -> Self {
+        Self {
+            records: self.records - mark.records,
+            incomplete: self.incomplete - mark.incomplete,
+            ring_drops: self.ring_drops - mark.ring_drops,
+            payload_lost: self.payload_lost - mark.payload_lost,
+        }
+    }
 }
 
 /// The probe's readings at the start of a step.
@@ -218,6 +258,7 @@ struct ProbeMark {
     lag: Vec<(f64, u64)>,
     cpu: f64,
     records: u64,
+    passive: Passive,
 }
 
 const LOOP_LAG: &str = "tokenwire_probe_loop_lag_seconds";
@@ -246,6 +287,7 @@ fn probe_mark(probe: &Probe, approach: &str) -> Result<ProbeMark> {
                 probe_label(approach)
             ),
         ),
+        passive: Passive::read(&text),
     })
 }
 
@@ -261,7 +303,12 @@ fn probe_step(
 ) -> Result<ProbeStep> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut now = probe_mark(probe, approach)?;
-    while now.records - mark.records < requests && Instant::now() < deadline {
+    // The legs' records are final once the relay's pooled upstream connections close (at
+    // the relay's stop) or carry the next request: wait for them too, within the deadline.
+    while (now.records - mark.records < requests
+        || now.passive.records - mark.passive.records < requests)
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(250));
         now = probe_mark(probe, approach)?;
     }
@@ -274,6 +321,7 @@ fn probe_step(
         cpu: now.cpu - mark.cpu,
         rss_mib: probe.rss_kib().1 as f64 / 1024.0,
         records: now.records - mark.records,
+        passive: now.passive.since(&mark.passive),
     })
 }
 
@@ -418,10 +466,12 @@ pub fn run(
             );
             let over = step.over_knee();
             let mut step = step;
+            // The relay goes first: its pooled upstream connections close, so the legs'
+            // last records become final too.
+            step.relay_delay = relay.stop();
             if let (Some(p), Some(mark)) = (&probe, &probe_start) {
                 step.probe = Some(probe_step(p, approach, mark, step.requests, wall)?);
             }
-            step.relay_delay = relay.stop();
             drop(model);
             drop(probe);
             rows.push(step);
@@ -503,7 +553,7 @@ fn probe_table(rows: &[Step]) -> String {
         return String::new();
     }
     let mut s = String::from(
-        "\n\nThe probe beside them (eBPF on lo, the relay's spans). Loop lag: how late its loop ran its 100 ms tick, as bucket bounds of `tokenwire_probe_loop_lag_seconds` (idle, about 1 ms: the timer's granularity). Final records: the probe's per-request records of the approach against the bench's requests (raw has 2 more, the bench's `/api/version` and `/tokenwire/model` through the proxy):\n\n| approach | users | spans/s | spans refused | loop lag P99 / worst | probe CPU | probe peak RSS | final records / requests |\n|---|---|---|---|---|---|---|---|\n",
+        "\n\nThe probe beside them (eBPF on lo, the relay's spans). Loop lag: how late its loop ran its 100 ms tick, as bucket bounds of `tokenwire_probe_loop_lag_seconds` (idle, about 1 ms: the timer's granularity). Final records: the probe's per-request records of the approach against the bench's requests (raw has 2 more, the bench's `/api/version` and `/tokenwire/model` through the proxy). Upstream legs: the relay's requests to the model on :11434, read passively from their packets (docs/passive.md): final records, of them incomplete, and packets lost to a full passive ring or without their whole payload:\n\n| approach | users | spans/s | spans refused | loop lag P99 / worst | probe CPU | probe peak RSS | final records / requests | upstream legs: records / incomplete / ring drops / payload lost |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let ms = |v: Option<f64>| match v {
         Some(v) if v.is_finite() => format!("≤ {v:.2} ms"),
@@ -512,7 +562,7 @@ fn probe_table(rows: &[Step]) -> String {
     };
     for (r, p) in with {
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} / {} | {:.0}% | {:.0} MiB | {} / {} |\n",
+            "| {} | {} | {:.0} | {} | {} / {} | {:.0}% | {:.0} MiB | {} / {} | {} / {} / {} / {} |\n",
             r.approach,
             r.users,
             p.spans_per_sec,
@@ -523,6 +573,10 @@ fn probe_table(rows: &[Step]) -> String {
             p.rss_mib,
             p.records,
             r.requests,
+            p.passive.records,
+            p.passive.incomplete,
+            p.passive.ring_drops,
+            p.passive.payload_lost,
         ));
     }
     s

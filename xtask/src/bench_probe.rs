@@ -3,6 +3,7 @@
 //! and compared as ratios of medians).
 
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -290,27 +291,86 @@ pub fn run(seconds: u32, rounds: u32) -> Result<()> {
     Ok(())
 }
 
-/// `--test-run`: the kernel path without traffic, from `tokenwire-probe kernel-bench`.
-pub fn test_run(rounds: u32, json: bool) -> Result<()> {
-    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
-    let out = Command::new(crate::bin("tokenwire-probe"))
-        .args([
-            "kernel-bench",
-            "--json",
-            "--rounds",
-            &rounds.max(1).to_string(),
-        ])
+/// One `tokenwire-probe kernel-bench --json` run (of `object`, else the embedded one).
+fn kernel_bench(
+    rounds: u32,
+    object: Option<&std::path::Path>,
+) -> Result<(String, serde_json::Value)> {
+    let mut cmd = Command::new(crate::bin("tokenwire-probe"));
+    cmd.args([
+        "kernel-bench",
+        "--json",
+        "--rounds",
+        &rounds.max(1).to_string(),
+    ]);
+    if let Some(o) = object {
+        cmd.arg("--object").arg(o);
+    }
+    let out = cmd
         .stderr(Stdio::inherit())
         .output()
         .context("running tokenwire-probe kernel-bench")?;
     if !out.status.success() {
         bail!("tokenwire-probe kernel-bench failed");
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value =
-        serde_json::from_str(text.trim()).context("parsing kernel-bench's JSON")?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let v = serde_json::from_str(&text).context("parsing kernel-bench's JSON")?;
+    Ok((text, v))
+}
+
+/// `--test-run --compare-object`: this build's kernel path and another object's, one round
+/// of each in turn; medians per packet, side by side.
+pub fn test_run_against(rounds: u32, other: &std::path::Path) -> Result<()> {
+    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
+    let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut theirs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for _ in 0..rounds.max(1) {
+        for (object, into) in [(None, &mut ours), (Some(other), &mut theirs)] {
+            let (_, v) = kernel_bench(1, object)?;
+            for p in v["packets"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap_or("?").to_owned();
+                if !order.contains(&name) {
+                    order.push(name.clone());
+                }
+                into.entry(name)
+                    .or_default()
+                    .push(p["minus_empty_ns"].as_f64().unwrap_or(f64::NAN));
+            }
+        }
+    }
+    println!(
+        "BPF_PROG_TEST_RUN, ns per run minus the empty program, median of {} alternating rounds; other object: {}\n",
+        rounds.max(1),
+        other.display()
+    );
+    println!("| packet | this build | other object | difference |");
+    println!("|---|---|---|---|");
+    let median = |v: Option<&Vec<f64>>| {
+        v.map(|v| {
+            let mut v = v.clone();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+    };
+    for name in &order {
+        let (a, b) = (median(ours.get(name)), median(theirs.get(name)));
+        let show = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.1}"));
+        let diff = match (a, b) {
+            (Some(a), Some(b)) => format!("{:+.1}", a - b),
+            _ => "-".to_owned(),
+        };
+        println!("| {name} | {} | {} | {diff} |", show(a), show(b));
+    }
+    Ok(())
+}
+
+/// `--test-run`: the kernel path without traffic, from `tokenwire-probe kernel-bench`.
+pub fn test_run(rounds: u32, json: bool) -> Result<()> {
+    crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
+    let (text, v) = kernel_bench(rounds, None)?;
     if json {
-        println!("{}", text.trim());
+        println!("{text}");
         return Ok(());
     }
     println!(

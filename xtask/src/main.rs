@@ -83,6 +83,11 @@ enum Task {
         /// With --test-run: print the JSON ({"packets":[{"name","ns",..}],"empty_ns",..}).
         #[arg(long, requires = "test_run")]
         json: bool,
+        /// With --test-run: time this other kernel object too (an older build of
+        /// probe-ebpf), one round of each in turn, and print both side by side with their
+        /// difference.
+        #[arg(long, requires = "test_run", conflicts_with = "json")]
+        compare_object: Option<std::path::PathBuf>,
         /// Instead: the libpcap backend's knee, stepping iperf3's offered rate of 64-byte
         /// UDP datagrams (packets per second, comma-separated) and reporting drops and
         /// datagrams counted at each step.
@@ -220,10 +225,13 @@ fn real_main() -> Result<()> {
             rounds,
             test_run,
             json,
+            compare_object,
             pcap_knee,
         } => {
             setup()?;
-            if test_run {
+            if let Some(other) = compare_object {
+                bench_probe::test_run_against(rounds, &other)
+            } else if test_run {
                 bench_probe::test_run(rounds, json)
             } else if let Some(rates) = pcap_knee {
                 bench_probe::pcap_knee(seconds, &rates)

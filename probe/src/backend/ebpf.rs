@@ -140,7 +140,33 @@ pub(super) fn load_object_with(
     load_object_full(max_flows, keys, DEFAULT_PASSIVE_RING_BYTES)
 }
 
+/// Another object than the embedded one (`kernel-bench --object`), with random keys.
+pub(super) fn load_object_from(
+    object: &[u8],
+    max_flows: u32,
+) -> Result<(aya::Ebpf, Layout), EbpfError> {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    load_object_bytes(
+        object,
+        max_flows,
+        common::fingerprint_keys(seed),
+        DEFAULT_PASSIVE_RING_BYTES,
+    )
+}
+
 fn load_object_full(
+    max_flows: u32,
+    keys: [u64; 14],
+    passive_ring_bytes: u32,
+) -> Result<(aya::Ebpf, Layout), EbpfError> {
+    load_object_bytes(OBJECT, max_flows, keys, passive_ring_bytes)
+}
+
+fn load_object_bytes(
+    object: &[u8],
     max_flows: u32,
     keys: [u64; 14],
     passive_ring_bytes: u32,
@@ -166,7 +192,7 @@ fn load_object_full(
         .map_max_entries(common::PASSIVE_MAP, ring)
         .override_global(common::FINGERPRINT_KEYS, &layout.keys, true)
         .override_global(common::SLOT_SHIFT, &layout.slot_shift, true)
-        .load(OBJECT)
+        .load(object)
         .map(|ebpf| (ebpf, layout))
         .map_err(|e| {
             if is_permission(&e) {

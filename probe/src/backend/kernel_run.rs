@@ -10,11 +10,12 @@
 
 use super::accumulate::{Outcome, Unkeyed};
 use super::ebpf::{
-    EbpfError, Layout, LinkKind, chain, load_object, load_object_with, load_program,
+    EbpfError, Layout, LinkKind, chain, load_object, load_object_from, load_object_with,
+    load_program,
 };
 use super::flow_maps::FlowMaps;
 use crate::flow::Counters;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use std::time::Duration;
 use tokenwire_probe_common as common;
@@ -64,6 +65,9 @@ pub enum KernelRunError {
 pub struct KernelRun {
     flows: FlowMaps,
     events: RingBuf<MapData>,
+    /// The passive ring, and [`BENCH_PASSIVE_PORT`] marked for passive reading (absent in
+    /// an object built before passive reading).
+    passive: Option<RingBuf<MapData>>,
     unattributed: PerCpuArray<MapData, common::Unattributed>,
     ebpf: aya::Ebpf,
 }
@@ -87,6 +91,11 @@ impl KernelRun {
         Self::with(load_object_with(1024, keys)?)
     }
 
+    /// Loads another kernel object (an older build, for side-by-side figures).
+    pub fn load_object_file(object: &[u8]) -> Result<Self, KernelRunError> {
+        Self::with(load_object_from(object, 1024)?)
+    }
+
     fn with((mut ebpf, layout): (aya::Ebpf, Layout)) -> Result<Self, KernelRunError> {
         for p in [Program::L2, Program::L3, Program::Empty] {
             load_program(&mut ebpf, p.name())?;
@@ -102,9 +111,24 @@ impl KernelRun {
             RingBuf::try_from(take(common::EVENTS_MAP)?).map_err(map_err(common::EVENTS_MAP))?;
         let unattributed = PerCpuArray::try_from(take(common::UNATTRIBUTED_MAP)?)
             .map_err(map_err(common::UNATTRIBUTED_MAP))?;
+        let passive = match (
+            ebpf.take_map(common::HTTP_PORTS_MAP),
+            ebpf.take_map(common::PASSIVE_MAP),
+        ) {
+            (Some(ports), Some(ring)) => {
+                let mut ports: Array<MapData, u8> =
+                    Array::try_from(ports).map_err(map_err(common::HTTP_PORTS_MAP))?;
+                ports
+                    .set(u32::from(BENCH_PASSIVE_PORT), 1, 0)
+                    .map_err(map_err(common::HTTP_PORTS_MAP))?;
+                Some(RingBuf::try_from(ring).map_err(map_err(common::PASSIVE_MAP))?)
+            }
+            _ => None,
+        };
         Ok(Self {
             flows,
             events,
+            passive,
             unattributed,
             ebpf,
         })
@@ -137,11 +161,50 @@ impl KernelRun {
         }
     }
 
-    /// Empties the flow map and the event ring: the next packet creates its key.
+    /// Empties the flow map and the event rings: the next packet creates its key.
     pub fn forget(&mut self) -> Result<(), KernelRunError> {
         self.flows.clear();
         while self.events.next().is_some() {}
+        self.drain_passive();
         Ok(())
+    }
+
+    /// Empties the passive ring; how many records it held.
+    fn drain_passive(&mut self) -> u64 {
+        let mut n = 0;
+        if let Some(r) = self.passive.as_mut() {
+            while r.next().is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Runs `p` on `packet` of a passively read flow `repeat` times, in chunks the passive
+    /// ring holds (drained between them, as the probe does), so every run reserves and
+    /// fills a record; the mean time per run. `None` when the object has no passive ring.
+    pub fn time_passive(
+        &mut self,
+        p: Program,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<Option<Duration>, KernelRunError> {
+        if self.passive.is_none() {
+            return Ok(None);
+        }
+        let (mut total, mut runs) = (Duration::ZERO, 0u32);
+        while runs < repeat.max(1) {
+            let n = PASSIVE_CHUNK.min(repeat.max(1) - runs);
+            total += self.time(p, packet, n)? * n;
+            let kept = self.drain_passive();
+            if kept < u64::from(n) {
+                return Err(KernelRunError::Run(format!(
+                    "the passive ring kept {kept} of {n} records: the figure would time a full ring"
+                )));
+            }
+            runs += n;
+        }
+        Ok(Some(total / runs))
     }
 
     /// Times the packet that creates its key: `runs` single runs, each after
@@ -237,11 +300,20 @@ impl KernelRun {
     }
 }
 
+/// The server port the benchmark marks for passive reading (Ollama's).
+pub const BENCH_PASSIVE_PORT: u16 = 11434;
+/// Runs of a passively read packet between two drains of the passive ring (its smallest
+/// record, 336 bytes, 20,000 times: 6.7 MB of the 16 MiB ring).
+const PASSIVE_CHUNK: u32 = 20_000;
+
 /// A packet of the micro-benchmark's fixed set.
 pub struct BenchPacket {
     pub name: &'static str,
     pub program: Program,
     pub bytes: Vec<u8>,
+    /// Of a flow read passively (its port is marked): timed with the passive ring drained
+    /// as it fills.
+    pub passive: bool,
     /// Timed as the packet that creates its key (the map emptied before each run), not as
     /// one more packet of a known key.
     pub first: bool,
@@ -268,7 +340,24 @@ pub fn bench_packets() -> Vec<BenchPacket> {
         program,
         bytes,
         first,
+        passive: false,
     };
+    let passive = |name, bytes| BenchPacket {
+        name,
+        program: Program::L2,
+        bytes,
+        first: false,
+        passive: true,
+    };
+    let port = BENCH_PASSIVE_PORT;
+    // An Ollama NDJSON line of one token in its chunk framing, as the model writes it.
+    let line = br#"{"model":"gemma3:12b","created_at":"2025-01-01T12:00:00.123456789Z","message":{"role":"assistant","content":" sky"},"done":false}"#;
+    let chunk = [
+        format!("{:x}\r\n", line.len() + 1).as_bytes(),
+        &line[..],
+        b"\n\r\n",
+    ]
+    .concat();
     vec![
         p(
             "ipv4 tcp data",
@@ -312,6 +401,14 @@ pub fn bench_packets() -> Vec<BenchPacket> {
             ethernet(0x0800, &tcp4(a, 8443, b, 50000, psh_ack, &record)),
             true,
         ),
+        passive(
+            "passive: ipv4 tcp data (one token)",
+            ethernet(0x0800, &tcp4(a, port, b, 50000, psh_ack, &chunk)),
+        ),
+        passive(
+            "passive: ipv4 tcp ack",
+            ethernet(0x0800, &tcp4(b, 50000, a, port, ack, &[])),
+        ),
     ]
 }
 
@@ -324,6 +421,7 @@ pub struct BenchResult {
     /// `ns` minus the empty program's under the same harness: the probe's own work.
     pub minus_empty_ns: f64,
     pub first: bool,
+    pub passive: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -374,7 +472,12 @@ impl KernelRun {
                 .collect::<Result<_, _>>()?;
             empty_single.push(median(singles));
             for (p, s) in packets.iter().zip(samples.iter_mut()) {
-                if p.first {
+                if p.passive {
+                    self.forget()?;
+                    if let Some(d) = self.time_passive(p.program, &p.bytes, repeat)? {
+                        s.push(ns(d));
+                    }
+                } else if p.first {
                     let runs = self.time_first(p.program, &p.bytes, first_runs.max(1))?;
                     s.push(median(runs.into_iter().map(ns).collect()));
                 } else {
@@ -389,6 +492,8 @@ impl KernelRun {
             packets: packets
                 .iter()
                 .zip(samples)
+                // An object without passive reading has no figure for its packets.
+                .filter(|(_, s)| !s.is_empty())
                 .map(|(p, s)| {
                     let ns = median(s);
                     let base = if p.first { empty_single_ns } else { empty_ns };
@@ -397,6 +502,7 @@ impl KernelRun {
                         ns,
                         minus_empty_ns: ns - base,
                         first: p.first,
+                        passive: p.passive,
                     }
                 })
                 .collect(),

@@ -6,7 +6,7 @@
 //! request starts or the connection ends; a connection that served one request adds its
 //! setup to it.
 
-use super::http::{Broken, HttpEvent, HttpReader, RequestHead, Side};
+use super::http::{Broken, HttpEvent, HttpReader, RequestHead, Side, starts_message};
 use super::stream::{Decoder, decoder_for};
 use super::{MAX_PIPELINED, MAX_TOKEN_TIMES, PassiveCounts, PassivePacket};
 use crate::attribution::{ConnectionRecord, Event, Quality, RequestRecord, Snapshot};
@@ -323,6 +323,7 @@ impl Conn {
             } else if behind < 0 {
                 // A hole: bytes the capture never saw.
                 hole = seq.wrapping_sub(next);
+                tracing::debug!(client = %self.client, ?dir, next, seq, hole, "passive: sequence hole");
             }
             if len > 0 {
                 stream.next = Some(seq.wrapping_add(len));
@@ -336,6 +337,7 @@ impl Conn {
             self.gap_into(dir, u64::from(hole), t);
         }
         if len > 0 {
+            self.resync_at(dir, data, counts);
             self.feed_into(dir, data, t);
             let missing = len as usize - data.len();
             if missing > 0 {
@@ -356,6 +358,27 @@ impl Conn {
         {
             self.broken = Some(b);
             counts.add(b.as_str());
+        }
+    }
+
+    /// A stopped direction whose packet begins a message is read again from there.
+    fn resync_at(&mut self, dir: Direction, data: &[u8], counts: &mut PassiveCounts) {
+        let (reader, side) = match dir {
+            Direction::ToServer => (&mut self.requests, Side::Requests),
+            Direction::ToClient => (&mut self.responses, Side::Responses),
+        };
+        if reader.broken().is_some() && starts_message(side, data) {
+            reader.resync();
+            if side == Side::Requests {
+                // Answers to what came before cannot be paired: those requests end here
+                // (outcome unknown) and the pairing starts afresh.
+                self.responses.resync();
+                self.track.overflow = false;
+                let before: Vec<Req> = self.track.queue.drain(..).collect();
+                self.track.finished.extend(before);
+            }
+            self.broken = None;
+            counts.add("resynced");
         }
     }
 

@@ -15,6 +15,8 @@ use std::collections::VecDeque;
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most bytes of a chunk-size line (with extensions) or a trailer line.
 pub const MAX_CHUNK_LINE: usize = 1024;
+/// Bytes within which a request line's method must end (and a status line's `HTTP/`).
+const METHOD_MAX: usize = 16;
 /// Most headers a head may carry.
 const MAX_HEADERS: usize = 64;
 
@@ -128,6 +130,15 @@ impl HttpReader {
             State::Broken(b) => Some(b),
             _ => None,
         }
+    }
+
+    /// Reads afresh from a message's start after the direction stopped (a gap where the
+    /// framing is read, or a connection the capture joined in its middle): the caller saw
+    /// its next bytes begin a message ([`starts_message`]).
+    pub fn resync(&mut self) {
+        self.state = State::Head;
+        self.buf.clear();
+        self.no_body.clear();
     }
 
     /// Whether a body is being read until the connection closes.
@@ -255,10 +266,6 @@ impl HttpReader {
             if skip > 0 {
                 return skip;
             }
-            if !looks_like_http(self.side, data) {
-                self.state = State::Broken(Broken::NotHttp);
-                return data.len();
-            }
         }
         let before = self.buf.len();
         // Look for the end of the head in what was gathered plus the new bytes; a head's
@@ -266,6 +273,12 @@ impl HttpReader {
         let room = MAX_HEAD.saturating_sub(before);
         let take = data.len().min(room);
         self.buf.extend_from_slice(&data[..take]);
+        // Whether a message can start so: decided on the first bytes, however they came.
+        if before < METHOD_MAX && !looks_like_http(self.side, &self.buf) {
+            self.state = State::Broken(Broken::NotHttp);
+            self.buf = Vec::new();
+            return data.len();
+        }
         let from = before.saturating_sub(3);
         let Some(end) = find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
             if self.buf.len() >= MAX_HEAD {
@@ -357,6 +370,10 @@ impl HttpReader {
             None => return data.len(),
         };
         let line = std::mem::take(&mut self.buf);
+        if line_end > MAX_CHUNK_LINE {
+            self.state = State::Broken(Broken::MalformedChunk);
+            return data.len();
+        }
         match httparse::parse_chunk_size(&line[..line_end]) {
             Ok(httparse::Status::Complete((_, 0))) => self.state = State::Trailers,
             Ok(httparse::Status::Complete((_, n))) => self.state = State::ChunkData(n),
@@ -377,6 +394,10 @@ impl HttpReader {
             None => return data.len(),
         };
         let line = std::mem::take(&mut self.buf);
+        if line_end > MAX_CHUNK_LINE {
+            self.state = State::Broken(Broken::MalformedChunk);
+            return data.len();
+        }
         if line_end <= 2 && line[..line_end].iter().all(|b| *b == b'\r' || *b == b'\n') {
             self.finish(out);
         }
@@ -458,6 +479,22 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Whether `data` plainly begins a message of `side`: a request line's method, a space and
+/// a `/`, or a status line's `HTTP/1.` — where reading may start again after it stopped.
+pub fn starts_message(side: Side, data: &[u8]) -> bool {
+    match side {
+        Side::Responses => data.starts_with(b"HTTP/1."),
+        Side::Requests => {
+            let m = data
+                .iter()
+                .take_while(|b| b.is_ascii_uppercase())
+                .take(METHOD_MAX)
+                .count();
+            m > 0 && data.get(m..m + 2) == Some(b" /")
+        }
+    }
+}
+
 /// Whether a message can start with these bytes: a request line's method (an uppercase
 /// token and a space) or a status line's `HTTP/`. Checked on as many bytes as there are.
 fn looks_like_http(side: Side, data: &[u8]) -> bool {
@@ -471,12 +508,12 @@ fn looks_like_http(side: Side, data: &[u8]) -> bool {
                 .iter()
                 .copied()
                 .take_while(|b| b.is_ascii_uppercase())
-                .take(16)
+                .take(METHOD_MAX)
                 .collect();
             match data.get(method.len()) {
                 Some(b' ') => !method.is_empty(),
                 // Not yet known: as many uppercase letters as there are bytes.
-                None => method.len() == data.len() && method.len() < 16,
+                None => method.len() == data.len() && method.len() < METHOD_MAX,
                 _ => false,
             }
         }
@@ -588,6 +625,23 @@ mod tests {
         r.gap(3, &mut out);
         assert_eq!(r.broken(), Some(Broken::LostSync));
         assert_eq!((gaps, ends), (5, 1));
+    }
+
+    #[test]
+    fn reading_starts_again_at_a_message_after_it_stopped() {
+        let mut r = HttpReader::new(Side::Requests);
+        let mut heads = 0;
+        r.feed(b"{\"tail of a body\"}", &mut |_| {});
+        assert_eq!(r.broken(), Some(Broken::NotHttp));
+        let next = b"POST /api/chat HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        assert!(starts_message(Side::Requests, next));
+        assert!(!starts_message(Side::Requests, b"{\"POST /x"));
+        assert!(starts_message(Side::Responses, b"HTTP/1.1 200 OK\r\n"));
+        r.resync();
+        r.feed(next, &mut |e| {
+            heads += usize::from(matches!(e, HttpEvent::Request(_)))
+        });
+        assert_eq!((heads, r.broken()), (1, None));
     }
 
     #[test]

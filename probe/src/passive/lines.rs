@@ -36,11 +36,11 @@ impl Lines {
                 self.skipping = false;
                 continue;
             }
-            if self.buf.is_empty() {
-                line(trim_cr(piece));
-            } else if self.buf.len() + piece.len() > MAX_LINE {
+            if self.buf.len() + piece.len() > MAX_LINE {
                 self.buf.clear();
                 self.lost += 1;
+            } else if self.buf.is_empty() {
+                line(trim_cr(piece));
             } else {
                 self.buf.extend_from_slice(piece);
                 let whole = std::mem::take(&mut self.buf);

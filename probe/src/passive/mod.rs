@@ -134,6 +134,7 @@ pub const OUTCOMES: &[&str] = &[
     "malformed_chunk",
     "lost_sync",
     "not_http",
+    "resynced",
 ];
 
 /// Connections by their two endpoints and interface, either way round.
@@ -269,5 +270,225 @@ impl Passive {
         let mut conns: Vec<&Conn> = self.conns.values().collect();
         conns.sort_by_key(|c| c.seq);
         conns.into_iter().flat_map(Conn::running).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::Event;
+    use tokenwire_probe_common::{TCP_ACK, TCP_FIN, TCP_SYN};
+
+    const PSH: u8 = 0x08;
+
+    /// A connection's packets built by hand: sequence numbers follow the bytes sent.
+    struct Wire {
+        t: u64,
+        seq: [u32; 2],
+        out: Vec<PassivePacketBuf>,
+    }
+
+    impl Wire {
+        fn new() -> Self {
+            Self {
+                t: 1_000_000_000,
+                seq: [100, 9000],
+                out: Vec::new(),
+            }
+        }
+
+        /// A packet from the client (`0`) or the server (`1`), `ms` after the last.
+        fn send(&mut self, from: usize, ms: u64, flags: u8, payload: &[u8]) {
+            let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+            let server: SocketAddr = "127.0.0.1:11434".parse().unwrap();
+            let (src, dst) = if from == 0 {
+                (client, server)
+            } else {
+                (server, client)
+            };
+            self.t += ms * 1_000_000;
+            let ip_bytes = 52 + payload.len() as u64;
+            self.out.push(PassivePacketBuf {
+                time_ns: self.t,
+                src,
+                dst,
+                ifindex: 1,
+                counters: Counters {
+                    packets: 1,
+                    ip_bytes,
+                    link_bytes: ip_bytes + 14,
+                },
+                tcp_flags: flags,
+                seq: self.seq[from],
+                payload_len: payload.len() as u32,
+                payload: payload.to_vec(),
+            });
+            self.seq[from] = self.seq[from]
+                .wrapping_add(payload.len() as u32)
+                .wrapping_add(u32::from(flags & (TCP_SYN | TCP_FIN) != 0));
+        }
+    }
+
+    fn chunk(line: &str) -> Vec<u8> {
+        format!("{:x}\r\n{line}\n\r\n", line.len() + 1).into_bytes()
+    }
+
+    fn requests(events: &[Event]) -> Vec<&RequestRecord> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Request(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_keep_alive_connection_is_cut_into_its_requests() {
+        let mut w = Wire::new();
+        w.send(0, 0, TCP_SYN, b"");
+        w.send(1, 0, TCP_SYN | TCP_ACK, b"");
+        w.send(0, 0, TCP_ACK, b"");
+        let setup: u64 = w.out.iter().map(|p| p.counters.ip_bytes).sum();
+        let first = w.out.len();
+        w.send(
+            0,
+            1,
+            PSH | TCP_ACK,
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        );
+        w.send(1, 0, TCP_ACK, b"");
+        w.send(1, 50, PSH | TCP_ACK, b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n");
+        w.send(
+            1,
+            0,
+            PSH | TCP_ACK,
+            &chunk(r#"{"message":{"content":"The"},"done":false}"#),
+        );
+        w.send(
+            1,
+            7,
+            PSH | TCP_ACK,
+            &chunk(r#"{"message":{"content":" sky"},"done":false}"#),
+        );
+        w.send(
+            1,
+            9,
+            PSH | TCP_ACK,
+            &[
+                chunk(r#"{"message":{"content":""},"done":true,"eval_count":2,"prompt_eval_count":5}"#),
+                b"0\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+        );
+        w.send(0, 0, TCP_ACK, b"");
+        let second = w.out.len();
+        w.send(
+            0,
+            100,
+            PSH | TCP_ACK,
+            b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        w.send(
+            1,
+            1,
+            PSH | TCP_ACK,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+        );
+        w.send(0, 0, TCP_FIN | TCP_ACK, b"");
+        w.send(1, 0, TCP_FIN | TCP_ACK, b"");
+        w.send(0, 0, TCP_ACK, b"");
+
+        let mut p = Passive::new(PassiveOptions::default());
+        for pkt in &w.out {
+            p.packet(&pkt.as_packet());
+        }
+        let events = p.take_events();
+        let recs = requests(&events);
+        assert_eq!(recs.len(), 1, "the /api/tags request makes no record");
+        let r = recs[0];
+        assert_eq!((r.approach.as_str(), r.tokens), ("ollama_chat", 2));
+        assert_eq!(r.outcome, Some(crate::spans::Outcome::Ok));
+        assert!(r.is_final && !r.includes_connection_overhead);
+        let own: u64 = w.out[first..second]
+            .iter()
+            .map(|p| p.counters.ip_bytes)
+            .sum();
+        assert_eq!(
+            r.wire_bytes, own,
+            "from its request line to the next request's"
+        );
+        let d = r.passive.as_ref().unwrap();
+        assert_eq!(
+            (d.server_output_tokens, d.server_input_tokens),
+            (Some(2), Some(5))
+        );
+        assert_eq!(r.ttft_ms, Some(50.0));
+        assert_eq!((d.gap_p50_ms, d.gap_max_ms), (Some(7.0), Some(7.0)));
+        assert_eq!(d.incomplete, None);
+        let conn = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Connection(c) => Some(c),
+                _ => None,
+            })
+            .expect("the connection's record");
+        let all: u64 = w.out.iter().map(|p| p.counters.ip_bytes).sum();
+        assert_eq!(conn.total.total().ip_bytes, all);
+        assert_eq!(conn.setup.total().ip_bytes, setup);
+        assert_eq!(
+            (p.counts().get("request"), p.counts().get("other_endpoint")),
+            (1, 1)
+        );
+        assert_eq!(p.connections(), 0, "over at the last ACK");
+    }
+
+    #[test]
+    fn a_hole_in_the_answer_marks_the_tokens_incomplete_and_a_reset_aborts() {
+        let mut w = Wire::new();
+        w.send(
+            0,
+            0,
+            PSH | TCP_ACK,
+            b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        );
+        w.send(
+            1,
+            5,
+            PSH | TCP_ACK,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n",
+        );
+        w.send(
+            1,
+            1,
+            PSH | TCP_ACK,
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+        );
+        // A packet the capture lost: its bytes never arrive.
+        w.seq[1] = w.seq[1].wrapping_add(40);
+        w.send(
+            1,
+            1,
+            PSH | TCP_ACK,
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n",
+        );
+        // The same packet again (a retransmission): read once.
+        let again = w.out.last().unwrap().clone();
+        w.out.push(again);
+        w.send(0, 1, tokenwire_probe_common::TCP_RST, b"");
+        let mut p = Passive::new(PassiveOptions::default());
+        for pkt in &w.out {
+            p.packet(&pkt.as_packet());
+        }
+        let events = p.take_events();
+        let r = requests(&events)[0];
+        // After a hole reading resumes at the next line end: the line the hole ended in
+        // (here the "b" event's) cannot be trusted and is not counted.
+        assert_eq!(r.tokens, 1);
+        assert_eq!(r.outcome, Some(crate::spans::Outcome::Aborted));
+        assert!(r.includes_connection_overhead);
+        assert_eq!(r.passive.as_ref().unwrap().incomplete, Some("payload_lost"));
+        assert_eq!(p.counts().get("payload_lost"), 1);
+        assert_eq!(p.counts().get("tokens_incomplete"), 1);
     }
 }

@@ -149,6 +149,8 @@ pub fn spans_path(tag: &str) -> PathBuf {
 
 pub struct Stack {
     pub shutdown: CancellationToken,
+    /// The model's plain HTTP address (the relays' upstream).
+    pub model: SocketAddr,
     pub raw: Running,
     pub sse: Running,
     pub wt: Running,
@@ -183,6 +185,7 @@ impl Stack {
         let (model, _) = launch::start_model(any, cfg, shutdown.clone(), grace)
             .await
             .unwrap();
+        let model_addr = model.addr;
         let mut opts = RelayOptions {
             upstream: model.url.clone(),
             spans,
@@ -205,6 +208,7 @@ impl Stack {
             .unwrap();
         Self {
             shutdown,
+            model: model_addr,
             raw,
             sse,
             wt,

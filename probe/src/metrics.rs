@@ -111,7 +111,7 @@ impl Metrics {
             tokens: IntCounterVec::new(
                 Opts::new(
                     "tokenwire_tokens_total",
-                    "Tokens servers reported sending, counted when each request ends.",
+                    "Tokens of each request, counted when it ends: as its server reported them (spans), or counted in its answer (passive).",
                 ),
                 &["approach"],
             )

@@ -106,6 +106,8 @@ pub struct HttpReader {
     buf: Vec<u8>,
     /// For responses: whether each pending request expects no body (HEAD), oldest first.
     no_body: VecDeque<bool>,
+    /// The head being gathered begins like a message.
+    started: bool,
 }
 
 impl HttpReader {
@@ -115,6 +117,7 @@ impl HttpReader {
             state: State::Head,
             buf: Vec::new(),
             no_body: VecDeque::new(),
+            started: false,
         }
     }
 
@@ -137,6 +140,7 @@ impl HttpReader {
     /// its next bytes begin a message ([`starts_message`]).
     pub fn resync(&mut self) {
         self.state = State::Head;
+        self.started = false;
         self.buf.clear();
         self.no_body.clear();
     }
@@ -274,10 +278,16 @@ impl HttpReader {
         let take = data.len().min(room);
         self.buf.extend_from_slice(&data[..take]);
         // Whether a message can start so: decided on the first bytes, however they came.
-        if before < METHOD_MAX && !looks_like_http(self.side, &self.buf) {
-            self.state = State::Broken(Broken::NotHttp);
-            self.buf = Vec::new();
-            return data.len();
+        if !self.started {
+            match looks_like_http(self.side, &self.buf) {
+                Some(true) => self.started = true,
+                Some(false) => {
+                    self.state = State::Broken(Broken::NotHttp);
+                    self.buf = Vec::new();
+                    return data.len();
+                }
+                None => {}
+            }
         }
         let from = before.saturating_sub(3);
         let Some(end) = find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
@@ -290,6 +300,7 @@ impl HttpReader {
         };
         let used = end - before;
         let head = std::mem::take(&mut self.buf);
+        self.started = false;
         self.parse_head(&head[..end], out);
         used
     }
@@ -495,28 +506,25 @@ pub fn starts_message(side: Side, data: &[u8]) -> bool {
     }
 }
 
-/// Whether a message can start with these bytes: a request line's method (an uppercase
-/// token and a space) or a status line's `HTTP/`. Checked on as many bytes as there are.
-fn looks_like_http(side: Side, data: &[u8]) -> bool {
+/// Whether a message can start with these bytes: a request line's method (1 to
+/// [`METHOD_MAX`] uppercase letters and a space) or a status line's `HTTP/`; `None` while
+/// the bytes so far do not decide it. Decided on the same bytes however they came.
+fn looks_like_http(side: Side, data: &[u8]) -> Option<bool> {
     match side {
         Side::Responses => {
             let n = data.len().min(5);
-            data[..n] == b"HTTP/"[..n]
-        }
-        Side::Requests => {
-            let method: Vec<u8> = data
-                .iter()
-                .copied()
-                .take_while(|b| b.is_ascii_uppercase())
-                .take(METHOD_MAX)
-                .collect();
-            match data.get(method.len()) {
-                Some(b' ') => !method.is_empty(),
-                // Not yet known: as many uppercase letters as there are bytes.
-                None => method.len() == data.len() && method.len() < METHOD_MAX,
-                _ => false,
+            if data[..n] != b"HTTP/"[..n] {
+                Some(false)
+            } else {
+                (n == 5).then_some(true)
             }
         }
+        Side::Requests => match data.iter().position(|b| !b.is_ascii_uppercase()) {
+            Some(i) if i <= METHOD_MAX => Some(i > 0 && data[i] == b' '),
+            Some(_) => Some(false),
+            None if data.len() > METHOD_MAX => Some(false),
+            None => None,
+        },
     }
 }
 
@@ -642,6 +650,22 @@ mod tests {
             heads += usize::from(matches!(e, HttpEvent::Request(_)))
         });
         assert_eq!((heads, r.broken()), (1, None));
+    }
+
+    /// Found by the fuzz target: a method of exactly 16 letters was a message whole and not
+    /// one when its first piece ended after those letters.
+    #[test]
+    fn the_method_check_does_not_depend_on_the_split() {
+        for head in [
+            &b"UUUUUUUUUUHTTHHZ *\xff\r\n\r\n"[..],
+            b"UUUUUUUUUUHTTHHZZ / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ] {
+            let whole = run(Side::Requests, &[head]);
+            for i in 0..head.len() {
+                assert_eq!(run(Side::Requests, &[&head[..i], &head[i..]]), whole, "{i}");
+            }
+        }
     }
 
     #[test]

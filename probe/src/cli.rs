@@ -159,6 +159,13 @@ pub struct RunArgs {
     /// The same once its connection closed (FIN/RST).
     #[arg(long, default_value_t = 30)]
     pub closed_timeout: u64,
+    /// eBPF: KiB of the ring buffer of rare flow events (a key's first packet and first
+    /// payload, its close), rounded up to a power of two. Events a full ring drops are
+    /// counted (tokenwire_probe_event_drops_total); a span's cut looks the connection's
+    /// keys up in the kernel map itself, so a dropped event never makes a request's bytes
+    /// or label wrong.
+    #[arg(long, default_value_t = 1024)]
+    pub event_ring_kib: u32,
     /// Turn on the kernel's BPF run-time statistics while running and report the probe's
     /// own cost in ns per packet.
     #[arg(long)]
@@ -241,6 +248,7 @@ impl RunArgs {
             bpf_stats: self.bpf_stats,
             http_ports: self.passive.http_ports.0.clone(),
             passive_ring_bytes: self.passive.passive_ring_mib.clamp(1, 1024) << 20,
+            event_ring_bytes: self.event_ring_kib.clamp(4, 1 << 20) << 10,
             pcap: backend::pcap::PcapOptions {
                 snaplen: self
                     .snaplen

@@ -4,8 +4,9 @@
 //!
 //! - [`Engine::poll`]: read every counter, evict idle keys, retire finished connections;
 //! - [`Engine::span_datagram`] / [`Engine::span`]: a server's span, with the span-cut
-//!   sequence (drain events -> find the connection's keys -> take the cut time -> refresh
-//!   those keys -> apply);
+//!   sequence (drain events -> find the connection's keys, the table's and those its
+//!   addresses name -> read them -> take the cut time -> read again until two reads agree
+//!   -> apply);
 //! - [`Engine::tick`]: drain events and finish connections that are due;
 //! - [`Engine::answer`]: an HTTP query, with figures current to the moment.
 //!
@@ -55,6 +56,10 @@ impl Default for EngineOptions {
         }
     }
 }
+
+/// Reads of a connection's counters a span's cut makes at most to find two that agree
+/// around its time (after the first).
+const CUT_READS: usize = 4;
 
 /// Rejected spans are logged at most once per this long, with the count since.
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -146,11 +151,21 @@ impl<B: Backend> Engine<B> {
         self.backend.drain(&mut self.table);
         self.read_passive();
         for conn in self.attributor.due(&self.table, now) {
-            let keys = self.table.keys_of(&conn);
+            let keys = self.keys_of(&conn);
             self.backend.refresh(&mut self.table, &keys, now);
             self.attributor.finish(&conn, &self.table);
         }
         self.route_events();
+    }
+
+    /// A connection's keys as the table knows them and as its addresses name them: a key
+    /// whose events a full ring dropped is read all the same.
+    fn keys_of(&self, c: &crate::spans::ConnRef) -> Vec<crate::flow::PacketKey> {
+        let mut keys = self.table.keys_of(c);
+        keys.extend(self.backend.keys_for(c));
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// One datagram from the span socket: parsed, then applied. A message that does not
@@ -171,15 +186,28 @@ impl<B: Backend> Engine<B> {
         // Events first: a connection's first packets may only be known from them.
         let keys = conn.map(|c| {
             self.backend.drain(&mut self.table);
-            self.table.keys_of(&c)
+            self.keys_of(&c)
         });
-        // The cut's time is taken right before the counters are read (a lookup per key,
-        // microseconds): a capture cut at this time agrees with the read but for a packet
-        // counted within those microseconds.
-        let cut_ns = self.backend.cut_time_ns(&span);
+        // The cut's time lies between two reads of the connection's counters that agree:
+        // read, take the time, read again, and again while a packet came in between (a
+        // read is a lookup per key, microseconds, and the process may be preempted in it).
+        // No packet of the connection was counted between the reads, so a capture cut at
+        // this time agrees with the counters read exactly. A connection too busy to hold
+        // still over CUT_READS tries keeps the last time.
+        let mut cut_ns = self.backend.cut_time_ns(&span);
         if let (Some(conn), Some(keys)) = (conn, keys) {
             self.backend.refresh(&mut self.table, &keys, now);
-            tracing::debug!(?conn, keys = keys.len(), conns = self.table.len(), snapshot = ?self.table.snapshot(&conn), "span cut");
+            let mut read = self.table.snapshot(&conn);
+            for _ in 0..CUT_READS {
+                cut_ns = self.backend.cut_time_ns(&span);
+                self.backend.refresh(&mut self.table, &keys, now);
+                let again = self.table.snapshot(&conn);
+                if again == read {
+                    break;
+                }
+                read = again;
+            }
+            tracing::debug!(?conn, keys = keys.len(), conns = self.table.len(), snapshot = ?read, "span cut");
         }
         let applied = match self.attributor.apply(span, &self.table, cut_ns, now) {
             Ok(()) => {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::live::{Probe, Stack, spans_path, wt_stream};
-use common::{Packet, Tcpdump, promtool_check, require_root};
+use common::{Tcpdump, client_of, figures, promtool_check, require_root, sum, window};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,40 +13,6 @@ use tokenwire_bench::approach::Approach;
 use tokenwire_bench::client::ApproachClient;
 use tokenwire_probe::packet::LinkType;
 use tokenwire_servers::spans::SpanSink;
-
-/// Packets and IP bytes of `pkts` on the connection of `client`, by direction, within
-/// [from, to) nanoseconds.
-fn window(pkts: &[Packet], client: SocketAddr, from: u64, to: u64) -> [u64; 4] {
-    let mut out = [0u64; 4];
-    for p in pkts
-        .iter()
-        .filter(|p| p.ts_ns >= from && p.ts_ns < to && (p.src == client || p.dst == client))
-    {
-        let i = if p.src == client { 0 } else { 2 };
-        out[i] += 1;
-        out[i + 1] += p.ip_bytes;
-    }
-    out
-}
-
-/// A record's or snapshot's [to_server packets, bytes, to_client packets, bytes].
-fn figures(v: &Value) -> [u64; 4] {
-    let n = |d: &str, f: &str| v[d][f].as_u64().unwrap();
-    [
-        n("to_server", "packets"),
-        n("to_server", "ip_bytes"),
-        n("to_client", "packets"),
-        n("to_client", "ip_bytes"),
-    ]
-}
-
-fn client_of(r: &Value) -> SocketAddr {
-    r["client"].as_str().unwrap().parse().unwrap()
-}
-
-fn sum(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
-    [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
-}
 
 async fn keepalive_split(backend: &str) {
     require_root();

@@ -3,7 +3,7 @@
 use crate::flow::PacketKey;
 use crate::health::Health;
 use crate::passive::Passive;
-use crate::spans::Span;
+use crate::spans::{ConnRef, Span};
 use crate::table::FlowTable;
 use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +29,13 @@ pub trait Backend {
     /// it). Called right before [`Backend::refresh`].
     fn cut_time_ns(&self, span: &Span) -> u64;
 
+    /// The keys a connection's packets carry on this capture, derived from its addresses
+    /// alone: a span's cut reads them even when the events that would have named them to
+    /// the table were lost (a full event ring). Backends that see every packet (libpcap,
+    /// files) know every key already and give none.
+    fn keys_for(&self, _conn: &ConnRef) -> Vec<PacketKey> {
+        Vec::new()
+    }
     /// Brings the table's counters for `keys` (one connection's) up to the cut.
     fn refresh(&mut self, table: &mut FlowTable, keys: &[PacketKey], now: Instant);
 
@@ -67,6 +74,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn cut_time_ns(&self, span: &Span) -> u64 {
         (**self).cut_time_ns(span)
+    }
+    fn keys_for(&self, conn: &ConnRef) -> Vec<PacketKey> {
+        (**self).keys_for(conn)
     }
     fn refresh(&mut self, table: &mut FlowTable, keys: &[PacketKey], now: Instant) {
         (**self).refresh(table, keys, now)

@@ -12,7 +12,7 @@ use super::flow_maps::FlowMaps;
 use crate::flow::{Counters, PacketKey};
 use crate::health::Health;
 use crate::passive::{Passive, PassivePacket};
-use crate::spans::Span;
+use crate::spans::{ConnRef, Span};
 use crate::table::{EventKind, FlowTable};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};
@@ -113,23 +113,20 @@ pub(super) struct Layout {
 
 /// The embedded object with room for `max_flows` keys, its programs not loaded yet.
 pub(super) fn load_object(max_flows: u32) -> Result<(aya::Ebpf, Layout), EbpfError> {
-    load_object_sized(max_flows, DEFAULT_PASSIVE_RING_BYTES)
+    load_object_sized(max_flows, RingSizes::default())
 }
 
-/// The same with a passive ring of `passive_ring_bytes`.
-fn load_object_sized(
-    max_flows: u32,
-    passive_ring_bytes: u32,
-) -> Result<(aya::Ebpf, Layout), EbpfError> {
+fn random_keys() -> [u64; 14] {
     use std::hash::{BuildHasher, Hasher};
     let seed = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    load_object_full(
-        max_flows,
-        common::fingerprint_keys(seed),
-        passive_ring_bytes,
-    )
+    common::fingerprint_keys(seed)
+}
+
+/// The same with rings of the given sizes.
+fn load_object_sized(max_flows: u32, rings: RingSizes) -> Result<(aya::Ebpf, Layout), EbpfError> {
+    load_object_bytes(OBJECT, max_flows, random_keys(), rings)
 }
 
 /// The same with chosen fingerprint keys (tests force collisions with them).
@@ -137,7 +134,7 @@ pub(super) fn load_object_with(
     max_flows: u32,
     keys: [u64; 14],
 ) -> Result<(aya::Ebpf, Layout), EbpfError> {
-    load_object_full(max_flows, keys, DEFAULT_PASSIVE_RING_BYTES)
+    load_object_bytes(OBJECT, max_flows, keys, RingSizes::default())
 }
 
 /// Another object than the embedded one (`kernel-bench --object`), with random keys.
@@ -145,37 +142,15 @@ pub(super) fn load_object_from(
     object: &[u8],
     max_flows: u32,
 ) -> Result<(aya::Ebpf, Layout), EbpfError> {
-    use std::hash::{BuildHasher, Hasher};
-    let seed = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    load_object_bytes(
-        object,
-        max_flows,
-        common::fingerprint_keys(seed),
-        DEFAULT_PASSIVE_RING_BYTES,
-    )
-}
-
-fn load_object_full(
-    max_flows: u32,
-    keys: [u64; 14],
-    passive_ring_bytes: u32,
-) -> Result<(aya::Ebpf, Layout), EbpfError> {
-    load_object_bytes(OBJECT, max_flows, keys, passive_ring_bytes)
+    load_object_bytes(object, max_flows, random_keys(), RingSizes::default())
 }
 
 fn load_object_bytes(
     object: &[u8],
     max_flows: u32,
     keys: [u64; 14],
-    passive_ring_bytes: u32,
+    rings: RingSizes,
 ) -> Result<(aya::Ebpf, Layout), EbpfError> {
-    // A ring's size is a power of two of pages.
-    let ring = passive_ring_bytes
-        .max(4096)
-        .checked_next_power_of_two()
-        .unwrap_or(1 << 31);
     // A slot per key, a power of two of them (at least 1,024).
     let slots = max_flows
         .max(1024)
@@ -189,7 +164,8 @@ fn load_object_bytes(
         .map_max_entries(common::SLOTS_MAP, slots)
         .map_max_entries(common::FLOW_KEYS_MAP, slots)
         .map_max_entries(common::COLLIDED_MAP, max_flows.max(1))
-        .map_max_entries(common::PASSIVE_MAP, ring)
+        .map_max_entries(common::EVENTS_MAP, ring_size(rings.events))
+        .map_max_entries(common::PASSIVE_MAP, ring_size(rings.passive))
         .override_global(common::FINGERPRINT_KEYS, &layout.keys, true)
         .override_global(common::SLOT_SHIFT, &layout.slot_shift, true)
         .load(object)
@@ -283,26 +259,44 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     }
 }
 
-/// What passive reading asks of the kernel side.
-#[derive(Debug, Clone)]
-pub struct PassiveCapture {
-    /// TCP server ports whose every packet is sent to user space.
-    pub ports: BTreeSet<u16>,
-    /// Size of the ring those packets go through (a power of two of pages).
-    pub ring_bytes: u32,
+/// A ring's size: a power of two of pages.
+fn ring_size(bytes: u32) -> u32 {
+    bytes
+        .max(4096)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
 }
 
+/// The sizes of the object's two ring buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct RingSizes {
+    /// Rare flow events (a key's first packet and payload, its close): `--event-ring-kib`.
+    pub events: u32,
+    /// Passively read packets: `--passive-ring-mib`.
+    pub passive: u32,
+}
+
+/// The event ring's size unless told otherwise: 1 MiB, about 1,770 events.
+pub const DEFAULT_EVENT_RING_BYTES: u32 = 1 << 20;
 /// The passive ring's size unless told otherwise: 16 MiB, a second of 1,000 streams'
 /// packets at 29 tokens/s with room to spare (docs/passive.md).
 pub const DEFAULT_PASSIVE_RING_BYTES: u32 = 16 << 20;
 
-impl Default for PassiveCapture {
+impl Default for RingSizes {
     fn default() -> Self {
         Self {
-            ports: BTreeSet::new(),
-            ring_bytes: DEFAULT_PASSIVE_RING_BYTES,
+            events: DEFAULT_EVENT_RING_BYTES,
+            passive: DEFAULT_PASSIVE_RING_BYTES,
         }
     }
+}
+
+/// What the eBPF backend starts with beside its interfaces and flow count.
+#[derive(Debug, Clone, Default)]
+pub struct EbpfOptions {
+    /// TCP server ports whose every packet is sent to user space (passive reading).
+    pub http_ports: BTreeSet<u16>,
+    pub rings: RingSizes,
 }
 
 /// Marks `ports` (1) in the kernel's port array where `marked` are marked now; the others
@@ -367,7 +361,7 @@ impl EbpfBackend {
     /// Loads the object with room for `max_flows` keys and attaches it to `ifaces`; with
     /// `bpf_stats`, turns on the kernel's BPF run-time statistics while it runs.
     pub fn start(ifaces: &[String], max_flows: u32, bpf_stats: bool) -> Result<Self, EbpfError> {
-        Self::start_with(ifaces, max_flows, bpf_stats, &PassiveCapture::default())
+        Self::start_with(ifaces, max_flows, bpf_stats, &EbpfOptions::default())
     }
 
     /// The same, with the ports read passively marked before the programs attach (so
@@ -376,13 +370,13 @@ impl EbpfBackend {
         ifaces: &[String],
         max_flows: u32,
         bpf_stats: bool,
-        passive: &PassiveCapture,
+        opts: &EbpfOptions,
     ) -> Result<Self, EbpfError> {
         let ifaces: Vec<Iface> = ifaces
             .iter()
             .map(|n| Iface::lookup(n))
             .collect::<Result<_, _>>()?;
-        let (mut ebpf, layout) = load_object_sized(max_flows, passive.ring_bytes)?;
+        let (mut ebpf, layout) = load_object_sized(max_flows, opts.rings)?;
         let mut http_ports: Array<MapData, u8> = Array::try_from(
             ebpf.take_map(common::HTTP_PORTS_MAP)
                 .ok_or(EbpfError::Map {
@@ -395,7 +389,7 @@ impl EbpfBackend {
             reason: chain(&e),
         })?;
         let mut marked = BTreeSet::new();
-        mark_ports(&mut http_ports, &mut marked, &passive.ports)?;
+        mark_ports(&mut http_ports, &mut marked, &opts.http_ports)?;
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         let mut added_qdisc = Vec::new();
@@ -609,6 +603,31 @@ impl Backend for EbpfBackend {
 
     fn cut_time_ns(&self, _span: &Span) -> u64 {
         wall_clock_ns()
+    }
+
+    /// Both directions of the connection on every captured interface and hook: what the
+    /// classifier keys its packets by. A wildcard server address gives none (the table's
+    /// keys stand).
+    fn keys_for(&self, conn: &ConnRef) -> Vec<PacketKey> {
+        if conn.server.ip().is_unspecified() {
+            return Vec::new();
+        }
+        let proto = conn.transport.proto();
+        let mut out = Vec::new();
+        for iface in &self.ifaces {
+            for &hook in iface.hooks() {
+                for (src, dst) in [(conn.client, conn.server), (conn.server, conn.client)] {
+                    out.push(PacketKey {
+                        proto,
+                        src,
+                        dst,
+                        ifindex: iface.index,
+                        ingress: hook == TcAttachType::Ingress,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Reads just `keys` (a connection a span names) into the table: a span's cut must see

@@ -34,6 +34,8 @@ pub struct LiveOptions {
     pub bpf_stats: bool,
     /// TCP server ports read passively (marked in the kernel before attaching).
     pub http_ports: std::collections::BTreeSet<u16>,
+    /// eBPF: bytes of the ring of rare flow events (first packet, first payload, close).
+    pub event_ring_bytes: u32,
     /// eBPF: bytes of the ring passively read packets go through.
     pub passive_ring_bytes: u32,
     pub pcap: pcap::PcapOptions,
@@ -93,9 +95,12 @@ fn open_ebpf(opts: &LiveOptions) -> Result<Box<dyn Backend>, OpenError> {
         &opts.ifaces,
         opts.max_flows,
         opts.bpf_stats,
-        &ebpf::PassiveCapture {
-            ports: opts.http_ports.clone(),
-            ring_bytes: opts.passive_ring_bytes,
+        &ebpf::EbpfOptions {
+            http_ports: opts.http_ports.clone(),
+            rings: ebpf::RingSizes {
+                events: opts.event_ring_bytes,
+                passive: opts.passive_ring_bytes,
+            },
         },
     )?))
 }

@@ -5,6 +5,7 @@
 pub mod live;
 pub mod prometheus;
 
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::io::{BufRead, BufReader};
@@ -227,4 +228,38 @@ pub fn promtool_check(metrics: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Packets and IP bytes of `pkts` on the connection of `client`, by direction, within
+/// [from, to) nanoseconds.
+pub fn window(pkts: &[Packet], client: SocketAddr, from: u64, to: u64) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    for p in pkts
+        .iter()
+        .filter(|p| p.ts_ns >= from && p.ts_ns < to && (p.src == client || p.dst == client))
+    {
+        let i = if p.src == client { 0 } else { 2 };
+        out[i] += 1;
+        out[i + 1] += p.ip_bytes;
+    }
+    out
+}
+
+/// A record's or snapshot's [to_server packets, bytes, to_client packets, bytes].
+pub fn figures(v: &Value) -> [u64; 4] {
+    let n = |d: &str, f: &str| v[d][f].as_u64().unwrap();
+    [
+        n("to_server", "packets"),
+        n("to_server", "ip_bytes"),
+        n("to_client", "packets"),
+        n("to_client", "ip_bytes"),
+    ]
+}
+
+pub fn client_of(r: &Value) -> SocketAddr {
+    r["client"].as_str().unwrap().parse().unwrap()
+}
+
+pub fn sum(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
 }

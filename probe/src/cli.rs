@@ -92,11 +92,6 @@ pub struct PassiveArgs {
     /// `connection_limit`) and not read.
     #[arg(long, default_value_t = 65_536)]
     pub max_passive_connections: usize,
-    /// eBPF: MiB of the ring buffer passively read packets go through (rounded up to a
-    /// power of two). A full ring loses packets: counted
-    /// (tokenwire_probe_passive_drops_total) and the requests then read marked incomplete.
-    #[arg(long, default_value_t = 16)]
-    pub passive_ring_mib: u32,
 }
 
 /// A set of ports from the command line.
@@ -166,6 +161,11 @@ pub struct RunArgs {
     /// or label wrong.
     #[arg(long, default_value_t = 1024)]
     pub event_ring_kib: u32,
+    /// eBPF: MiB of the ring buffer passively read packets go through (rounded up to a
+    /// power of two). A full ring loses packets: counted
+    /// (tokenwire_probe_passive_drops_total) and the requests then read marked incomplete.
+    #[arg(long, default_value_t = 16)]
+    pub passive_ring_mib: u32,
     /// Turn on the kernel's BPF run-time statistics while running and report the probe's
     /// own cost in ns per packet.
     #[arg(long)]
@@ -247,7 +247,7 @@ impl RunArgs {
             max_flows: self.max_flows,
             bpf_stats: self.bpf_stats,
             http_ports: self.passive.http_ports.0.clone(),
-            passive_ring_bytes: self.passive.passive_ring_mib.clamp(1, 1024) << 20,
+            passive_ring_bytes: self.passive_ring_mib.clamp(1, 1024) << 20,
             event_ring_bytes: self.event_ring_kib.clamp(4, 1 << 20) << 10,
             pcap: backend::pcap::PcapOptions {
                 snaplen: self

@@ -232,7 +232,15 @@ fn tun_without_link_header_matches_tcpdump() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Send once the probe is attached: it says so on stderr (the verifier takes its time).
+    let mut probe = probe;
+    let mut probe_err = std::io::BufReader::new(probe.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("backend ") {
+        said.clear();
+        let n = std::io::BufRead::read_line(&mut probe_err, &mut said).unwrap();
+        assert!(n > 0, "the probe exited before attaching");
+    }
     // 30 UDP datagrams out of the TUN (egress) and their echoes written back (ingress).
     let sender = Command::new("ip")
         .args(["netns", "exec", &ns, "python3", "-c"])
@@ -241,11 +249,9 @@ fn tun_without_link_header_matches_tcpdump() {
         .unwrap();
     assert!(sender.success());
     let out = probe.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut probe_rest = String::new();
+    probe_err.read_to_string(&mut probe_rest).unwrap();
+    assert!(out.status.success(), "{said}{probe_rest}");
     Command::new("kill")
         .args(["-INT", &dump.id().to_string()])
         .status()

@@ -170,10 +170,11 @@ pub struct RunArgs {
     /// own cost in ns per packet.
     #[arg(long)]
     pub bpf_stats: bool,
-    /// pcap: bytes kept of each packet. Default: 600 (headers and the first payload bytes,
-    /// enough to classify), or whole packets (65535) when --http-ports are read passively.
-    #[arg(long)]
-    pub snaplen: Option<i32>,
+    /// pcap: bytes kept of each packet (headers and the first payload bytes suffice to
+    /// classify, and hold a streamed token's packet for passive reading; 65535 keeps whole
+    /// packets, e.g. large non-streamed answers, at the cost of fewer packets buffered).
+    #[arg(long, default_value_t = backend::pcap::DEFAULT_SNAPLEN)]
+    pub snaplen: i32,
     /// pcap: kernel buffer size in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub buffer_size: i32,
@@ -250,13 +251,7 @@ impl RunArgs {
             passive_ring_bytes: self.passive_ring_mib.clamp(1, 1024) << 20,
             event_ring_bytes: self.event_ring_kib.clamp(4, 1 << 20) << 10,
             pcap: backend::pcap::PcapOptions {
-                snaplen: self
-                    .snaplen
-                    .unwrap_or(if self.passive.http_ports.0.is_empty() {
-                        backend::pcap::DEFAULT_SNAPLEN
-                    } else {
-                        backend::pcap::WHOLE_PACKETS
-                    }),
+                snaplen: self.snaplen,
                 buffer_size: self.buffer_size,
                 filter,
                 max_flows: self.max_flows,

@@ -35,8 +35,6 @@ use std::time::Instant;
 /// Enough for Ethernet + VLAN + IPv6 with extension headers + TCP options + the first
 /// payload bytes the classifier reads (a TLS ClientHello's SNI and ALPN).
 pub const DEFAULT_SNAPLEN: i32 = 600;
-/// Whole packets: what passive reading needs of the ports it reads.
-pub const WHOLE_PACKETS: i32 = 65_535;
 
 /// What a capture that was refused needs, on this platform.
 #[cfg(all(feature = "pcap", target_os = "linux"))]

@@ -449,11 +449,12 @@ impl Conn {
             self.report(r, only, ended, counts, out);
         }
         if self.track.served > 0 {
-            out.push(Event::Connection(self.record(true)));
+            out.push(Event::Connection(self.record()));
         }
     }
 
-    fn record(&self, is_final: bool) -> ConnectionRecord {
+    /// The connection's final record.
+    fn record(&self) -> ConnectionRecord {
         ConnectionRecord {
             approach: self.approach().to_string(),
             transport: "http",
@@ -465,7 +466,7 @@ impl Conn {
             teardown: Snapshot::default(),
             total: self.total,
             closed_unix_ns: self.closed_ns,
-            is_final,
+            is_final: true,
         }
     }
 
@@ -492,7 +493,7 @@ impl Conn {
             return;
         };
         let outcome = outcome(&r, conn_ended);
-        let rec = request_record(self, r, family, overhead, outcome, true);
+        let rec = build(self, &r, family, overhead, Some(outcome));
         counts.add("request");
         if rec.passive.as_ref().is_some_and(|p| p.incomplete.is_some()) {
             counts.add("tokens_incomplete");
@@ -517,7 +518,7 @@ impl Conn {
             .chain(self.track.done.as_ref())
             .filter_map(|r| {
                 let family = r.family?;
-                Some(request_record_ref(self, r, family))
+                Some(build(self, r, family, false, None))
             })
             .collect()
     }
@@ -536,25 +537,7 @@ fn outcome(r: &Req, conn_ended: bool) -> Outcome {
     }
 }
 
-fn request_record_ref(c: &Conn, r: &Req, family: Family) -> RequestRecord {
-    let mut rec = build(c, r, family, false, None);
-    rec.is_final = false;
-    rec
-}
-
-fn request_record(
-    c: &Conn,
-    r: Req,
-    family: Family,
-    overhead: bool,
-    outcome: Outcome,
-    is_final: bool,
-) -> RequestRecord {
-    let mut rec = build(c, &r, family, overhead, Some(outcome));
-    rec.is_final = is_final;
-    rec
-}
-
+/// `r`'s record: final with its outcome, or still running (`None`).
 fn build(
     c: &Conn,
     r: &Req,
@@ -612,7 +595,7 @@ fn build(
         packets_per_token: per_token(total.packets),
         attribution: Quality::Exact,
         includes_connection_overhead: overhead,
-        is_final: false,
+        is_final: outcome.is_some(),
         source: Source::Passive,
         passive: Some(Box::new(PassiveDetail {
             method: r.head.method.clone(),

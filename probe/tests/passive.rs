@@ -287,6 +287,12 @@ async fn real_clients_beside_an_unmodified_server_are_accounted_from_packets() {
         assert_eq!(Some(o.packets), live["packets"].as_u64(), "{live}");
     }
     let worst = ttft_diffs.iter().map(|(d, _)| d.abs()).fold(0.0, f64::max);
+    let mut by_client: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (d, client) in &ttft_diffs {
+        let e = by_client.entry(client).or_insert((f64::MAX, f64::MIN));
+        *e = (e.0.min(*d), e.1.max(*d));
+    }
+    eprintln!("passive: client TTFT - probe TTFT (ms), min..max per client: {by_client:.3?}");
     eprintln!(
         "passive: {} requests, {} connections, TTFT |client - probe| <= {worst:.3} ms",
         records.len(),

@@ -548,10 +548,7 @@ impl Seen {
             }
             return;
         }
-        let path = match approach {
-            Approach::Raw => "/v1/chat/completions",
-            _ => "/chat",
-        };
+        let path = approach.path();
         for (serial, n) in responses.iter().filter(|(_, n)| n.url.ends_with(path)) {
             if let Some(p) = &n.protocol {
                 note(&mut self.protocols, p);

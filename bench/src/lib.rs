@@ -1,7 +1,8 @@
 //! tokenwire-bench: the benchmark client. Streams prompts through the `raw`, `sse` and `wt`
 //! approaches, with fresh or reused connections, and measures what a user sees.
 
-pub mod approach;
+/// The approach registry, one home for every crate (docs/architecture.md).
+pub use tokenwire_probe_common::approach;
 pub mod browser;
 pub mod client;
 #[cfg(target_os = "linux")]

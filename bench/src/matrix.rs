@@ -26,6 +26,7 @@ use crate::report::{self, Summary};
 use crate::runner::{self, RunConfig};
 use crate::wire::{self, WireSummary};
 use crate::workload::Job;
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,8 +35,8 @@ use std::time::Duration;
 use tokenwire_servers::launch::{self, RelayOptions};
 use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
 use tokenwire_servers::spans::SpanSink;
+use tokenwire_servers::stack::Stack;
 use tokenwire_servers::tuning::{Knob, Tuning};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MatrixError {
@@ -320,9 +321,10 @@ fn run_link(
         None => (None, None, Some("no tokenwire-probe binary".into())),
     };
     // The servers, in the server namespace.
-    let shutdown = CancellationToken::new();
     let server = em.server_addr;
-    let sse6 = em.server_addr6.map(|a| SocketAddr::new(a.into(), 8080));
+    let sse6 = em
+        .server_addr6
+        .map(|a| SocketAddr::new(a.into(), Approach::Sse.port()));
     let mut model_cfg = ModelConfig {
         timing: cfg.timing.clone(),
         ..ModelConfig::default()
@@ -339,43 +341,35 @@ fn run_link(
         opts.quic_ecn = false;
     }
     tuning.apply_server(&mut opts);
-    let (sd, idc) = (shutdown.clone(), id.clone());
+    let idc = id.clone();
     let started = srv_rt.block_on(srv_rt.spawn(async move {
         let grace = Duration::from_secs(2);
-        let any = |port: u16| SocketAddr::new(server.into(), port);
-        let (model, _) = launch::start_model(
-            "127.0.0.1:11434".parse().expect("constant address"),
-            model_cfg,
-            sd.clone(),
-            grace,
-        )
-        .await?;
-        let opts = RelayOptions {
-            upstream: model.url.clone(),
-            ..opts
-        };
-        launch::start_raw(any(11435), &idc, &opts, sd.clone(), grace).await?;
-        let sse = match sse6 {
-            // The SSE client goes over IPv6 then (module comment).
-            Some(addr) => {
-                launch::start_sse(any(8080), &idc, &opts, sd.clone(), grace).await?;
-                launch::start_sse(addr, &idc, &opts, sd.clone(), grace).await?
-            }
-            None => launch::start_sse(any(8080), &idc, &opts, sd.clone(), grace).await?,
-        };
-        let wt = launch::start_wt(any(4433), &idc, &opts, sd.clone(), grace).await?;
-        drop(model);
-        Ok::<_, launch::LaunchError>((sse.stats, wt.stats))
+        let mut stack = Stack::on(server.into())
+            .model(model_cfg)
+            .relay(opts)
+            .grace(grace)
+            .start(&idc)
+            .await?;
+        if let Some(addr) = sse6 {
+            // The SSE client goes over IPv6 then (module comment); the IPv4 one serves on.
+            let (opts, sd) = (&stack.relay, stack.shutdown.clone());
+            let sse = launch::start_sse(addr, &idc, opts, sd, grace).await?;
+            stack.companions.insert(Approach::Sse, sse);
+        }
+        Ok::<_, launch::LaunchError>(stack)
     }));
-    let relay_stats = match started {
-        Ok(Ok(stats)) => stats,
+    let stack = match started {
+        Ok(Ok(stack)) => stack,
         Ok(Err(e)) => return Err(MatrixError::Setup(format!("servers: {e}"))),
         Err(e) => return Err(MatrixError::Setup(format!("servers: {e}"))),
     };
+    let relay_stats: BTreeMap<Approach, _> = stack
+        .companions
+        .iter()
+        .map(|(a, r)| (*a, r.stats.clone()))
+        .collect();
     let targets = Targets {
-        raw: SocketAddr::new(server.into(), 11435),
-        sse: sse6.unwrap_or(SocketAddr::new(server.into(), 8080)),
-        wt_url: format!("https://{server}:4433/wt"),
+        addrs: stack.addrs(),
         reference: if cfg.reference {
             ReferenceClient::ALL
         } else {
@@ -391,23 +385,16 @@ fn run_link(
     };
     for &reuse in &cfg.modes {
         let rc = RunConfig {
-            approaches: Approach::ALL.to_vec(),
             reuse,
             jobs: cfg.jobs.clone(),
-            concurrency: 1,
-            ramp: Duration::ZERO,
-            rate: None,
             seed: cfg.seed,
             timeout: cfg.timeout,
-            warmup: true,
-            targets: targets.clone(),
-            trust: trust.clone(),
-            progress: false,
+            ..RunConfig::new(targets.clone(), trust.clone())
         };
-        let before = (
-            relay_stats.0.relay_delay.snapshot(),
-            relay_stats.1.relay_delay.snapshot(),
-        );
+        let before: BTreeMap<Approach, _> = relay_stats
+            .iter()
+            .map(|(a, stats)| (*a, stats.relay_delay.snapshot()))
+            .collect();
         let runs = cli_rt
             .block_on(cli_rt.spawn(async move { runner::run(&rc).await }))
             .map_err(|e| MatrixError::Setup(format!("the bench client: {e}")))?;
@@ -474,18 +461,16 @@ fn run_link(
             ));
             // Each relay runs one approach at a time, so what it timed since
             // this mode began is this cell's (its warm-up request included).
-            let relay_delay = match run.approach {
-                Approach::Sse => Some((&relay_stats.0, &before.0)),
-                Approach::Wt => Some((&relay_stats.1, &before.1)),
-                Approach::Raw => None,
-            }
-            .and_then(|(stats, since)| stats.relay_delay.summary_since(since))
-            .map(|d| RelayDelay {
-                tokens: d.count,
-                mean_ms: d.mean_ms,
-                p50_ms: d.p50_ms,
-                p99_ms: d.p99_ms,
-            });
+            let relay_delay = relay_stats
+                .get(&run.approach)
+                .zip(before.get(&run.approach))
+                .and_then(|(stats, since)| stats.relay_delay.summary_since(since))
+                .map(|d| RelayDelay {
+                    tokens: d.count,
+                    mean_ms: d.mean_ms,
+                    p50_ms: d.p50_ms,
+                    p99_ms: d.p99_ms,
+                });
             out.cells.push(Cell {
                 variant: label.clone(),
                 profile: profile.name.clone(),
@@ -504,7 +489,7 @@ fn run_link(
         }
         progress(&line);
     }
-    shutdown.cancel();
+    drop(stack);
     srv_rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
     if let Some(p) = probe.as_mut() {
         stop(p);

@@ -42,6 +42,28 @@ pub struct RunConfig {
     pub progress: bool,
 }
 
+impl RunConfig {
+    /// One request at a time through every approach, fresh connections, one warm-up per
+    /// approach, the default prompts once each: name what differs with struct update syntax.
+    pub fn new(targets: Targets, trust: Trust) -> Self {
+        Self {
+            approaches: Approach::ALL.to_vec(),
+            reuse: false,
+            jobs: crate::workload::jobs(&crate::workload::default_prompts(), None, 1)
+                .unwrap_or_default(),
+            concurrency: 1,
+            ramp: Duration::ZERO,
+            rate: None,
+            seed: 1,
+            timeout: Duration::from_secs(60),
+            warmup: true,
+            targets,
+            trust,
+            progress: false,
+        }
+    }
+}
+
 /// What one approach's run produced.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApproachRun {

@@ -32,15 +32,6 @@ pub enum WireError {
     },
 }
 
-/// The name the companions' spans (and the probe) give each approach.
-pub fn probe_name(a: Approach) -> &'static str {
-    match a {
-        Approach::Raw => "raw_api",
-        Approach::Sse => "sse",
-        Approach::Wt => "webtransport",
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
 pub struct Counters {
     pub packets: u64,
@@ -176,7 +167,7 @@ pub async fn collect(
     run: &ApproachRun,
     wait: Duration,
 ) -> Result<WireSummary, WireError> {
-    let name = probe_name(run.approach);
+    let name = run.approach.label();
     let (from, to) = (run.measured_from_unix_ns, run.measured_to_unix_ns);
     let expected = run.records.iter().filter(|r| r.error.is_none()).count();
     let deadline = Instant::now() + wait;

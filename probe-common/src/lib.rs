@@ -1,8 +1,17 @@
-//! Types shared by the probe's kernel side (`probe-ebpf`) and its user side (`probe`).
+//! Types shared by the probe's kernel side (`probe-ebpf`) and its user side (`probe`), and
+//! the approach registry ([`approach`]) that the probe, the companions, the bench and xtask
+//! all read.
 //!
-//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding: the kernel writes
+//! Everything at the top level is `#[repr(C)]`, `Copy` and free of implicit padding: the kernel writes
 //! these into maps and the ring buffer and the user side reads them back byte for byte.
 #![no_std]
+
+#[cfg(feature = "spans")]
+extern crate std;
+
+pub mod approach;
+#[cfg(feature = "spans")]
+pub mod spans;
 
 /// Name of the per-CPU array of flow counters, one slot per key, the slot chosen by the
 /// key's [`Fingerprint`] (an array slot is found in a few instructions; hashing and

@@ -86,7 +86,7 @@ pub struct PassiveArgs {
     /// /v1/completions) becomes a record with `source: passive`, its tokens counted from
     /// the answer's body, with no span from the server. Comma-separated; `none` reads none.
     /// Connections whose server sends spans keep the spans' records.
-    #[arg(long, default_value = "11434,8000", value_parser = parse_ports)]
+    #[arg(long, default_value_t = PortList(tokenwire_probe::passive::DEFAULT_HTTP_PORTS.into()), value_parser = parse_ports)]
     pub http_ports: PortList,
     /// Connections read passively at once; more are counted (outcome
     /// `connection_limit`) and not read.
@@ -97,6 +97,17 @@ pub struct PassiveArgs {
 /// A set of ports from the command line.
 #[derive(Debug, Clone)]
 pub struct PortList(pub std::collections::BTreeSet<u16>);
+
+impl std::fmt::Display for PortList {
+    /// As `--http-ports` takes it: comma-separated, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let ports: Vec<String> = self.0.iter().map(u16::to_string).collect();
+        f.write_str(&ports.join(","))
+    }
+}
 
 fn parse_ports(s: &str) -> Result<PortList, String> {
     if s.trim().eq_ignore_ascii_case("none") || s.trim().is_empty() {

@@ -1,14 +1,16 @@
-//! Which approach a server port belongs to: the companions' defaults, overridable with
-//! `--label PORT=NAME`.
+//! Which approach a server port belongs to: the companions' defaults (the approach
+//! registry's ports and labels) and the model's, overridable with `--label PORT=NAME`.
 
 use std::collections::BTreeMap;
+use tokenwire_probe_common::approach::{Approach, MODEL_LABEL, MODEL_PORT};
 
-pub const DEFAULT_LABELS: [(u16, &str); 4] = [
-    (11435, "raw_api"),
-    (8080, "sse"),
-    (4433, "webtransport"),
-    (11434, "upstream"),
-];
+/// Each approach's default port and label, and the model's.
+pub fn default_labels() -> impl Iterator<Item = (u16, &'static str)> {
+    Approach::ALL
+        .into_iter()
+        .map(|a| (a.port(), a.label()))
+        .chain([(MODEL_PORT, MODEL_LABEL)])
+}
 
 /// Server port -> approach name.
 #[derive(Debug, Clone)]
@@ -16,12 +18,7 @@ pub struct Labels(BTreeMap<u16, String>);
 
 impl Default for Labels {
     fn default() -> Self {
-        Self(
-            DEFAULT_LABELS
-                .iter()
-                .map(|&(p, n)| (p, n.to_owned()))
-                .collect(),
-        )
+        Self(default_labels().map(|(p, n)| (p, n.to_owned())).collect())
     }
 }
 

@@ -2,21 +2,15 @@
 //! object per datagram. This module parses and validates messages; it never trusts them to
 //! be well formed, small, or of a version it knows. Platform-free.
 
-use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
-
-/// The protocol version this probe speaks.
-pub const VERSION: u64 = 1;
+pub use tokenwire_probe_common::spans::{DEFAULT_SOCKET, SOCKET_ENV, VERSION};
+use tokenwire_probe_common::spans::{EndOutcome, Message};
 /// Largest message accepted, bytes. Larger datagrams are rejected whole.
 pub const MAX_SPAN_BYTES: usize = 4096;
 /// Longest request id accepted.
 pub const MAX_ID_LEN: usize = 128;
 /// Longest approach name accepted (names become Prometheus label values).
 pub const MAX_APPROACH_LEN: usize = 64;
-/// The socket path servers send to unless told otherwise (`--spans`, `TOKENWIRE_SPANS`).
-pub const DEFAULT_SOCKET: &str = "/tmp/tokenwire/spans.sock";
-/// The environment variable naming the socket path, for servers and the probe alike.
-pub const SOCKET_ENV: &str = "TOKENWIRE_SPANS";
 
 /// The transport a span says its connection uses: TCP-based or UDP-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,6 +49,16 @@ pub enum Outcome {
     Error,
     /// The connection ended without an end span (the probe's own verdict).
     Unknown,
+}
+
+impl From<EndOutcome> for Outcome {
+    fn from(o: EndOutcome) -> Self {
+        match o {
+            EndOutcome::Ok => Outcome::Ok,
+            EndOutcome::Aborted => Outcome::Aborted,
+            EndOutcome::Error => Outcome::Error,
+        }
+    }
 }
 
 impl Outcome {
@@ -206,28 +210,12 @@ impl SpanCounts {
     }
 }
 
-#[derive(Deserialize)]
-struct Wire {
-    v: Option<u64>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    id: Option<String>,
-    approach: Option<String>,
-    transport: Option<String>,
-    client: Option<String>,
-    server: Option<String>,
-    time_unix_ns: Option<u64>,
-    tokens: Option<u64>,
-    app_bytes: Option<u64>,
-    outcome: Option<String>,
-}
-
 /// Parses and validates one datagram.
 pub fn parse(bytes: &[u8]) -> Result<Span, SpanError> {
     if bytes.len() > MAX_SPAN_BYTES {
         return Err(SpanError::TooLarge(bytes.len()));
     }
-    let w: Wire = serde_json::from_slice(bytes).map_err(|e| SpanError::Json(e.to_string()))?;
+    let w: Message = serde_json::from_slice(bytes).map_err(|e| SpanError::Json(e.to_string()))?;
     match w.v {
         Some(VERSION) => {}
         Some(v) => return Err(SpanError::Version(v)),
@@ -282,12 +270,11 @@ pub fn parse(bytes: &[u8]) -> Result<Span, SpanError> {
         }
         "first_token" => Ok(Span::FirstToken { id: id()?, time_ns }),
         "end" => {
-            let outcome = match w.outcome.as_deref() {
-                Some("ok") => Outcome::Ok,
-                Some("aborted") => Outcome::Aborted,
-                Some("error") => Outcome::Error,
-                _ => return Err(SpanError::Field("outcome")),
-            };
+            let outcome = EndOutcome::ALL
+                .into_iter()
+                .find(|o| w.outcome.as_deref() == Some(o.as_str()))
+                .map(Outcome::from)
+                .ok_or(SpanError::Field("outcome"))?;
             Ok(Span::End {
                 id: id()?,
                 time_ns,

@@ -19,7 +19,11 @@ async fn keepalive_split(backend: &str) {
     let path = spans_path(&format!("keepalive-{backend}"));
     let stack = Stack::start(backend, SpanSink::to_path(&path).unwrap()).await;
     let probe = Probe::start(backend, &path, &stack.labels());
-    let dump = Tcpdump::start("lo", &format!("port {}", stack.sse.addr.port()), backend);
+    let dump = Tcpdump::start(
+        "lo",
+        &format!("port {}", stack[Approach::Sse].addr.port()),
+        backend,
+    );
     let mut c = ApproachClient::new(Approach::Sse, &stack.targets(), &stack.trust).unwrap();
     for i in 0..3 {
         let r = c.stream("split me", i, true, Duration::from_secs(30)).await;
@@ -103,7 +107,11 @@ async fn fresh_connections_carry_their_setup_and_teardown() {
     let path = spans_path("fresh");
     let stack = Stack::start("fresh", SpanSink::to_path(&path).unwrap()).await;
     let probe = Probe::start("ebpf", &path, &stack.labels());
-    let dump = Tcpdump::start("lo", &format!("port {}", stack.raw.addr.port()), "fresh");
+    let dump = Tcpdump::start(
+        "lo",
+        &format!("port {}", stack[Approach::Raw].addr.port()),
+        "fresh",
+    );
     let mut c = ApproachClient::new(Approach::Raw, &stack.targets(), &stack.trust).unwrap();
     for i in 0..2 {
         let r = c.stream("fresh", i, false, Duration::from_secs(30)).await;
@@ -141,9 +149,13 @@ async fn concurrent_webtransport_streams_are_shared_and_sum_exactly() {
     let path = spans_path("shared");
     let stack = Stack::start("shared", SpanSink::to_path(&path).unwrap()).await;
     let probe = Probe::start("ebpf", &path, &stack.labels());
-    let dump = Tcpdump::start("lo", &format!("port {}", stack.wt.addr.port()), "shared");
+    let dump = Tcpdump::start(
+        "lo",
+        &format!("port {}", stack[Approach::Wt].addr.port()),
+        "shared",
+    );
     let mut client =
-        tokenwire_bench::client::wt::WtClient::new(&stack.wt.url, &stack.trust).unwrap();
+        tokenwire_bench::client::wt::WtClient::new(&stack[Approach::Wt].url, &stack.trust).unwrap();
     let session = client.session(true).await.unwrap();
     let (a, b) = tokio::join!(
         wt_stream(&session, "first of two"),
@@ -263,8 +275,8 @@ async fn analyze_charges_a_capture_file_with_the_spans_log() {
     );
     let ports = format!(
         "port {} or port {}",
-        stack.sse.addr.port(),
-        stack.raw.addr.port()
+        stack[Approach::Sse].addr.port(),
+        stack[Approach::Raw].addr.port()
     );
     let dump = Tcpdump::start("lo", &ports, "offline");
     let mut sse = ApproachClient::new(Approach::Sse, &stack.targets(), &stack.trust).unwrap();

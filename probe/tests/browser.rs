@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tokenwire_bench::approach::Approach;
 use tokenwire_bench::browser::{self, BrowserConfig};
-use tokenwire_bench::wire::probe_name;
 use tokenwire_bench::workload;
 use tokenwire_servers::model::{Model, ModelConfig, Timing};
 use tokenwire_servers::spans::SpanSink;
@@ -73,7 +72,7 @@ async fn chromium_streams_all_three_approaches_and_the_probe_attributes_each_req
     let stack =
         Stack::start_with("browser", SpanSink::to_path(&path).unwrap(), model.clone()).await;
     let probe = Probe::start("ebpf", &path, &stack.labels());
-    let page_url = format!("https://127.0.0.1:{}/", stack.sse.addr.port());
+    let page_url = format!("https://127.0.0.1:{}/", stack[Approach::Sse].addr.port());
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-midstream.png");
     let _ = std::fs::remove_file(&shot);
 
@@ -110,7 +109,7 @@ async fn chromium_streams_all_three_approaches_and_the_probe_attributes_each_req
         // and the wire bytes of its own connection or stream.
         let recs = records(
             &probe,
-            probe_name(r.approach),
+            r.approach.label(),
             r.measured_from_unix_ns,
             r.measured_to_unix_ns,
             1,

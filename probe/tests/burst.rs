@@ -35,7 +35,7 @@ async fn a_burst_of_new_flows_leaves_every_request_exact() {
     let probe = Probe::start("ebpf", &path, &stack.labels());
     let dump = Tcpdump::start(
         "lo",
-        &format!("tcp port {}", stack.sse.addr.port()),
+        &format!("tcp port {}", stack[Approach::Sse].addr.port()),
         "burst",
     );
     let before = drops(&probe);

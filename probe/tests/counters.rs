@@ -10,6 +10,7 @@ use common::prometheus::Prometheus;
 use common::require_root;
 use rustls::pki_types::ServerName;
 use std::time::{Duration, Instant};
+use tokenwire_bench::approach::Approach;
 use tokenwire_servers::spans::SpanSink;
 
 const CONNECTIONS: usize = 1_000;
@@ -34,7 +35,7 @@ async fn no_counter_resets_or_vanishes_across_a_thousand_tls_handshakes() {
     while done < CONNECTIONS {
         let mut batch = Vec::new();
         for _ in 0..AT_ONCE.min(CONNECTIONS - done) {
-            let (connector, addr) = (connector.clone(), stack.sse.addr);
+            let (connector, addr) = (connector.clone(), stack[Approach::Sse].addr);
             batch.push(tokio::spawn(async move {
                 let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
                 // Long enough for a scrape to see the connection before its ClientHello.

@@ -19,15 +19,13 @@ use tokenwire_probe::flow::{Counters, Direction, Transport};
 use tokenwire_probe::labels::Labels;
 use tokenwire_probe::packet::LinkType;
 use tokenwire_probe::table::FlowTable;
-use tokenwire_servers::launch::{self, RelayOptions};
+use tokenwire_servers::launch;
 use tokenwire_servers::model::{ModelConfig, Timing};
-use tokio_util::sync::CancellationToken;
+use tokenwire_servers::stack::Stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebpf_counts_equal_tcpdump_on_loopback() {
     require_root();
-    let shutdown = CancellationToken::new();
-    let grace = Duration::from_secs(1);
     let id = common::identity("probe");
     let model_cfg = ModelConfig {
         timing: Timing {
@@ -37,29 +35,23 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
         },
         ..ModelConfig::default()
     };
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (model, _) = launch::start_model(any, model_cfg, shutdown.clone(), grace)
+    let stack = Stack::ephemeral()
+        .model(model_cfg)
+        .start(&id)
         .await
         .unwrap();
-    let opts = RelayOptions {
-        upstream: model.url.clone(),
-        ..RelayOptions::default()
-    };
-    let raw = launch::start_raw(any, &id, &opts, shutdown.clone(), grace)
-        .await
-        .unwrap();
-    let sse = launch::start_sse(any, &id, &opts, shutdown.clone(), grace)
-        .await
-        .unwrap();
-    let wt = launch::start_wt(any, &id, &opts, shutdown.clone(), grace)
-        .await
-        .unwrap();
+    let (model, raw, sse, wt) = (
+        stack.model_run(),
+        &stack[Approach::Raw],
+        &stack[Approach::Sse],
+        &stack[Approach::Wt],
+    );
     let sse6 = launch::start_sse(
         "[::1]:0".parse().unwrap(),
         &id,
-        &opts,
-        shutdown.clone(),
-        grace,
+        &stack.relay,
+        stack.shutdown.clone(),
+        Duration::from_secs(1),
     )
     .await
     .unwrap();
@@ -98,12 +90,7 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
 
     // --- traffic ---
     let trust = Trust::Pinned(id.cert_der.clone());
-    let targets = Targets {
-        raw: raw.addr,
-        sse: sse.addr,
-        wt_url: wt.url.clone(),
-        ..Targets::default()
-    };
+    let targets = Targets::of(&stack);
     for approach in Approach::ALL {
         let mut c = ApproachClient::new(approach, &targets, &trust).unwrap();
         for i in 0..2 {
@@ -113,9 +100,8 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
         c.shutdown().await;
     }
     let t6 = Targets {
-        sse: sse6.addr,
         host: "localhost".into(),
-        ..targets.clone()
+        ..targets.clone().with(Approach::Sse, sse6.addr)
     };
     let r = ApproachClient::new(Approach::Sse, &t6, &trust)
         .unwrap()
@@ -138,7 +124,7 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", refused_port)).is_err());
     // Let trailing ACKs and connection closes land.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    shutdown.cancel();
+    stack.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut table = FlowTable::new(labels.clone());

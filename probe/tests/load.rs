@@ -55,7 +55,11 @@ async fn two_hundred_thousand_spans_from_eight_senders_while_traffic_flows() {
     // The servers send no spans here: every message the probe sees is one of ours.
     let stack = Stack::start("flood", SpanSink::disabled()).await;
     let probe = Probe::start("ebpf", &path, &stack.labels());
-    let dump = Tcpdump::start("lo", &format!("port {}", stack.sse.addr.port()), "flood");
+    let dump = Tcpdump::start(
+        "lo",
+        &format!("port {}", stack[Approach::Sse].addr.port()),
+        "flood",
+    );
     let started = Instant::now();
     let senders: Vec<_> = (0..SENDERS)
         .map(|s| {
@@ -113,7 +117,7 @@ async fn two_hundred_thousand_spans_from_eight_senders_while_traffic_flows() {
     let mut counted = 0;
     for f in flows["flows"].as_array().unwrap() {
         let server: SocketAddr = f["server"].as_str().unwrap().parse().unwrap();
-        if server != stack.sse.addr {
+        if server != stack[Approach::Sse].addr {
             continue;
         }
         let client: SocketAddr = f["client"].as_str().unwrap().parse().unwrap();
@@ -270,7 +274,6 @@ async fn hundreds_of_concurrent_streams_each_get_one_complete_record() {
     let stack = Stack::start("many", SpanSink::to_path(&path).unwrap()).await;
     let probe = Probe::start("ebpf", &path, &stack.labels());
     let cfg = tokenwire_bench::runner::RunConfig {
-        approaches: Approach::ALL.to_vec(),
         reuse: true,
         jobs: tokenwire_bench::workload::jobs(
             &tokenwire_bench::workload::default_prompts(),
@@ -279,20 +282,14 @@ async fn hundreds_of_concurrent_streams_each_get_one_complete_record() {
         )
         .unwrap(),
         concurrency: USERS,
-        ramp: Duration::ZERO,
-        rate: None,
-        seed: 1,
-        timeout: Duration::from_secs(60),
         warmup: false,
-        targets: stack.targets(),
-        trust: stack.trust.clone(),
-        progress: false,
+        ..tokenwire_bench::runner::RunConfig::new(stack.targets(), stack.trust.clone())
     };
     let runs = tokenwire_bench::runner::run(&cfg).await;
 
     // 100 streams at once on one WebTransport session.
     let mut client =
-        tokenwire_bench::client::wt::WtClient::new(&stack.wt.url, &stack.trust).unwrap();
+        tokenwire_bench::client::wt::WtClient::new(&stack[Approach::Wt].url, &stack.trust).unwrap();
     let session = client.session(true).await.unwrap();
     // All open before any prompt goes: the hundred run at once even on a loaded machine.
     let together = std::sync::Arc::new(tokio::sync::Barrier::new(100));

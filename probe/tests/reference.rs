@@ -23,13 +23,12 @@ use tokenwire_probe::packet::LinkType;
 use tokenwire_servers::launch::{self, RelayOptions};
 use tokenwire_servers::model::{ModelConfig, Timing};
 use tokenwire_servers::spans::SpanSink;
-use tokio_util::sync::CancellationToken;
+use tokenwire_servers::stack::Stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
     require_root();
     let path = spans_path("reference");
-    let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(1);
     let id = common::identity("ref");
     let cfg = ModelConfig {
@@ -40,32 +39,26 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
         },
         ..ModelConfig::default()
     };
-    let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (model, _) = launch::start_model(v4, cfg, shutdown.clone(), grace)
+    let stack = Stack::ephemeral()
+        .model(cfg)
+        .relay(RelayOptions {
+            spans: SpanSink::to_path(&path).unwrap(),
+            quic_cid_len: 4,
+            quic_ecn: false,
+            ..RelayOptions::default()
+        })
+        .start(&id)
         .await
         .unwrap();
-    let opts = RelayOptions {
-        upstream: model.url.clone(),
-        spans: SpanSink::to_path(&path).unwrap(),
-        quic_cid_len: 4,
-        quic_ecn: false,
-        ..RelayOptions::default()
-    };
-    let raw = launch::start_raw(v4, &id, &opts, shutdown.clone(), grace)
-        .await
-        .unwrap();
-    let sse = launch::start_sse(v4, &id, &opts, shutdown.clone(), grace)
-        .await
-        .unwrap();
+    let (opts, shutdown) = (&stack.relay, &stack.shutdown);
+    let (sse, wt) = (&stack[Approach::Sse], &stack[Approach::Wt]);
     // The reference's SSE client reached the relay over IPv6 (macOS resolves localhost
     // to ::1 first): the relay listens there too, on the same port.
     let sse6_addr: SocketAddr = format!("[::1]:{}", sse.addr.port()).parse().unwrap();
-    let sse6 = launch::start_sse(sse6_addr, &id, &opts, shutdown.clone(), grace)
+    let sse6 = launch::start_sse(sse6_addr, &id, opts, shutdown.clone(), grace)
         .await
         .unwrap();
-    let wt = launch::start_wt(v4, &id, &opts, shutdown.clone(), grace)
-        .await
-        .unwrap();
+    let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
     // quinn's defaults (ECN on), for the comparison.
     let wt_ecn = launch::start_wt(
         v4,
@@ -86,41 +79,21 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
     );
     let all_udp = Tcpdump::start("lo", &udp, "ref-udp");
     let ect_udp = Tcpdump::start("lo", &format!("({udp}) and ip[1] & 3 != 0"), "ref-ect");
-    let labels = vec![
-        format!("{}=raw_api", raw.addr.port()),
-        format!("{}=sse", sse.addr.port()),
-        format!("{}=webtransport", wt.addr.port()),
-    ];
-    let probe = Probe::start("ebpf", &path, &labels);
+    let probe = Probe::start("ebpf", &path, &stack.labels());
     let reference = ReferenceClient::ALL;
     let targets = Targets {
-        raw: raw.addr,
-        sse: sse6.addr,
-        wt_url: wt.url.clone(),
         reference,
-        ..Targets::default()
+        ..Targets::of(&stack).with(Approach::Sse, sse6.addr)
     };
     let cfg = RunConfig {
-        approaches: Approach::ALL.to_vec(),
         reuse: true,
         jobs: jobs(&default_prompts(), Some(2), 1).unwrap(),
-        concurrency: 1,
-        ramp: Duration::ZERO,
-        rate: None,
-        seed: 1,
-        timeout: Duration::from_secs(60),
-        warmup: true,
-        targets,
-        trust: Trust::Pinned(id.cert_der.clone()),
-        progress: false,
+        ..RunConfig::new(targets, Trust::Pinned(id.cert_der.clone()))
     };
     let runs = run(&cfg).await;
     let ecn_run = RunConfig {
         approaches: vec![Approach::Wt],
-        targets: Targets {
-            wt_url: wt_ecn.url.clone(),
-            ..Targets::default()
-        },
+        targets: Targets::default().with(Approach::Wt, wt_ecn.addr),
         ..cfg.clone()
     };
     let ecn_runs = run(&ecn_run).await;

@@ -8,7 +8,6 @@
 mod common;
 
 use common::{Tcpdump, Truth, port_filter, require_root};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokenwire_bench::approach::Approach;
 use tokenwire_bench::client::Targets;
@@ -19,39 +18,37 @@ use tokenwire_bench::workload::{default_prompts, jobs};
 use tokenwire_probe::packet::LinkType;
 use tokenwire_servers::launch::{self, RelayOptions, Running};
 use tokenwire_servers::model::{ModelConfig, Timing};
+use tokenwire_servers::stack::Stack;
 use tokenwire_servers::tuning::Tuning;
 use tokio_util::sync::CancellationToken;
 
-/// One set of relays and what went through them.
-struct Relays {
-    sse: Running,
-    wt: Running,
-}
+/// One set of relays (sse and wt, relaying `opts.upstream`) and what went through them.
+struct Relays(Stack);
 
 impl Relays {
-    async fn start(
-        id: &tokenwire_servers::certs::Identity,
-        opts: &RelayOptions,
-        shutdown: &CancellationToken,
-    ) -> Self {
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let grace = Duration::from_secs(1);
-        Self {
-            sse: launch::start_sse(any, id, opts, shutdown.clone(), grace)
-                .await
-                .unwrap(),
-            wt: launch::start_wt(any, id, opts, shutdown.clone(), grace)
-                .await
-                .unwrap(),
-        }
+    async fn start(id: &tokenwire_servers::certs::Identity, opts: &RelayOptions) -> Self {
+        let stack = Stack::ephemeral()
+            .no_model()
+            .only(&[Approach::Sse, Approach::Wt])
+            .relay(opts.clone())
+            .start(id)
+            .await
+            .unwrap();
+        Self(stack)
+    }
+
+    fn sse(&self) -> &Running {
+        &self.0[Approach::Sse]
+    }
+
+    fn wt(&self) -> &Running {
+        &self.0[Approach::Wt]
     }
 
     fn targets(&self, tuning: Tuning) -> Targets {
         Targets {
-            sse: self.sse.addr,
-            wt_url: self.wt.url.clone(),
             tuning,
-            ..Targets::default()
+            ..Targets::of(&self.0)
         }
     }
 }
@@ -115,12 +112,12 @@ async fn lean_settings_cost_fewer_bytes_and_packets_and_coalescing_fewer_packets
         coalesce: Duration::from_millis(70),
         ..base.clone()
     };
-    let default = Relays::start(&id, &base, &shutdown).await;
-    let lean = Relays::start(&id, &lean_opts, &shutdown).await;
-    let coalesced = Relays::start(&id, &coalesce_opts, &shutdown).await;
+    let default = Relays::start(&id, &base).await;
+    let lean = Relays::start(&id, &lean_opts).await;
+    let coalesced = Relays::start(&id, &coalesce_opts).await;
     let ports: Vec<u16> = [&default, &lean, &coalesced]
         .iter()
-        .flat_map(|r| [r.sse.addr.port(), r.wt.addr.port()])
+        .flat_map(|r| [r.sse().addr.port(), r.wt().addr.port()])
         .collect();
     let dump = Tcpdump::start("lo", &port_filter(&ports), "tuning");
 
@@ -128,15 +125,11 @@ async fn lean_settings_cost_fewer_bytes_and_packets_and_coalescing_fewer_packets
         approaches: vec![Approach::Sse, Approach::Wt],
         reuse: true,
         jobs: jobs(&default_prompts(), Some(2), 1).unwrap(),
-        concurrency: 1,
-        ramp: Duration::ZERO,
-        rate: None,
-        seed: 1,
-        timeout: Duration::from_secs(60),
         warmup: false,
-        targets: default.targets(Tuning::standard()),
-        trust: Trust::Pinned(id.cert_der.clone()),
-        progress: false,
+        ..RunConfig::new(
+            default.targets(Tuning::standard()),
+            Trust::Pinned(id.cert_der.clone()),
+        )
     };
     let with = |targets: Targets| RunConfig {
         targets,
@@ -158,26 +151,27 @@ async fn lean_settings_cost_fewer_bytes_and_packets_and_coalescing_fewer_packets
         );
     }
     // Every relay sent the same tokens (the model's count), whatever it batched.
-    let tokens = default.sse.stats.tokens();
+    let tokens = default.sse().stats.tokens();
     for r in [&default, &lean, &coalesced] {
-        assert_eq!(r.sse.stats.tokens(), tokens, "sse tokens");
-        assert_eq!(r.wt.stats.tokens(), tokens, "wt tokens");
+        assert_eq!(r.sse().stats.tokens(), tokens, "sse tokens");
+        assert_eq!(r.wt().stats.tokens(), tokens, "wt tokens");
     }
 
     // WebTransport: lean's packets carry no client connection ID (8 bytes in each token's
     // packet), a 4-byte server ID in each ACK (8 by default) and no ECN counters.
-    let (wt_default, wt_default_pkts) = per_token(&truth, default.wt.addr.port(), &default.wt);
-    let (wt_lean, wt_lean_pkts) = per_token(&truth, lean.wt.addr.port(), &lean.wt);
+    let (wt_default, wt_default_pkts) = per_token(&truth, default.wt().addr.port(), default.wt());
+    let (wt_lean, wt_lean_pkts) = per_token(&truth, lean.wt().addr.port(), lean.wt());
     assert!(
         wt_lean <= wt_default - 12.0,
         "wt: lean {wt_lean:.1} B/tok, default {wt_default:.1} ({wt_lean_pkts:.2} vs {wt_default_pkts:.2} pkts/tok)"
     );
     // SSE on loopback (TCP timestamps stay on: the root namespace's setting): delayed ACKs
     // acknowledge about every other token rather than each.
-    let (sse_default, sse_default_pkts) = per_token(&truth, default.sse.addr.port(), &default.sse);
-    let (sse_lean, sse_lean_pkts) = per_token(&truth, lean.sse.addr.port(), &lean.sse);
-    let acks_default = client_packets_per_token(&truth, default.sse.addr.port(), &default.sse);
-    let acks_lean = client_packets_per_token(&truth, lean.sse.addr.port(), &lean.sse);
+    let (sse_default, sse_default_pkts) =
+        per_token(&truth, default.sse().addr.port(), default.sse());
+    let (sse_lean, sse_lean_pkts) = per_token(&truth, lean.sse().addr.port(), lean.sse());
+    let acks_default = client_packets_per_token(&truth, default.sse().addr.port(), default.sse());
+    let acks_lean = client_packets_per_token(&truth, lean.sse().addr.port(), lean.sse());
     eprintln!("sse client packets per token: default {acks_default:.2}, lean {acks_lean:.2}");
     assert!(
         acks_lean <= acks_default * 0.8 && sse_lean < sse_default,
@@ -187,15 +181,15 @@ async fn lean_settings_cost_fewer_bytes_and_packets_and_coalescing_fewer_packets
         "per token, default -> lean: wt {wt_default:.1} -> {wt_lean:.1} B ({wt_default_pkts:.2} -> {wt_lean_pkts:.2} pkts), sse {sse_default:.1} -> {sse_lean:.1} B ({sse_default_pkts:.2} -> {sse_lean_pkts:.2} pkts)"
     );
     // Lean holds no token back: the relays hand each on as it arrives.
-    for r in [&lean.sse, &lean.wt] {
+    for r in [lean.sse(), lean.wt()] {
         let d = r.stats.relay_delay.summary().unwrap();
         assert!(d.p99_ms < 20.0, "{}: {d:?}", r.name);
     }
 
     // Coalescing within 70 ms: about two tokens per packet, each held at most the window.
     for (relay, port) in [
-        (&coalesced.sse, coalesced.sse.addr.port()),
-        (&coalesced.wt, coalesced.wt.addr.port()),
+        (coalesced.sse(), coalesced.sse().addr.port()),
+        (coalesced.wt(), coalesced.wt().addr.port()),
     ] {
         let (bytes, pkts) = per_token(&truth, port, relay);
         let d = relay.stats.relay_delay.summary().unwrap();

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokenwire_probe_common::approach::Transport;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -183,7 +184,7 @@ pub async fn serve<H, Fut>(
             struct Closed(SpanSink, ConnInfo);
             impl Drop for Closed {
                 fn drop(&mut self) {
-                    self.0.close("tls", self.1.peer, self.1.local);
+                    self.0.close(Transport::Tls, self.1.peer, self.1.local);
                 }
             }
             let _closed = Closed(spans, info);

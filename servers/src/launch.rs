@@ -12,6 +12,7 @@ use crate::wt_relay::WtRelay;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokenwire_probe_common::approach::Approach;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -181,17 +182,9 @@ fn acceptor(id: &Identity) -> Result<tokio_rustls::TlsAcceptor, LaunchError> {
     Ok(tokio_rustls::TlsAcceptor::from(cfg))
 }
 
-/// The three companions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Companion {
-    Raw,
-    Sse,
-    Wt,
-}
-
-/// Starts one companion.
+/// Starts the companion of one approach (the registry's, [`Approach`]).
 pub async fn start_companion(
-    kind: Companion,
+    kind: Approach,
     addr: SocketAddr,
     id: &Identity,
     opts: &RelayOptions,
@@ -199,9 +192,9 @@ pub async fn start_companion(
     grace: Duration,
 ) -> Result<Running, LaunchError> {
     match kind {
-        Companion::Raw => start_raw(addr, id, opts, shutdown, grace).await,
-        Companion::Sse => start_sse(addr, id, opts, shutdown, grace).await,
-        Companion::Wt => start_wt(addr, id, opts, shutdown, grace).await,
+        Approach::Raw => start_raw(addr, id, opts, shutdown, grace).await,
+        Approach::Sse => start_sse(addr, id, opts, shutdown, grace).await,
+        Approach::Wt => start_wt(addr, id, opts, shutdown, grace).await,
     }
 }
 
@@ -264,7 +257,9 @@ pub async fn start_raw(
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
     let (max_body, spans) = (opts.max_body, opts.spans.clone());
-    start_https("raw", "", addr, id, shutdown, grace, opts, move |stats| {
+    // Its URL is the whole API's base: it proxies every path, not only its approach's.
+    let name = Approach::Raw.as_str();
+    start_https(name, "", addr, id, shutdown, grace, opts, move |stats| {
         let proxy = RawProxy::new(upstream, stats, max_body, spans);
         move |req, conn| {
             let p = proxy.clone();
@@ -284,14 +279,14 @@ pub async fn start_sse(
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
     let (model, max_body, spans) = (opts.model.clone(), opts.max_body, opts.spans.clone());
-    let page = opts
-        .page
-        .map(|links| crate::page::PageConfig::new(links, id.sha256_hex(), model.clone()).html());
+    let page = opts.page.as_ref().map(|links| {
+        crate::page::PageConfig::new(links.clone(), id.sha256_hex(), model.clone()).html()
+    });
     let coalesce = opts.coalesce;
     let serves_page = page.is_some();
     let mut running = start_https(
-        "sse",
-        "/chat",
+        Approach::Sse.as_str(),
+        Approach::Sse.path(),
         addr,
         id,
         shutdown,
@@ -377,8 +372,8 @@ pub async fn start_wt(
     .with_coalescing(opts.coalesce);
     let task = tokio::spawn(relay.serve(endpoint, shutdown, grace));
     Ok(Running {
-        name: "wt",
-        url: format!("https://{addr}{}", crate::wt_relay::PATH),
+        name: Approach::Wt.as_str(),
+        url: format!("https://{addr}{}", Approach::Wt.path()),
         addr,
         stats,
         task,

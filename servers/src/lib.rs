@@ -1,7 +1,10 @@
-//! tokenwire-servers: the embedded Ollama-compatible model and the three companions that
-//! stream its tokens to clients — `raw` (TLS reverse proxy), `sse` (HTTPS SSE relay) and
-//! `wt` (WebTransport relay) — as a library (tests start them in-process) and a binary.
+//! tokenwire-servers: the embedded Ollama-compatible model and the companions that stream
+//! its tokens to clients, one per approach of the registry
+//! (`tokenwire_probe_common::approach`) — `raw` (TLS reverse proxy), `sse` (HTTPS SSE
+//! relay), `wt` (WebTransport relay) — as a library (tests start them in-process, with
+//! [`stack::Stack`]) and a binary.
 
+pub mod approach_args;
 pub mod certs;
 pub mod coalesce;
 pub mod gojson;
@@ -16,6 +19,7 @@ pub mod quic_socket;
 pub mod raw;
 pub mod spans;
 pub mod sse_relay;
+pub mod stack;
 pub mod stats;
 pub mod tls;
 pub mod tuning;

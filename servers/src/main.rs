@@ -5,17 +5,18 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokenwire_probe_common::approach::Approach;
+use tokenwire_servers::approach_args::{CompanionCommand, Listens};
 use tokenwire_servers::certs;
-use tokenwire_servers::launch::{self, Companion, RelayOptions, Running};
+use tokenwire_servers::launch::{self, RelayOptions, Running};
 use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
 use tokenwire_servers::page::PageLinks;
 use tokenwire_servers::spans::SpanSink;
 use tokenwire_servers::tuning::{AckFrequency, Tuning};
 use tokio_util::sync::CancellationToken;
 
-/// The embedded Ollama-compatible model and the companions that stream its tokens:
-/// `raw` (TLS reverse proxy to the Ollama API), `sse` (HTTPS SSE relay) and `wt`
-/// (WebTransport relay). TLS servers use certs/cert.pem and certs/key.pem, generated
+/// The embedded Ollama-compatible model and the companions that stream its tokens, one per
+/// approach (below; docs/architecture.md lists them). TLS servers use certs/cert.pem and certs/key.pem, generated
 /// when missing. Logs go to stderr (RUST_LOG=debug for more).
 #[derive(Parser)]
 #[command(name = "tokenwire-servers", version)]
@@ -35,45 +36,17 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// TLS reverse proxy to the upstream's whole Ollama API (default 127.0.0.1:11435).
-    Raw {
-        #[arg(long, default_value = "127.0.0.1:11435")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        relay: RelayArgs,
-        #[command(flatten)]
-        common: CommonArgs,
-    },
-    /// HTTPS SSE relay: POST /chat {"message": "..."} (default 127.0.0.1:8080), and at
-    /// GET / a browser page streaming through all three companions (docs/browser.md).
-    Sse {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        relay: RelayArgs,
-        #[command(flatten)]
-        common: CommonArgs,
-    },
-    /// WebTransport relay on UDP, path /wt (default 127.0.0.1:4433).
-    Wt {
-        #[arg(long, default_value = "127.0.0.1:4433")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        relay: RelayArgs,
-        #[command(flatten)]
-        common: CommonArgs,
-    },
-    /// The model and all three companions in one process (the demo). With --upstream,
-    /// the companions relay that Ollama instead and no embedded model is started.
+    /// One approach's companion (the approach registry's: docs/architecture.md).
+    #[command(flatten)]
+    Companion(CompanionCommand<CompanionArgs>),
+    /// The model and every approach's companion in one process (the demo). With
+    /// --upstream, the companions relay that Ollama instead and no embedded model is
+    /// started.
     All {
         #[arg(long, default_value = "127.0.0.1:11434")]
         model_listen: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:11435")]
-        raw_listen: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        sse_listen: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:4433")]
-        wt_listen: SocketAddr,
+        #[command(flatten)]
+        listens: Listens,
         /// A real Ollama to relay (e.g. http://127.0.0.1:11434); default: the embedded model.
         #[arg(long)]
         upstream: Option<String>,
@@ -160,7 +133,16 @@ impl ModelArgs {
     }
 }
 
-#[derive(Args)]
+// A companion's own arguments.
+#[derive(Args, Debug)]
+struct CompanionArgs {
+    #[command(flatten)]
+    relay: RelayArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
 struct RelayArgs {
     /// The Ollama API to relay (plain HTTP, as Ollama serves).
     #[arg(long, default_value = "http://127.0.0.1:11434")]
@@ -169,7 +151,7 @@ struct RelayArgs {
     tuning: RelayTuning,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct RelayTuning {
     /// Model the sse and wt relays ask the upstream for.
     #[arg(long = "model", default_value = "gemma3:12b")]
@@ -322,7 +304,7 @@ fn parse_tuning(s: &str) -> Result<Tuning, String> {
     Tuning::parse(s).map_err(|e| e.to_string())
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct CommonArgs {
     /// Seconds in-flight streams get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
@@ -374,35 +356,17 @@ async fn run(command: Command) -> Result<()> {
                     .0,
             );
         }
-        Command::Raw {
+        Command::Companion(CompanionCommand {
+            approach,
             listen,
-            relay,
-            common,
-        } => {
+            args: CompanionArgs { relay, common },
+        }) => {
             grace = Duration::from_secs(common.grace_secs);
-            running.push(companion(Companion::Raw, listen, &relay, &shutdown, grace).await?);
-        }
-        Command::Sse {
-            listen,
-            relay,
-            common,
-        } => {
-            grace = Duration::from_secs(common.grace_secs);
-            running.push(companion(Companion::Sse, listen, &relay, &shutdown, grace).await?);
-        }
-        Command::Wt {
-            listen,
-            relay,
-            common,
-        } => {
-            grace = Duration::from_secs(common.grace_secs);
-            running.push(companion(Companion::Wt, listen, &relay, &shutdown, grace).await?);
+            running.push(companion(approach, listen, &relay, &shutdown, grace).await?);
         }
         Command::All {
             model_listen,
-            raw_listen,
-            sse_listen,
-            wt_listen,
+            listens,
             upstream,
             reference,
             mut model,
@@ -427,21 +391,20 @@ async fn run(command: Command) -> Result<()> {
             };
             let mut opts = relay.options(upstream)?;
             if let Some(links) = &mut opts.page {
-                links.raw_port = raw_listen.port();
-                links.wt_port = wt_listen.port();
+                for a in Approach::ALL {
+                    links.ports.insert(a, listens.get(a).port());
+                }
             }
-            let mut listeners = vec![
-                (Companion::Raw, raw_listen),
-                (Companion::Sse, sse_listen),
-                (Companion::Wt, wt_listen),
-            ];
+            let mut listeners: Vec<(Approach, SocketAddr)> =
+                Approach::ALL.map(|a| (a, listens.get(a))).to_vec();
             if reference {
                 opts.quic_cid_len = 4;
                 opts.wt_keep_alive = Some(Duration::from_secs(30));
                 opts.quic_ecn = false;
-                let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), sse_listen.port());
-                if v6 != sse_listen {
-                    listeners.push((Companion::Sse, v6));
+                let sse = listens.get(Approach::Sse);
+                let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), sse.port());
+                if v6 != sse {
+                    listeners.push((Approach::Sse, v6));
                 }
             }
             for (kind, addr) in listeners {
@@ -455,7 +418,7 @@ async fn run(command: Command) -> Result<()> {
     }
     for r in &running {
         tracing::info!(server = r.name, url = %r.url, "listening");
-        if r.name == "sse" && r.page {
+        if r.page {
             tracing::info!(url = %format!("https://{}/", r.addr), "browser page (docs/browser.md)");
         }
     }
@@ -498,7 +461,7 @@ async fn run(command: Command) -> Result<()> {
 }
 
 async fn companion(
-    kind: Companion,
+    kind: Approach,
     listen: SocketAddr,
     relay: &RelayArgs,
     shutdown: &CancellationToken,

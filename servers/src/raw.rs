@@ -16,6 +16,7 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use std::sync::Arc;
+use tokenwire_probe_common::approach::Approach;
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -48,7 +49,7 @@ impl RawProxy {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let mut span = Some(self.spans.request("raw_api", "tls", conn.peer, conn.local));
+        let mut span = Some(self.spans.request(Approach::Raw, conn.peer, conn.local));
         match self.proxy(req, conn, &mut span).await {
             Ok(streaming) => streaming,
             Err(resp) => {

@@ -9,17 +9,15 @@
 //! socket (at most [`SEND_TIMEOUT`] per message). A missing probe, a full queue or any
 //! other error drops the message, counted in [`SpanSink::dropped`].
 
-use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokenwire_probe_common::approach::{Approach, Transport};
 
-/// The socket path the probe listens on by default.
-pub const DEFAULT_SOCKET: &str = "/tmp/tokenwire/spans.sock";
-/// The environment variable that overrides it (for servers and the probe alike).
-pub const SOCKET_ENV: &str = "TOKENWIRE_SPANS";
+use tokenwire_probe_common::spans::Message;
+pub use tokenwire_probe_common::spans::{DEFAULT_SOCKET, EndOutcome as Outcome, SOCKET_ENV};
 
 /// Messages waiting for the sender thread, at most.
 pub const QUEUE: usize = 65_536;
@@ -115,12 +113,17 @@ impl SpanSink {
             .map_or(0, |i| i.counters.dropped.load(Ordering::Relaxed))
     }
 
-    fn send(&self, msg: serde_json::Value) {
+    fn send(&self, msg: Message) {
         let Some(i) = &self.0 else {
             return;
         };
         #[cfg(unix)]
-        if i.queue.try_send(msg.to_string().into_bytes()).is_err() {
+        let Ok(bytes) = serde_json::to_vec(&msg) else {
+            i.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        #[cfg(unix)]
+        if i.queue.try_send(bytes).is_err() {
             i.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
         #[cfg(not(unix))]
@@ -130,19 +133,34 @@ impl SpanSink {
     /// Starts a request's span; it ends when the returned guard is finished or dropped.
     pub fn request(
         &self,
-        approach: &'static str,
-        transport: &'static str,
+        approach: Approach,
         client: SocketAddr,
         server: SocketAddr,
     ) -> RequestSpan {
+        self.request_labelled(approach.label(), approach.transport(), client, server)
+    }
+
+    /// A request under a label of its own, not an approach's (the browser page's `page`).
+    pub fn request_labelled(
+        &self,
+        approach: &'static str,
+        transport: Transport,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> RequestSpan {
+        let transport = transport.as_str();
         let id = match &self.0 {
             Some(i) => format!("{}-{}", i.prefix, i.next.fetch_add(1, Ordering::Relaxed)),
             None => String::new(),
         };
-        self.send(json!({
-            "v": 1, "type": "start", "id": id, "approach": approach, "transport": transport,
-            "client": client.to_string(), "server": server.to_string(), "time_unix_ns": unix_ns(),
-        }));
+        self.send(Message::start(
+            &id,
+            approach,
+            transport,
+            client,
+            server,
+            unix_ns(),
+        ));
         RequestSpan {
             sink: self.clone(),
             id,
@@ -154,29 +172,13 @@ impl SpanSink {
     }
 
     /// A connection ended.
-    pub fn close(&self, transport: &'static str, client: SocketAddr, server: SocketAddr) {
-        self.send(json!({
-            "v": 1, "type": "close", "transport": transport,
-            "client": client.to_string(), "server": server.to_string(), "time_unix_ns": unix_ns(),
-        }));
-    }
-}
-
-/// How a request ended, as the span says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Aborted,
-    Error,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Aborted => "aborted",
-            Outcome::Error => "error",
-        }
+    pub fn close(&self, transport: Transport, client: SocketAddr, server: SocketAddr) {
+        self.send(Message::close(
+            transport.as_str(),
+            client,
+            server,
+            unix_ns(),
+        ));
     }
 }
 
@@ -196,9 +198,7 @@ impl RequestSpan {
     pub fn tokens(&mut self, n: u64) {
         if n > 0 && !self.first_sent {
             self.first_sent = true;
-            self.sink.send(json!({
-                "v": 1, "type": "first_token", "id": self.id, "time_unix_ns": unix_ns(),
-            }));
+            self.sink.send(Message::first_token(&self.id, unix_ns()));
         }
         self.tokens += n;
     }
@@ -214,10 +214,13 @@ impl RequestSpan {
             return;
         }
         self.ended = true;
-        self.sink.send(json!({
-            "v": 1, "type": "end", "id": self.id, "time_unix_ns": unix_ns(),
-            "tokens": self.tokens, "app_bytes": self.app_bytes, "outcome": outcome.as_str(),
-        }));
+        self.sink.send(Message::end(
+            &self.id,
+            self.tokens,
+            self.app_bytes,
+            outcome,
+            unix_ns(),
+        ));
     }
 }
 
@@ -240,7 +243,7 @@ mod tests {
         // Nobody listens: nothing fails, everything is counted as dropped.
         let sink = SpanSink::to_path(&path).unwrap();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let mut r = sink.request("sse", "tls", a, a);
+        let mut r = sink.request(Approach::Sse, a, a);
         r.tokens(1);
         drop(r);
         // The sender thread gets to them shortly.
@@ -251,7 +254,7 @@ mod tests {
         assert_eq!((sink.sent(), sink.dropped()), (0, 3));
 
         let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        let mut r = sink.request("sse", "tls", a, a);
+        let mut r = sink.request(Approach::Sse, a, a);
         r.tokens(2);
         r.tokens(1);
         r.bytes(10);
@@ -291,7 +294,7 @@ mod tests {
                 let sink = sink.clone();
                 std::thread::spawn(move || {
                     for _ in 0..250 {
-                        let mut r = sink.request("sse", "tls", a, a);
+                        let mut r = sink.request(Approach::Sse, a, a);
                         r.tokens(1);
                         r.finish(Outcome::Ok);
                     }

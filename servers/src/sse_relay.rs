@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde::Deserialize;
 use std::sync::Arc;
+use tokenwire_probe_common::approach::{Approach, Transport};
 
 #[derive(Clone)]
 pub struct SseRelay {
@@ -74,7 +75,7 @@ impl SseRelay {
         {
             return self.page(page, conn);
         }
-        let mut span = self.spans.request("sse", "tls", conn.peer, conn.local);
+        let mut span = self.spans.request(Approach::Sse, conn.peer, conn.local);
         match self.relay(req, conn).await {
             Ok(stream) => {
                 let mut r = Response::new(events(
@@ -106,7 +107,9 @@ impl SseRelay {
     /// follow, so the page's bytes are never counted as theirs (the probe cuts periods when
     /// a span arrives, and the whole page is on the wire by then).
     fn page(&self, page: &bytes::Bytes, conn: ConnInfo) -> Response<Body> {
-        let mut span = self.spans.request("page", "tls", conn.peer, conn.local);
+        let mut span = self
+            .spans
+            .request_labelled("page", Transport::Tls, conn.peer, conn.local);
         span.bytes(page.len());
         span.finish(Outcome::Ok);
         let mut r = response(StatusCode::OK, "text/html; charset=utf-8", page.clone());
@@ -130,7 +133,7 @@ impl SseRelay {
         conn: ConnInfo,
     ) -> Result<ChatStream, Response<Body>> {
         self.stats.add_request();
-        if req.uri().path() != "/chat" {
+        if req.uri().path() != Approach::Sse.path() {
             return Err(error(
                 StatusCode::NOT_FOUND,
                 "not found: the SSE relay serves POST /chat (and the page at GET /)",

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokenwire_probe_common::approach::{Approach, Transport};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wtransport::endpoint::endpoint_side::Server;
@@ -36,7 +37,7 @@ pub mod codes {
 }
 
 /// The URL path sessions must ask for.
-pub const PATH: &str = "/wt";
+pub const PATH: &str = Approach::Wt.path();
 
 /// Sessions open at once by default (`--max-sessions`).
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
@@ -176,7 +177,7 @@ impl WtRelay {
         struct Closed(SpanSink, SocketAddr, SocketAddr);
         impl Drop for Closed {
             fn drop(&mut self) {
-                self.0.close("quic", self.1, self.2);
+                self.0.close(Transport::Quic, self.1, self.2);
             }
         }
         let _closed = Closed(self.spans.clone(), peer, local);
@@ -198,7 +199,7 @@ impl WtRelay {
             // Each stream holds the session, so it outlives this loop during shutdown.
             let session = conn.clone();
             tracker.spawn(async move {
-                let span = relay.spans.request("webtransport", "quic", peer, local);
+                let span = relay.spans.request(Approach::Wt, peer, local);
                 relay.stream(send, recv, peer, span).await;
                 drop(session);
             });

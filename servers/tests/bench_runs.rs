@@ -19,18 +19,9 @@ use tokenwire_servers::model::{ModelConfig, Timing};
 
 fn config(targets: Targets, limit: usize, reuse: bool) -> RunConfig {
     RunConfig {
-        approaches: Approach::ALL.to_vec(),
         reuse,
         jobs: jobs(&default_prompts(), Some(limit), 1).unwrap(),
-        concurrency: 1,
-        ramp: Duration::ZERO,
-        rate: None,
-        seed: 1,
-        timeout: Duration::from_secs(60),
-        warmup: true,
-        targets,
-        trust: trust(),
-        progress: false,
+        ..RunConfig::new(targets, trust())
     }
 }
 
@@ -46,7 +37,7 @@ async fn default_pace_reproduces_the_reference_timing_and_byte_order() {
         ..ModelConfig::default()
     };
     let s = stack_with(model, RelayOptions::default(), Duration::from_secs(1)).await;
-    let runs = run(&config(s.targets(), 2, true)).await;
+    let runs = run(&config(Targets::of(&s), 2, true)).await;
     let all: Vec<_> = runs.iter().flat_map(|r| r.records.clone()).collect();
     let mut bpt = Vec::new();
     for r in &runs {
@@ -81,7 +72,7 @@ async fn default_pace_reproduces_the_reference_timing_and_byte_order() {
 async fn reuse_keeps_one_connection_fresh_opens_one_per_request() {
     let s = common::stack().await;
     for (reuse, want) in [(true, 1), (false, 4)] {
-        let runs = run(&config(s.targets(), 4, reuse)).await;
+        let runs = run(&config(Targets::of(&s), 4, reuse)).await;
         for r in &runs {
             assert_eq!(r.records.len(), 4);
             assert!(r.records.iter().all(|r| r.ok()), "{:?}", r.records);
@@ -89,7 +80,7 @@ async fn reuse_keeps_one_connection_fresh_opens_one_per_request() {
         }
     }
     // Two closed-loop users: two connections, all prompts served once.
-    let mut cfg = config(s.targets(), 6, true);
+    let mut cfg = config(Targets::of(&s), 6, true);
     cfg.concurrency = 2;
     for r in run(&cfg).await {
         assert_eq!(r.connections, 2, "{}", r.approach);
@@ -98,7 +89,7 @@ async fn reuse_keeps_one_connection_fresh_opens_one_per_request() {
         assert_eq!(idx, (0..6).collect::<Vec<_>>());
     }
     // Open loop: seeded arrivals, latency from the scheduled time.
-    let mut cfg = config(s.targets(), 5, true);
+    let mut cfg = config(Targets::of(&s), 5, true);
     cfg.rate = Some(20.0);
     cfg.approaches = vec![Approach::Wt];
     let r = run(&cfg).await.remove(0);
@@ -147,19 +138,14 @@ async fn a_server_killed_mid_run_is_reported_and_the_run_carries_on() {
             })
             .unwrap_or_else(|| panic!("no {name} in {ready:?}"))
     };
-    let addr = |name: &str| {
-        url(name)
+    let targets = Approach::ALL.into_iter().fold(Targets::default(), |t, a| {
+        let url = url(a.as_str());
+        let addr = url
+            .trim()
             .trim_start_matches("https://")
-            .trim_end_matches("/chat")
-            .parse()
-            .unwrap()
-    };
-    let targets = Targets {
-        raw: addr("raw"),
-        sse: addr("sse"),
-        wt_url: url("wt").trim().to_owned(),
-        ..Targets::default()
-    };
+            .trim_end_matches(a.path());
+        t.with(a, addr.parse().unwrap())
+    });
     let mut cfg = config(targets, 8, true);
     cfg.approaches = vec![Approach::Sse];
     cfg.timeout = Duration::from_secs(5);

@@ -9,6 +9,7 @@ use common::{stack_with, trust};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokenwire_bench::approach::Approach;
+use tokenwire_bench::client::Targets;
 use tokenwire_bench::record::Failure;
 use tokenwire_bench::report::summarise;
 use tokenwire_bench::runner::{RunConfig, run};
@@ -33,13 +34,8 @@ fn users_of(
         jobs: jobs(&default_prompts(), None, users.div_ceil(10)).unwrap(),
         concurrency: users,
         ramp,
-        rate: None,
-        seed: 1,
-        timeout: Duration::from_secs(60),
         warmup: false,
-        targets,
-        trust: trust(),
-        progress: false,
+        ..RunConfig::new(targets, trust())
     }
 }
 
@@ -57,7 +53,7 @@ fn model(mean_tokens: u32) -> ModelConfig {
 async fn five_hundred_concurrent_webtransport_streams_all_complete() {
     // Answers of ~60 tokens (about 2.3 s) outlast the 1 s ramp: all 500 stream at once.
     let s = stack_with(model(60), RelayOptions::default(), Duration::from_secs(1)).await;
-    let runs = run(&users(s.targets(), 500, Duration::from_secs(1))).await;
+    let runs = run(&users(Targets::of(&s), 500, Duration::from_secs(1))).await;
     let r = &runs[0];
     let m = summarise(Approach::Wt, &r.records, r.connections);
     assert_eq!(m.requests, 500);
@@ -70,7 +66,7 @@ async fn five_hundred_concurrent_webtransport_streams_all_complete() {
     );
     // One session per user, all of them the relay's.
     assert_eq!(r.connections, 500);
-    assert_eq!(s.wt.stats.connections(), 500);
+    assert_eq!(s[Approach::Wt].stats.connections(), 500);
     assert!(r.records.iter().all(|x| x.tokens() > 0));
 }
 
@@ -83,7 +79,7 @@ async fn sessions_past_the_limit_are_refused_not_left_hanging() {
     // Answers of ~60 tokens (2 s) keep the first ten sessions open while the others ask.
     let s = stack_with(model(60), opts, Duration::from_secs(1)).await;
     let started = std::time::Instant::now();
-    let runs = run(&users(s.targets(), 20, Duration::ZERO)).await;
+    let runs = run(&users(Targets::of(&s), 20, Duration::ZERO)).await;
     let r = &runs[0];
     let m = summarise(Approach::Wt, &r.records, r.connections);
     assert_eq!(m.requests, 20);
@@ -108,7 +104,13 @@ async fn connections_past_the_limit_get_503_at_once() {
         ..RelayOptions::default()
     };
     let s = stack_with(model(60), opts, Duration::from_secs(1)).await;
-    let runs = run(&users_of(Approach::Sse, s.targets(), 10, Duration::ZERO)).await;
+    let runs = run(&users_of(
+        Approach::Sse,
+        Targets::of(&s),
+        10,
+        Duration::ZERO,
+    ))
+    .await;
     let r = &runs[0];
     let m = summarise(Approach::Sse, &r.records, r.connections);
     assert_eq!(
@@ -122,8 +124,8 @@ async fn connections_past_the_limit_get_503_at_once() {
         assert!(x.total.unwrap() < Duration::from_secs(2), "{x:?}");
     }
     // The refused connections never reached the relay's handler, nor the model.
-    assert_eq!(s.sse.stats.requests(), 5);
-    assert_eq!(s.sse.stats.connections(), 10);
+    assert_eq!(s[Approach::Sse].stats.requests(), 5);
+    assert_eq!(s[Approach::Sse].stats.connections(), 10);
 }
 
 /// With `--max-streams-per-session 1`, a client opening two streams at once on one
@@ -136,7 +138,8 @@ async fn streams_past_the_per_session_limit_wait_their_turn() {
         ..RelayOptions::default()
     };
     let s = stack_with(model(20), opts, Duration::from_secs(1)).await;
-    let mut client = tokenwire_bench::client::wt::WtClient::new(&s.wt.url, &trust()).unwrap();
+    let mut client =
+        tokenwire_bench::client::wt::WtClient::new(&s[Approach::Wt].url, &trust()).unwrap();
     let session = client.session(true).await.unwrap();
     let t0 = std::time::Instant::now();
     // One stream: when it opened and when its answer ended, after t0.

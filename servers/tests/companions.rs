@@ -18,7 +18,6 @@ use tokenwire_servers::launch::RelayOptions;
 use tokenwire_servers::protocol::framing::encode;
 use tokenwire_servers::wt_relay::codes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -30,9 +29,9 @@ fn client(approach: Approach, targets: &Targets) -> ApproachClient {
 async fn each_companion_streams_the_models_exact_text() {
     let s = stack().await;
     let prompt = DEFAULT_PROMPTS[0];
-    let want = s.model.expected_text(prompt, None);
+    let want = s.model().expected_text(prompt, None);
     for approach in Approach::ALL {
-        let mut c = client(approach, &s.targets());
+        let mut c = client(approach, &Targets::of(&s));
         let rec = c.stream(prompt, 0, true, TIMEOUT).await;
         assert!(rec.ok(), "{approach}: {:?}", rec.error);
         assert_eq!(rec.text, want, "{approach}");
@@ -51,64 +50,80 @@ async fn each_companion_streams_the_models_exact_text() {
         }
     }
     // Each relay counted what it relayed.
-    assert_eq!(s.raw.stats.tokens(), s.sse.stats.tokens());
-    assert_eq!(s.sse.stats.tokens(), s.wt.stats.tokens());
-    assert_eq!(s.model_run.stats.tokens(), 3 * s.sse.stats.tokens());
+    assert_eq!(
+        s[Approach::Raw].stats.tokens(),
+        s[Approach::Sse].stats.tokens()
+    );
+    assert_eq!(
+        s[Approach::Sse].stats.tokens(),
+        s[Approach::Wt].stats.tokens()
+    );
+    assert_eq!(
+        s.model_run().stats.tokens(),
+        3 * s[Approach::Sse].stats.tokens()
+    );
     // The SSE and WebTransport relays timed every token from the model's created_at to
     // their hand-over; on loopback, well under a token gap. (The raw proxy forwards /v1
     // chunks, whose `created` is in whole seconds: it times nothing.)
-    for relay in [&s.sse, &s.wt] {
+    for relay in [&s[Approach::Sse], &s[Approach::Wt]] {
         let d = relay.stats.relay_delay.summary().expect("relay delays");
         assert_eq!(d.count, relay.stats.tokens(), "{}", relay.name);
         assert!(d.p50_ms > 0.0 && d.p50_ms < 20.0, "{}: {d:?}", relay.name);
         assert!(d.max_ms >= d.p99_ms / 1.125, "{}: {d:?}", relay.name);
     }
-    assert_eq!(s.raw.stats.relay_delay.summary(), None);
+    assert_eq!(s[Approach::Raw].stats.relay_delay.summary(), None);
 }
 
 #[tokio::test]
 async fn reuse_serves_ten_prompts_on_one_connection_and_fresh_opens_one_each() {
     let s = stack().await;
     for approach in Approach::ALL {
-        let mut c = client(approach, &s.targets());
+        let mut c = client(approach, &Targets::of(&s));
         for (i, p) in DEFAULT_PROMPTS.iter().enumerate() {
             let rec = c.stream(p, i, true, TIMEOUT).await;
             assert!(rec.ok(), "{approach} prompt {i}: {:?}", rec.error);
-            assert_eq!(rec.text, s.model.expected_text(p, None));
+            assert_eq!(rec.text, s.model().expected_text(p, None));
         }
         assert_eq!(c.connections(), 1, "{approach}: client connections");
     }
     assert_eq!(
-        s.raw.stats.connections(),
+        s[Approach::Raw].stats.connections(),
         1,
         "raw: accepted TCP connections"
     );
     assert_eq!(
-        s.sse.stats.connections(),
+        s[Approach::Sse].stats.connections(),
         1,
         "sse: accepted TCP connections"
     );
-    assert_eq!(s.wt.stats.connections(), 1, "wt: accepted QUIC connections");
+    assert_eq!(
+        s[Approach::Wt].stats.connections(),
+        1,
+        "wt: accepted QUIC connections"
+    );
     assert_eq!(
         (
-            s.raw.stats.requests(),
-            s.sse.stats.requests(),
-            s.wt.stats.requests()
+            s[Approach::Raw].stats.requests(),
+            s[Approach::Sse].stats.requests(),
+            s[Approach::Wt].stats.requests()
         ),
         (10, 10, 10)
     );
 
     for approach in Approach::ALL {
-        let mut c = client(approach, &s.targets());
+        let mut c = client(approach, &Targets::of(&s));
         for (i, p) in DEFAULT_PROMPTS[..3].iter().enumerate() {
             assert!(c.stream(p, i, false, TIMEOUT).await.ok());
         }
         assert_eq!(c.connections(), 3, "{approach}: fresh mode");
     }
     assert!(
-        eventually(Duration::from_secs(2), || s.sse.stats.connections() == 4
-            && s.raw.stats.connections() == 4
-            && s.wt.stats.connections() == 4)
+        eventually(Duration::from_secs(2), || s[Approach::Sse]
+            .stats
+            .connections()
+            == 4
+            && s[Approach::Raw].stats.connections() == 4
+            && s[Approach::Wt].stats.connections() == 4)
         .await
     );
 }
@@ -117,7 +132,7 @@ async fn reuse_serves_ten_prompts_on_one_connection_and_fresh_opens_one_each() {
 async fn two_clients_stream_at_once_through_each_companion() {
     let s = stack().await;
     for approach in Approach::ALL {
-        let t = s.targets();
+        let t = Targets::of(&s);
         let (mut a, mut b) = (client(approach, &t), client(approach, &t));
         let (ra, rb) = tokio::join!(
             a.stream(DEFAULT_PROMPTS[1], 1, true, TIMEOUT),
@@ -125,17 +140,17 @@ async fn two_clients_stream_at_once_through_each_companion() {
         );
         assert_eq!(
             ra.text,
-            s.model.expected_text(DEFAULT_PROMPTS[1], None),
+            s.model().expected_text(DEFAULT_PROMPTS[1], None),
             "{approach}"
         );
         assert_eq!(
             rb.text,
-            s.model.expected_text(DEFAULT_PROMPTS[2], None),
+            s.model().expected_text(DEFAULT_PROMPTS[2], None),
             "{approach}"
         );
     }
     // The same two prompts over one WebTransport session, concurrently.
-    let mut wt = WtClient::new(&s.wt.url, &trust()).unwrap();
+    let mut wt = WtClient::new(&s[Approach::Wt].url, &trust()).unwrap();
     let session = wt.session(true).await.unwrap();
     let one = |p: &'static str| {
         let session = session.clone();
@@ -151,11 +166,11 @@ async fn two_clients_stream_at_once_through_each_companion() {
     let (x, y) = tokio::join!(one(DEFAULT_PROMPTS[3]), one(DEFAULT_PROMPTS[4]));
     assert_eq!(
         frames_text(&x),
-        s.model.expected_text(DEFAULT_PROMPTS[3], None)
+        s.model().expected_text(DEFAULT_PROMPTS[3], None)
     );
     assert_eq!(
         frames_text(&y),
-        s.model.expected_text(DEFAULT_PROMPTS[4], None)
+        s.model().expected_text(DEFAULT_PROMPTS[4], None)
     );
 }
 
@@ -193,7 +208,11 @@ async fn http_companions_refuse_bad_input_cleanly() {
         ..RelayOptions::default()
     };
     let s = stack_with(common::fast_model(), opts, Duration::from_secs(1)).await;
-    let mut sse = HttpsClient::new(s.sse.addr, "localhost", trust().client_config().unwrap());
+    let mut sse = HttpsClient::new(
+        s[Approach::Sse].addr,
+        "localhost",
+        trust().client_config().unwrap(),
+    );
     let cases: [(Method, &str, Bytes, StatusCode); 7] = [
         (
             Method::GET,
@@ -238,7 +257,11 @@ async fn http_companions_refuse_bad_input_cleanly() {
         assert_eq!(status, want, "sse {method} {path}: {text}");
         assert!(text.starts_with(r#"{"error":""#), "{text}");
     }
-    let mut raw = HttpsClient::new(s.raw.addr, "localhost", trust().client_config().unwrap());
+    let mut raw = HttpsClient::new(
+        s[Approach::Raw].addr,
+        "localhost",
+        trust().client_config().unwrap(),
+    );
     let (status, _) = status_and_body(&mut raw, Method::POST, "/api/chat", vec![b'x'; 4096]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     // The proxy passes the upstream's own errors through untouched.
@@ -257,7 +280,7 @@ async fn http_companions_refuse_bad_input_cleanly() {
         )
     );
     // Still serving.
-    let rec = client(Approach::Sse, &s.targets())
+    let rec = client(Approach::Sse, &Targets::of(&s))
         .stream("ok?", 0, true, TIMEOUT)
         .await;
     assert!(rec.ok(), "{:?}", rec.error);
@@ -285,7 +308,7 @@ async fn wt_resets_bad_streams_and_the_session_carries_on() {
         ..RelayOptions::default()
     };
     let s = stack_with(common::fast_model(), opts, Duration::from_secs(1)).await;
-    let mut wt = WtClient::new(&s.wt.url, &trust()).unwrap();
+    let mut wt = WtClient::new(&s[Approach::Wt].url, &trust()).unwrap();
     let session = wt.session(true).await.unwrap();
     let cases: [(&[u8], bool, u32); 6] = [
         (b"abc:hello", true, codes::BAD_FRAME),
@@ -314,18 +337,17 @@ async fn wt_resets_bad_streams_and_the_session_carries_on() {
     recv.read_to_end(&mut out).await.unwrap();
     assert_eq!(
         frames_text(&out),
-        s.model.expected_text("still there?", None)
+        s.model().expected_text("still there?", None)
     );
-    assert_eq!(s.wt.stats.connections(), 1);
+    assert_eq!(s[Approach::Wt].stats.connections(), 1);
     // Session for another path: refused with 404.
-    let url = s.wt.url.replace("/wt", "/other");
+    let url = s[Approach::Wt].url.replace("/wt", "/other");
     let mut other = WtClient::new(&url, &trust()).unwrap();
     assert!(other.session(true).await.is_err());
 }
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_or_a_stream_error() {
-    let shutdown = CancellationToken::new();
     // A port nobody listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());
@@ -334,7 +356,8 @@ async fn unreachable_upstream_is_502_or_a_stream_error() {
         upstream: url,
         ..RelayOptions::default()
     };
-    let (raw, sse, wt) = common::relays(&opts, &shutdown, Duration::from_secs(1)).await;
+    let s = common::relays(&opts).await;
+    let (raw, sse, wt) = (&s[Approach::Raw], &s[Approach::Sse], &s[Approach::Wt]);
     let mut c = HttpsClient::new(sse.addr, "localhost", trust().client_config().unwrap());
     let (status, text) =
         status_and_body(&mut c, Method::POST, "/chat", r#"{"message":"hi"}"#).await;
@@ -382,18 +405,13 @@ async fn dying_upstream() -> String {
 
 #[tokio::test]
 async fn upstream_dying_mid_stream_ends_each_stream_with_an_error() {
-    let shutdown = CancellationToken::new();
     let opts = RelayOptions {
         upstream: dying_upstream().await,
         ..RelayOptions::default()
     };
-    let (raw, sse, wt) = common::relays(&opts, &shutdown, Duration::from_secs(1)).await;
-    let targets = Targets {
-        raw: raw.addr,
-        sse: sse.addr,
-        wt_url: wt.url.clone(),
-        ..Targets::default()
-    };
+    let s = common::relays(&opts).await;
+    let targets = Targets::of(&s);
+    let (raw, wt) = (&s[Approach::Raw], &s[Approach::Wt]);
 
     let rec = client(Approach::Sse, &targets)
         .stream("x", 0, false, TIMEOUT)
@@ -432,19 +450,19 @@ async fn a_client_vanishing_mid_stream_cancels_the_generation_within_a_second() 
     // Real pace: a generation would otherwise run ~17 s.
     let cfg = tokenwire_servers::model::ModelConfig::default();
     let s = stack_with(cfg, RelayOptions::default(), Duration::from_secs(1)).await;
-    let model_active = || s.model_run.stats.active();
+    let model_active = || s.model_run().stats.active();
 
     // sse and raw: read three tokens, then drop the connection.
     for (approach, addr, path, body) in [
         (
             Approach::Sse,
-            s.sse.addr,
+            s[Approach::Sse].addr,
             "/chat",
             r#"{"message":"go"}"#.to_owned(),
         ),
         (
             Approach::Raw,
-            s.raw.addr,
+            s[Approach::Raw].addr,
             "/api/chat",
             r#"{"model":"gemma3:12b","messages":[{"role":"user","content":"go"}]}"#.to_owned(),
         ),
@@ -464,13 +482,14 @@ async fn a_client_vanishing_mid_stream_cancels_the_generation_within_a_second() 
         );
     }
     assert!(
-        eventually(Duration::from_secs(1), || s.sse.stats.active() == 0
-            && s.raw.stats.active() == 0)
+        eventually(Duration::from_secs(1), || s[Approach::Sse].stats.active()
+            == 0
+            && s[Approach::Raw].stats.active() == 0)
         .await
     );
 
     // wt: read a few frames, then close the session.
-    let mut w = WtClient::new(&s.wt.url, &trust()).unwrap();
+    let mut w = WtClient::new(&s[Approach::Wt].url, &trust()).unwrap();
     let session = w.session(true).await.unwrap();
     let (mut send, mut recv) = session.open_bi().await.unwrap().await.unwrap();
     send.write_all(&encode(b"go")).await.unwrap();
@@ -484,8 +503,12 @@ async fn a_client_vanishing_mid_stream_cancels_the_generation_within_a_second() 
         eventually(Duration::from_secs(1), || model_active() == 0).await,
         "wt: model still generating"
     );
-    assert!(eventually(Duration::from_secs(1), || s.wt.stats.active() == 0).await);
-    assert_eq!(s.model_run.stats.aborted(), 3);
+    assert!(
+        eventually(Duration::from_secs(1), || s[Approach::Wt].stats.active()
+            == 0)
+        .await
+    );
+    assert_eq!(s.model_run().stats.aborted(), 3);
 }
 
 #[tokio::test]
@@ -493,7 +516,7 @@ async fn shutdown_lets_in_flight_streams_finish() {
     let mut cfg = common::fast_model();
     cfg.timing.speed = 10.0; // ~1.7 s per answer
     let s = stack_with(cfg, RelayOptions::default(), Duration::from_secs(20)).await;
-    let t = s.targets();
+    let t = Targets::of(&s);
     let shutdown = s.shutdown.clone();
     let streams = async {
         let mut clients: Vec<ApproachClient> =
@@ -512,17 +535,21 @@ async fn shutdown_lets_in_flight_streams_finish() {
         shutdown.cancel();
     };
     let ((ra, rb, rc), ()) = tokio::join!(streams, stop);
-    let want = s.model.expected_text("finish me", None);
+    let want = s.model().expected_text("finish me", None);
     for r in [ra, rb, rc] {
         assert!(r.ok(), "{}: {:?}", r.approach, r.error);
         assert_eq!(r.text, want, "{}", r.approach);
     }
-    for r in [s.raw, s.sse, s.wt, s.model_run] {
+    for r in s.into_running() {
         tokio::time::timeout(Duration::from_secs(10), r.task)
             .await
             .expect("server stopped")
             .unwrap();
     }
     // Nothing listens any more.
-    assert!(tokio::net::TcpStream::connect(t.sse).await.is_err());
+    assert!(
+        tokio::net::TcpStream::connect(t.addr(Approach::Sse))
+            .await
+            .is_err()
+    );
 }

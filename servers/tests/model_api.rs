@@ -60,7 +60,7 @@ struct Model {
 async fn model(cfg: ModelConfig) -> Model {
     let shutdown = CancellationToken::new();
     let (run, model) = tokenwire_servers::launch::start_model(
-        common::ANY.parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
         cfg,
         shutdown.clone(),
         Duration::from_secs(1),

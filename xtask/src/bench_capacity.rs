@@ -25,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokenwire_probe_common::approach::Approach;
 
 /// P99 gap past which a step is over the knee.
 const KNEE_GAP_MS: f64 = 50.0;
@@ -174,7 +175,7 @@ fn field(line: &str, name: &str) -> Option<f64> {
 }
 
 struct Step {
-    approach: &'static str,
+    approach: Approach,
     users: usize,
     requests: u64,
     failed: u64,
@@ -263,16 +264,7 @@ struct ProbeMark {
 
 const LOOP_LAG: &str = "tokenwire_probe_loop_lag_seconds";
 
-/// The probe's approach label for a bench approach.
-fn probe_label(approach: &str) -> &'static str {
-    match approach {
-        "raw" => "raw_api",
-        "sse" => "sse",
-        _ => "webtransport",
-    }
-}
-
-fn probe_mark(probe: &Probe, approach: &str) -> Result<ProbeMark> {
+fn probe_mark(probe: &Probe, approach: Approach) -> Result<ProbeMark> {
     let text = probe.metrics()?;
     let (accepted, rejected) = crate::probe_process::span_counts(&text);
     Ok(ProbeMark {
@@ -284,7 +276,7 @@ fn probe_mark(probe: &Probe, approach: &str) -> Result<ProbeMark> {
             &text,
             &format!(
                 "tokenwire_request_wire_bytes_count{{approach=\"{}\"}}",
-                probe_label(approach)
+                approach.label()
             ),
         ),
         passive: Passive::read(&text),
@@ -296,7 +288,7 @@ fn probe_mark(probe: &Probe, approach: &str) -> Result<ProbeMark> {
 /// or the connection ends).
 fn probe_step(
     probe: &Probe,
-    approach: &str,
+    approach: Approach,
     mark: &ProbeMark,
     requests: u64,
     wall: f64,
@@ -335,7 +327,7 @@ pub fn run(
     steps: &[usize],
     hold_secs: u64,
     ramp_secs: u64,
-    approaches: &[String],
+    approaches: &[Approach],
     with_probe: bool,
 ) -> Result<()> {
     crate::run(crate::cargo_cmd().args([
@@ -351,13 +343,9 @@ pub fn run(
     ]))?;
     let json = std::env::temp_dir().join(format!("tokenwire-capacity-{}.json", std::process::id()));
     let mut rows = Vec::new();
-    for approach in approaches {
-        let (relay_cmd, name): (&str, &'static str) = match approach.as_str() {
-            "raw" => ("raw", "raw"),
-            "sse" => ("sse", "sse"),
-            "wt" => ("wt", "wt"),
-            other => bail!("unknown approach {other:?}: raw, sse or wt"),
-        };
+    for &approach in approaches {
+        // `tokenwire-servers NAME` runs the approach's companion.
+        let relay_cmd = approach.as_str();
         for &users in steps {
             // Fresh processes per step: each step's memory is its own.
             let model = Server::start(&["model"])?;
@@ -393,7 +381,7 @@ pub fn run(
                     "--no-probe",
                     "--quiet",
                 ])
-                .args(["--approach", approach])
+                .args(["--approach", approach.as_str()])
                 .args(["--concurrency", &users.to_string()])
                 .args(["--ramp-secs", &ramp_secs.to_string()])
                 .args(["--repeat", &repeat.to_string(), "--timeout-secs", "300"])
@@ -441,7 +429,7 @@ pub fn run(
                 })
                 .unwrap_or_default();
             let step = Step {
-                approach: name,
+                approach,
                 users,
                 requests: s["requests"].as_u64().unwrap_or(0),
                 failed: s["failed"].as_u64().unwrap_or(0),
@@ -461,7 +449,7 @@ pub fn run(
                 probe: None,
             };
             eprintln!(
-                "{name} {users}: {} failed, P99 gap {:.1} ms, {:.0} s",
+                "{approach} {users}: {} failed, P99 gap {:.1} ms, {:.0} s",
                 step.failed, step.p99_gap, wall
             );
             let over = step.over_knee();
@@ -477,7 +465,7 @@ pub fn run(
             rows.push(step);
             if over && users != *steps.last().unwrap_or(&users) {
                 // Past the knee: the next steps only fail more (and take longest).
-                eprintln!("{name}: past the knee at {users}; its larger steps are skipped");
+                eprintln!("{approach}: past the knee at {users}; its larger steps are skipped");
                 break;
             }
         }
@@ -518,7 +506,7 @@ fn table(rows: &[Step]) -> String {
             r.bench_rss_mib,
         ));
     }
-    for a in ["raw", "sse", "wt"] {
+    for a in Approach::ALL {
         let mine: Vec<&Step> = rows.iter().filter(|r| r.approach == a).collect();
         if mine.is_empty() {
             continue;

@@ -67,7 +67,7 @@ fn udp(bits: &str, secs: &str, s: &mut Sample) -> Result<()> {
 
 /// iperf3 (installed if missing) serving on PORT, and the probe built.
 fn iperf_server() -> Result<Child> {
-    crate::apt_install(&["iperf3"])?;
+    crate::setup::apt_install(&["iperf3"])?;
     crate::run(crate::cargo_cmd().args(["build", "--quiet", "-p", "tokenwire-probe"]))?;
     let server = Command::new("iperf3")
         .args(["-s", "-p", PORT])

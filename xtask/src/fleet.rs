@@ -339,7 +339,7 @@ pub fn run(nodes: u32) -> Result<()> {
     if !(1..=20).contains(&nodes) {
         bail!("--nodes must be between 1 and 20");
     }
-    crate::apt_install(&["prometheus", "curl", "iproute2"])?;
+    crate::setup::apt_install(&["prometheus", "curl", "iproute2"])?;
     let mut fleet = Fleet {
         dir: std::env::temp_dir().join(format!("tokenwire-fleet-{}", std::process::id())),
         children: Vec::new(),

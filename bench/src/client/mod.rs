@@ -10,6 +10,7 @@ use crate::record::{Failure, Recorder, RequestRecord};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokenwire_servers::protocol::framing::{FrameDecoder, MAX_FRAME, encode};
@@ -66,10 +67,9 @@ impl ClientError {
 /// Where the companions are and how to reach them.
 #[derive(Debug, Clone)]
 pub struct Targets {
-    pub raw: SocketAddr,
-    pub sse: SocketAddr,
-    /// The WebTransport session URL.
-    pub wt_url: String,
+    /// Companions away from their registry defaults ([`Approach::default_addr`]); the
+    /// path is always the registry's.
+    pub addrs: BTreeMap<Approach, SocketAddr>,
     /// TLS server name and Host header for the HTTPS companions.
     pub host: String,
     /// Model name for the raw approach.
@@ -78,6 +78,35 @@ pub struct Targets {
     pub reference: ReferenceClient,
     /// The client's transport knobs (docs/wire-efficiency.md).
     pub tuning: Tuning,
+}
+
+impl Targets {
+    /// The companions of a stack started in-process.
+    pub fn of(stack: &tokenwire_servers::stack::Stack) -> Self {
+        Self {
+            addrs: stack.addrs(),
+            ..Self::default()
+        }
+    }
+
+    /// These targets with `approach`'s companion at `addr`.
+    pub fn with(mut self, approach: Approach, addr: SocketAddr) -> Self {
+        self.addrs.insert(approach, addr);
+        self
+    }
+
+    /// Where `approach`'s companion listens.
+    pub fn addr(&self, approach: Approach) -> SocketAddr {
+        self.addrs
+            .get(&approach)
+            .copied()
+            .unwrap_or(approach.default_addr())
+    }
+
+    /// The URL a client of `approach` asks for.
+    pub fn url(&self, approach: Approach) -> String {
+        format!("https://{}{}", self.addr(approach), approach.path())
+    }
 }
 
 /// The reference study's client behaviours, each on its own (`--reference` sets them all;
@@ -118,9 +147,7 @@ impl ReferenceClient {
 impl Default for Targets {
     fn default() -> Self {
         Self {
-            raw: ([127, 0, 0, 1], 11435).into(),
-            sse: ([127, 0, 0, 1], 8080).into(),
-            wt_url: "https://127.0.0.1:4433/wt".to_owned(),
+            addrs: BTreeMap::new(),
             host: "localhost".to_owned(),
             model: "gemma3:12b".to_owned(),
             reference: ReferenceClient::default(),
@@ -156,7 +183,7 @@ impl ApproachClient {
         };
         Ok(match approach {
             Approach::Raw => {
-                let mut c = https(targets.raw)?;
+                let mut c = https(targets.addr(Approach::Raw))?;
                 if reference.legacy_chunks {
                     c.extra_headers.push((
                         http::HeaderName::from_static(
@@ -167,7 +194,7 @@ impl ApproachClient {
                 }
                 ApproachClient::Raw(c, targets.model.clone(), reference)
             }
-            Approach::Sse => ApproachClient::Sse(https(targets.sse)?),
+            Approach::Sse => ApproachClient::Sse(https(targets.addr(Approach::Sse))?),
             Approach::Wt => {
                 let tuning = &targets.tuning;
                 let cid_len = if tuning.has(Knob::ClientCid0) {
@@ -180,7 +207,7 @@ impl ApproachClient {
                     keep_alive: (!reference.no_keepalive).then_some(wt::KEEP_ALIVE),
                     ecn: !(reference.no_ecn || tuning.has(Knob::NoEcn)),
                 };
-                let client = wt::WtClient::with_options(&targets.wt_url, trust, opts)?;
+                let client = wt::WtClient::with_options(&targets.url(Approach::Wt), trust, opts)?;
                 ApproachClient::Wt(client, reference)
             }
         })
@@ -247,13 +274,15 @@ impl ApproachClient {
                         body["stream_options"] = serde_json::json!({"include_usage": true});
                     }
                     let resp = c
-                        .post_json("/v1/chat/completions", body.to_string(), reuse)
+                        .post_json(Approach::Raw.path(), body.to_string(), reuse)
                         .await?;
                     read_sse(resp, &mut rec, SseKind::OpenAi).await
                 }
                 ApproachClient::Sse(c) => {
                     let body = serde_json::json!({ "message": prompt });
-                    let resp = c.post_json("/chat", body.to_string(), reuse).await?;
+                    let resp = c
+                        .post_json(Approach::Sse.path(), body.to_string(), reuse)
+                        .await?;
                     read_sse(resp, &mut rec, SseKind::Relay).await
                 }
                 ApproachClient::Wt(c, reference) => {

@@ -23,9 +23,10 @@ use crate::flow::Counters;
 use conn::Conn;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use tokenwire_probe_common::approach::{MODEL_PORT, VLLM_PORT};
 
 /// The ports read by default: Ollama's and vLLM's (and most OpenAI-compatible servers').
-pub const DEFAULT_HTTP_PORTS: [u16; 2] = [11434, 8000];
+pub const DEFAULT_HTTP_PORTS: [u16; 2] = [MODEL_PORT, VLLM_PORT];
 /// Requests sent on a connection before their answers, at most.
 pub const MAX_PIPELINED: usize = 64;
 /// Token gaps kept per request for its quantiles (the first this many).

@@ -9,10 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokenwire_bench::client::Targets;
 use tokenwire_bench::client::tls::Trust;
-use tokenwire_servers::launch::{self, RelayOptions, Running};
+use tokenwire_servers::launch::RelayOptions;
 use tokenwire_servers::model::{ModelConfig, Timing};
 use tokenwire_servers::spans::SpanSink;
-use tokio_util::sync::CancellationToken;
+use tokenwire_servers::stack as servers;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokenwire-probe");
 
@@ -147,16 +147,22 @@ pub fn spans_path(tag: &str) -> PathBuf {
         .join("spans.sock")
 }
 
+/// The servers (the library's [`servers::Stack`]) sending spans to a probe, with what a
+/// client needs to trust them. Derefs to the servers: `stack[Approach::Sse]`.
 pub struct Stack {
-    pub shutdown: CancellationToken,
+    pub servers: servers::Stack,
     /// The model's plain HTTP address (the relays' upstream).
     pub model: SocketAddr,
-    pub raw: Running,
-    pub sse: Running,
-    pub wt: Running,
     pub trust: Trust,
     /// The companions' certificate (PEM).
     pub cert: PathBuf,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = servers::Stack;
+    fn deref(&self) -> &servers::Stack {
+        &self.servers
+    }
 }
 
 impl Stack {
@@ -178,66 +184,27 @@ impl Stack {
 
     /// A stack whose model runs `cfg`.
     pub async fn start_with(tag: &str, spans: SpanSink, cfg: ModelConfig) -> Self {
-        let shutdown = CancellationToken::new();
-        let grace = Duration::from_secs(1);
         let id = super::identity(&format!("attr-{tag}"));
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (model, _) = launch::start_model(any, cfg, shutdown.clone(), grace)
-            .await
-            .unwrap();
-        let model_addr = model.addr;
-        let mut opts = RelayOptions {
-            upstream: model.url.clone(),
+        let opts = RelayOptions {
             spans,
             ..RelayOptions::default()
         };
-        let raw = launch::start_raw(any, &id, &opts, shutdown.clone(), grace)
-            .await
-            .unwrap();
-        let wt = launch::start_wt(any, &id, &opts, shutdown.clone(), grace)
-            .await
-            .unwrap();
-        // The browser page points at this stack's raw proxy and WebTransport relay.
-        opts.page = Some(tokenwire_servers::page::PageLinks {
-            raw_port: raw.addr.port(),
-            wt_port: wt.addr.port(),
-            ..Default::default()
-        });
-        let sse = launch::start_sse(any, &id, &opts, shutdown.clone(), grace)
+        let servers = servers::Stack::ephemeral()
+            .model(cfg)
+            .relay(opts)
+            .start(&id)
             .await
             .unwrap();
         Self {
-            shutdown,
-            model: model_addr,
-            raw,
-            sse,
-            wt,
+            model: servers.model_addr().unwrap(),
+            servers,
             trust: Trust::Pinned(id.cert_der.clone()),
             cert: id.cert_path.clone(),
         }
     }
 
-    pub fn labels(&self) -> Vec<String> {
-        vec![
-            format!("{}=raw_api", self.raw.addr.port()),
-            format!("{}=sse", self.sse.addr.port()),
-            format!("{}=webtransport", self.wt.addr.port()),
-        ]
-    }
-
     pub fn targets(&self) -> Targets {
-        Targets {
-            raw: self.raw.addr,
-            sse: self.sse.addr,
-            wt_url: self.wt.url.clone(),
-            ..Targets::default()
-        }
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        Targets::of(&self.servers)
     }
 }
 

@@ -1,17 +1,14 @@
-//! Starting the real servers in-process on ephemeral loopback ports, for the tests.
+//! Starting the real servers in-process on ephemeral loopback ports, for the tests: the
+//! library's [`Stack`] with this binary's certificate.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use tokenwire_bench::client::Targets;
 use tokenwire_bench::client::tls::Trust;
 use tokenwire_servers::certs::{self, Identity};
-use tokenwire_servers::launch::{self, RelayOptions, Running};
-use tokenwire_servers::model::{Model, ModelConfig, Timing};
-use tokio_util::sync::CancellationToken;
-
-pub const ANY: &str = "127.0.0.1:0";
+use tokenwire_servers::launch::RelayOptions;
+use tokenwire_servers::model::{ModelConfig, Timing};
+pub use tokenwire_servers::stack::Stack;
 
 /// One certificate pair per test binary.
 pub fn identity() -> &'static Identity {
@@ -37,45 +34,15 @@ pub fn fast_model() -> ModelConfig {
     }
 }
 
-pub struct Stack {
-    pub model: Model,
-    pub model_run: Running,
-    pub raw: Running,
-    pub sse: Running,
-    pub wt: Running,
-    pub shutdown: CancellationToken,
-}
-
-impl Stack {
-    pub fn targets(&self) -> Targets {
-        Targets {
-            raw: self.raw.addr,
-            sse: self.sse.addr,
-            wt_url: self.wt.url.clone(),
-            ..Targets::default()
-        }
-    }
-}
-
+/// The model running `model` and every companion with `opts`.
 pub async fn stack_with(model: ModelConfig, opts: RelayOptions, grace: Duration) -> Stack {
-    let shutdown = CancellationToken::new();
-    let addr: SocketAddr = ANY.parse().unwrap();
-    let (model_run, model) = launch::start_model(addr, model, shutdown.clone(), grace)
+    Stack::ephemeral()
+        .model(model)
+        .relay(opts)
+        .grace(grace)
+        .start(identity())
         .await
-        .unwrap();
-    let opts = RelayOptions {
-        upstream: model_run.url.clone(),
-        ..opts
-    };
-    let (raw, sse, wt) = relays(&opts, &shutdown, grace).await;
-    Stack {
-        model,
-        model_run,
-        raw,
-        sse,
-        wt,
-        shutdown,
-    }
+        .unwrap()
 }
 
 pub async fn stack() -> Stack {
@@ -87,24 +54,14 @@ pub async fn stack() -> Stack {
     .await
 }
 
-/// The three companions relaying `opts.upstream`.
-pub async fn relays(
-    opts: &RelayOptions,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> (Running, Running, Running) {
-    let addr: SocketAddr = ANY.parse().unwrap();
-    let id = identity();
-    let raw = launch::start_raw(addr, id, opts, shutdown.clone(), grace)
+/// Every companion relaying `opts.upstream`, with no model of their own.
+pub async fn relays(opts: &RelayOptions) -> Stack {
+    Stack::ephemeral()
+        .no_model()
+        .relay(opts.clone())
+        .start(identity())
         .await
-        .unwrap();
-    let sse = launch::start_sse(addr, id, opts, shutdown.clone(), grace)
-        .await
-        .unwrap();
-    let wt = launch::start_wt(addr, id, opts, shutdown.clone(), grace)
-        .await
-        .unwrap();
-    (raw, sse, wt)
+        .unwrap()
 }
 
 /// Polls `cond` every 10 ms until it holds or `within` passes; returns whether it held.

@@ -24,10 +24,13 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest.parent().unwrap_or(&manifest).to_path_buf();
     let object = root.join("target/bpf/bpfel-unknown-none/release/tokenwire-probe-ebpf");
+    // The kernel side's sources: its crate, and the shared #[repr(C)] types (lib.rs).
+    // probe-common's other modules (the approach registry, the spans wire types, the
+    // launcher) are user space's: the kernel uses none of them.
     let sources = [
         root.join("probe-ebpf/src"),
         root.join("probe-ebpf/Cargo.toml"),
-        root.join("probe-common/src"),
+        root.join("probe-common/src/lib.rs"),
     ];
     println!("cargo:rerun-if-changed={}", object.display());
     for s in &sources {
@@ -47,7 +50,9 @@ fn main() {
     for s in &sources {
         if s.is_dir() {
             newest(s, &mut newest_src);
-        } else if let Ok(t) = std::fs::metadata(s).and_then(|m| m.modified()) {
+        } else if let Ok(t) = std::fs::metadata(s).and_then(|m| m.modified())
+            && newest_src.as_ref().is_none_or(|(n, _)| t > *n)
+        {
             newest_src = Some((t, s.clone()));
         }
     }

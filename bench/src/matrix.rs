@@ -20,18 +20,19 @@
 use crate::approach::Approach;
 use crate::client::tls::Trust;
 use crate::client::{ReferenceClient, Targets};
-use crate::netem::emulator::{Emulator, EmulatorConfig, EmulatorReport, runtime_in};
+use crate::netem::emulator::{Emulator, EmulatorConfig, EmulatorReport};
+use crate::netem::netns::runtime_in;
 use crate::netem::profile::{Direction, Profile};
 use crate::report::{self, Summary};
 use crate::runner::{self, RunConfig};
 use crate::wire::{self, WireSummary};
 use crate::workload::Job;
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+use tokenwire_probe_common::launch::{ProbeLaunch, RunningProbe};
 use tokenwire_servers::launch::{self, RelayOptions};
 use tokenwire_servers::model::{ModelConfig, OpenAiFormat, Timing};
 use tokenwire_servers::spans::SpanSink;
@@ -181,47 +182,22 @@ fn mode_name(reuse: bool) -> &'static str {
     if reuse { "reuse" } else { "fresh" }
 }
 
-/// The probe in the server namespace: (process, backend it chose).
+/// The probe in the server namespace, ready (its ready file says which backend it chose).
 fn start_probe(
     bin: &std::path::Path,
     em: &Emulator,
     srv_ns: &str,
     spans: &std::path::Path,
     api: SocketAddr,
-) -> Result<(Child, String), String> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", srv_ns])
+) -> Result<RunningProbe, String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", srv_ns])
         .arg(bin)
         .args(["run", "--quiet", "--iface", &em.server_if, "--iface", "lo"])
         .args(["--listen", &api.to_string(), "--spans"])
         .arg(spans)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    let err = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = std::io::BufReader::new(err).lines();
-    let mut backend = String::new();
-    let mut said = Vec::new();
-    while let Some(Ok(line)) = lines.next() {
-        if let Some(rest) = line.strip_prefix("tokenwire-probe: backend ") {
-            backend = rest.split_whitespace().next().unwrap_or("").to_owned();
-        }
-        if line.contains("receiving spans on") {
-            std::thread::spawn(move || for _ in lines.by_ref() {});
-            return Ok((child, backend));
-        }
-        said.push(line);
-    }
-    let _ = child.wait();
-    Err(said.join("; "))
-}
-
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+        .stdout(Stdio::null());
+    ProbeLaunch::new(cmd).start().map_err(|e| e.to_string())
 }
 
 /// Runs every cell; `progress` hears one line per finished (profile, direction, mode).
@@ -315,7 +291,10 @@ fn run_link(
         .map_err(|_| MatrixError::Setup("bad API address".into()))?;
     let (mut probe, backend, mut wire_note) = match &cfg.probe_bin {
         Some(bin) => match start_probe(bin, &em, &srv_ns, &spans, api) {
-            Ok((c, b)) => (Some(c), Some(b), None),
+            Ok(p) => {
+                let backend = p.ready.backend.clone();
+                (Some(p), Some(backend), None)
+            }
             Err(e) => (None, None, Some(format!("the probe did not start: {e}"))),
         },
         None => (None, None, Some("no tokenwire-probe binary".into())),
@@ -340,7 +319,7 @@ fn run_link(
         opts.wt_keep_alive = Some(Duration::from_secs(30));
         opts.quic_ecn = false;
     }
-    tuning.apply_server(&mut opts);
+    opts.apply_tuning(tuning);
     let idc = id.clone();
     let started = srv_rt.block_on(srv_rt.spawn(async move {
         let grace = Duration::from_secs(2);
@@ -492,7 +471,7 @@ fn run_link(
     drop(stack);
     srv_rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
     if let Some(p) = probe.as_mut() {
-        stop(p);
+        p.stop("TERM");
     }
     out.links.push(LinkRun {
         variant: label.clone(),

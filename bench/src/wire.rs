@@ -32,19 +32,27 @@ pub enum WireError {
     },
 }
 
+// The bench reads the probe's JSON API with structs of its own, named `Probe` + the probe's
+// type (`ProbeRequest` is the probe's `RequestRecord`, `ProbeConnection` its
+// `ConnectionRecord`, `ProbeSnapshot` its `Snapshot`, `ProbeCounters` its `Counters`), each
+// with only the fields the bench uses: the bench does not depend on the probe crate
+// (docs/architecture.md, "Glossary").
+
+/// The probe's `Counters`: packets and IP bytes (its link bytes are not read).
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
-pub struct Counters {
+pub struct ProbeCounters {
     pub packets: u64,
     pub ip_bytes: u64,
 }
 
+/// The probe's `Snapshot`: a connection's counters by direction.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
-pub struct Directions {
-    pub to_server: Counters,
-    pub to_client: Counters,
+pub struct ProbeSnapshot {
+    pub to_server: ProbeCounters,
+    pub to_client: ProbeCounters,
 }
 
-impl Directions {
+impl ProbeSnapshot {
     fn bytes(&self) -> u64 {
         self.to_server.ip_bytes + self.to_client.ip_bytes
     }
@@ -53,7 +61,7 @@ impl Directions {
     }
 }
 
-/// The fields of the probe's request record the bench uses.
+/// The probe's `RequestRecord` (GET /api/requests): the fields the bench uses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProbeRequest {
     pub client: SocketAddr,
@@ -67,13 +75,14 @@ pub struct ProbeRequest {
     pub is_final: bool,
 }
 
+/// The probe's `ConnectionRecord` (GET /api/connections): the fields the bench uses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProbeConnection {
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub requests: u32,
-    pub setup: Directions,
-    pub teardown: Directions,
+    pub setup: ProbeSnapshot,
+    pub teardown: ProbeSnapshot,
     #[serde(rename = "final")]
     pub is_final: bool,
 }
@@ -340,11 +349,11 @@ mod tests {
 
     #[test]
     fn overheads_of_shared_connections_are_added_once() {
-        let c = Counters {
+        let c = ProbeCounters {
             packets: 2,
             ip_bytes: 100,
         };
-        let d = Directions {
+        let d = ProbeSnapshot {
             to_server: c,
             to_client: c,
         };

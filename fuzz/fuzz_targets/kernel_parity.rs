@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Mutex, OnceLock};
-use tokenwire_probe::backend::ebpf::LinkKind;
+use tokenwire_probe::backend::ebpf_object::LinkKind;
 use tokenwire_probe::backend::kernel_run::KernelRun;
 
 fn kernel() -> &'static Mutex<KernelRun> {

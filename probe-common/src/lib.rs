@@ -10,6 +10,8 @@
 extern crate std;
 
 pub mod approach;
+#[cfg(feature = "launch")]
+pub mod launch;
 #[cfg(feature = "spans")]
 pub mod spans;
 

@@ -26,7 +26,7 @@ pub struct Cli {
 pub enum Command {
     /// Capture live and print a table per flow and direction every --interval and on exit
     /// (SIGINT/SIGTERM or --duration).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Read a capture file (pcap from tcpdump -w, or pcapng from tshark/Wireshark) and print
     /// the same table (or JSON lines) as a live run. A truncated or corrupt file prints
     /// the totals up to the broken packet, then says where it broke (exit status 1).
@@ -195,8 +195,9 @@ pub struct RunArgs {
     /// pcap: capture only the labelled ports (a filter built from the labels).
     #[arg(long, conflicts_with = "filter")]
     pub filter_labelled: bool,
-    /// Server port to approach name, e.g. 9000=my-server (repeatable). Defaults:
-    /// 11435=raw_api 8080=sse 4433=webtransport 11434=upstream.
+    /// Server port to approach name, e.g. 9000=my-server (repeatable). Defaults: each
+    /// approach's port and label (11435=raw_api 8080=sse 4433=webtransport; the registry
+    /// in docs/architecture.md) and 11434=upstream.
     #[arg(long = "label")]
     pub labels: Vec<String>,
     /// Where to serve GET /metrics, /api/requests, /api/connections, /api/flows and
@@ -243,6 +244,12 @@ pub struct RunArgs {
     /// --spans` next to a capture taken at the same time).
     #[arg(long)]
     pub spans_log: Option<PathBuf>,
+    /// Once attached, serving and receiving spans, write FILE (atomically: whole or not
+    /// at all): one JSON object with `pid`, `backend`, `interfaces`, `api` (the address it
+    /// serves on, null with --no-listen) and `spans` (the socket, null with --no-spans).
+    /// What launchers wait for, rather than reading the log.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
 }
 
 impl RunArgs {

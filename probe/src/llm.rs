@@ -63,18 +63,32 @@ impl Family {
             Family::OpenAiCompletions => "openai_completions",
         }
     }
+
+    /// The family whose label is `label`.
+    pub fn from_label(label: &str) -> Option<Family> {
+        Self::ALL.into_iter().find(|f| f.label() == label)
+    }
+
+    /// `gen_ai.operation.name` and `gen_ai.provider.name` of its API.
+    pub fn gen_ai_names(self) -> (&'static str, &'static str) {
+        match self {
+            Family::OllamaChat => ("chat", "ollama"),
+            Family::OllamaGenerate => ("text_completion", "ollama"),
+            Family::OpenAiChat => ("chat", "openai"),
+            Family::OpenAiCompletions => ("text_completion", "openai"),
+        }
+    }
 }
 
 /// `gen_ai.operation.name` and `gen_ai.provider.name` (OpenTelemetry GenAI semantic
-/// conventions) for a record's approach: the passive families by their API, the span-fed
-/// companions as the Ollama chat they relay.
+/// conventions) for a record's approach: a passive record's by its family's API. A span-fed
+/// record's approach is its server's own label (the companions' registry labels, or any
+/// other server's), which names no API: every companion relays Ollama's `/api/chat`, so
+/// span-fed records count as Ollama chat.
 pub fn gen_ai_names(approach: &str) -> (&'static str, &'static str) {
-    match approach {
-        "ollama_generate" => ("text_completion", "ollama"),
-        "openai_chat" => ("chat", "openai"),
-        "openai_completions" => ("text_completion", "openai"),
-        _ => ("chat", "ollama"),
-    }
+    Family::from_label(approach)
+        .unwrap_or(Family::OllamaChat)
+        .gen_ai_names()
 }
 
 /// What a passively read request showed beyond the fields every record has.

@@ -31,7 +31,7 @@ fn real_main() -> Result<()> {
         .with_env_filter(filter)
         .init();
     let args = match Cli::parse().command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::Analyze(args) => return analyze(args),
         Command::KernelBench(args) => return kernel_bench(args),
     };
@@ -69,28 +69,36 @@ async fn run(args: RunArgs) -> Result<()> {
         eprintln!("tokenwire-probe: {notice}");
     }
     let mut engine = Engine::new(opened.backend, labels, args.engine_options());
-    let names: Vec<&str> = engine
-        .interfaces()
-        .iter()
-        .map(|(_, n)| n.as_str())
-        .collect();
+    let names: Vec<String> = engine.interfaces().iter().map(|(_, n)| n.clone()).collect();
     eprintln!(
         "tokenwire-probe: backend {} on {}",
         engine.backend().name(),
         names.join(", ")
     );
     let (ask_tx, mut ask_rx) = tokio::sync::mpsc::channel::<Ask>(16);
-    let _api = match listener {
+    let (_api, api_addr) = match listener {
         Some(l) => {
             let addr = l.local_addr().context("reading the listen address")?;
             engine.exclude(addr);
             eprintln!("tokenwire-probe: serving http://{addr}/metrics and /api/requests");
-            Some(AbortOnDrop(tokio::spawn(api::serve(l, ask_tx))))
+            let task = AbortOnDrop(tokio::spawn(api::serve(l, ask_tx)));
+            (Some(task), Some(addr))
         }
-        None => None,
+        None => (None, None),
     };
     if let Some(s) = &span_socket {
         eprintln!("tokenwire-probe: receiving spans on {}", s.path().display());
+    }
+    if let Some(path) = &args.ready_file {
+        let ready = serde_json::json!({
+            "pid": std::process::id(),
+            "backend": engine.backend().name(),
+            "interfaces": names,
+            "api": api_addr.map(|a| a.to_string()),
+            "spans": span_socket.as_ref().map(|s| s.path().display().to_string()),
+        });
+        write_atomically(path, ready.to_string().as_bytes())
+            .with_context(|| format!("writing {} (--ready-file)", path.display()))?;
     }
     let mut spans_log = match &args.spans_log {
         Some(p) => Some(
@@ -176,6 +184,15 @@ async fn run(args: RunArgs) -> Result<()> {
     engine.poll(Instant::now())?;
     emit(&engine, snapshot + 1, true);
     Ok(())
+}
+
+/// Writes `path` whole or not at all (a temporary file renamed over it): a reader polling
+/// for it never sees half of it.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Aborts a spawned task when dropped.

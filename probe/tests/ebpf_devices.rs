@@ -211,36 +211,28 @@ fn tun_without_link_header_matches_tcpdump() {
         line.clear();
         assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
     }
-    let probe = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            env!("CARGO_BIN_EXE_tokenwire-probe"),
-            "run",
-            "--no-listen",
-            "--no-spans",
-            "--iface",
-            &tun,
-            "--json",
-            "--duration",
-            "3",
-            "--interval",
-            "10",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    // Send once the probe is attached (its ready file; the verifier takes its time).
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns,
+        env!("CARGO_BIN_EXE_tokenwire-probe"),
+        "run",
+        "--no-listen",
+        "--no-spans",
+        "--iface",
+        &tun,
+        "--json",
+        "--duration",
+        "3",
+        "--interval",
+        "10",
+    ])
+    .stdout(std::process::Stdio::piped());
+    let mut probe = tokenwire_probe_common::launch::ProbeLaunch::new(cmd)
+        .start()
         .unwrap();
-    // Send once the probe is attached: it says so on stderr (the verifier takes its time).
-    let mut probe = probe;
-    let mut probe_err = std::io::BufReader::new(probe.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("backend ") {
-        said.clear();
-        let n = std::io::BufRead::read_line(&mut probe_err, &mut said).unwrap();
-        assert!(n > 0, "the probe exited before attaching");
-    }
     // 30 UDP datagrams out of the TUN (egress) and their echoes written back (ingress).
     let sender = Command::new("ip")
         .args(["netns", "exec", &ns, "python3", "-c"])
@@ -248,10 +240,16 @@ fn tun_without_link_header_matches_tcpdump() {
         .status()
         .unwrap();
     assert!(sender.success());
-    let out = probe.wait_with_output().unwrap();
-    let mut probe_rest = String::new();
-    probe_err.read_to_string(&mut probe_rest).unwrap();
-    assert!(out.status.success(), "{said}{probe_rest}");
+    let mut stdout = String::new();
+    probe
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = probe.child.wait().unwrap();
+    assert!(status.success(), "the probe exited with {status}");
     Command::new("kill")
         .args(["-INT", &dump.id().to_string()])
         .status()
@@ -278,7 +276,7 @@ fn tun_without_link_header_matches_tcpdump() {
     let _ = std::fs::remove_file(&pcap);
     // The probe's final JSON snapshot.
     let mut seen = BTreeMap::new();
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
+    for l in stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         if v["final"] != true || v.get("health").is_some() {
             continue;

@@ -10,7 +10,7 @@ mod common;
 
 use common::require_root;
 use rand::{Rng, SeedableRng};
-use tokenwire_probe::backend::ebpf::LinkKind;
+use tokenwire_probe::backend::ebpf_object::LinkKind;
 use tokenwire_probe::backend::kernel_run::{KernelRun, bench_packets};
 use tokenwire_probe::packet::build::{ethernet, tcp4, tcp6, udp4};
 

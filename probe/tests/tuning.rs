@@ -107,7 +107,7 @@ async fn lean_settings_cost_fewer_bytes_and_packets_and_coalescing_fewer_packets
         ..RelayOptions::default()
     };
     let mut lean_opts = base.clone();
-    Tuning::lean().apply_server(&mut lean_opts);
+    lean_opts.apply_tuning(&Tuning::lean());
     let coalesce_opts = RelayOptions {
         coalesce: Duration::from_millis(70),
         ..base.clone()

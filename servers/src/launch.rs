@@ -7,6 +7,7 @@ use crate::raw::RawProxy;
 use crate::spans::SpanSink;
 use crate::sse_relay::SseRelay;
 use crate::stats::Stats;
+use crate::tuning::{AckFrequency, Knob, LEAN_ACK_FREQUENCY, LEAN_SERVER_CID_LEN, Tuning};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::wt_relay::WtRelay;
 use std::net::SocketAddr;
@@ -74,7 +75,7 @@ pub struct RelayOptions {
     pub page: Option<crate::page::PageLinks>,
     /// The ACK frequency the WebTransport server asks its clients for (`None`: it asks
     /// nothing; [`crate::tuning::Knob::AckFrequency`]).
-    pub quic_ack_frequency: Option<crate::tuning::AckFrequency>,
+    pub quic_ack_frequency: Option<AckFrequency>,
     /// The relays (sse, wt) send the tokens arriving within this long of the first unsent
     /// one together ([`crate::coalesce`]); zero sends each as it arrives.
     pub coalesce: Duration,
@@ -108,6 +109,21 @@ impl Default for RelayOptions {
             quic_ack_frequency: None,
             coalesce: Duration::ZERO,
             tcp_notsent_lowat: None,
+        }
+    }
+}
+
+impl RelayOptions {
+    /// The server's knobs of `tuning` on these options (docs/wire-efficiency.md).
+    pub fn apply_tuning(&mut self, tuning: &Tuning) {
+        if tuning.has(Knob::ServerCid4) {
+            self.quic_cid_len = LEAN_SERVER_CID_LEN;
+        }
+        if tuning.has(Knob::NoEcn) {
+            self.quic_ecn = false;
+        }
+        if tuning.has(Knob::AckFrequency) {
+            self.quic_ack_frequency = Some(LEAN_ACK_FREQUENCY);
         }
     }
 }
@@ -379,4 +395,21 @@ pub async fn start_wt(
         task,
         page: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lean_sets_the_servers_knobs_and_default_none() {
+        let mut opts = RelayOptions::default();
+        opts.apply_tuning(&Tuning::standard());
+        assert_eq!(opts.quic_cid_len, DEFAULT_QUIC_CID_LEN);
+        assert!(opts.quic_ecn && opts.quic_ack_frequency.is_none());
+        opts.apply_tuning(&Tuning::lean());
+        assert_eq!(opts.quic_cid_len, 4);
+        assert!(!opts.quic_ecn);
+        assert_eq!(opts.quic_ack_frequency, Some(LEAN_ACK_FREQUENCY));
+    }
 }

@@ -276,7 +276,7 @@ impl RelayTuning {
             coalesce: Duration::from_millis(self.coalesce_ms),
             tcp_notsent_lowat: self.tcp_notsent_lowat,
         };
-        self.tuning.apply_server(&mut opts);
+        opts.apply_tuning(&self.tuning);
         if !self.tuning.knobs.is_empty() || self.coalesce_ms > 0 {
             tracing::info!(
                 tuning = %self.tuning,
@@ -309,6 +309,11 @@ struct CommonArgs {
     /// Seconds in-flight streams get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     grace_secs: u64,
+    /// Once every server listens, write FILE (atomically: whole or not at all): one JSON
+    /// object, `pid` and `servers` (each server's name, `model` or the approach's, to its
+    /// URL). What launchers wait for, rather than reading the log.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -343,6 +348,7 @@ async fn run(command: Command) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut running: Vec<Running> = Vec::new();
     let grace;
+    let ready_file;
     match command {
         Command::Model {
             listen,
@@ -350,6 +356,7 @@ async fn run(command: Command) -> Result<()> {
             common,
         } => {
             grace = Duration::from_secs(common.grace_secs);
+            ready_file = common.ready_file.clone();
             running.push(
                 launch::start_model(listen, model.config()?, shutdown.clone(), grace)
                     .await?
@@ -362,6 +369,7 @@ async fn run(command: Command) -> Result<()> {
             args: CompanionArgs { relay, common },
         }) => {
             grace = Duration::from_secs(common.grace_secs);
+            ready_file = common.ready_file.clone();
             running.push(companion(approach, listen, &relay, &shutdown, grace).await?);
         }
         Command::All {
@@ -374,6 +382,7 @@ async fn run(command: Command) -> Result<()> {
             common,
         } => {
             grace = Duration::from_secs(common.grace_secs);
+            ready_file = common.ready_file.clone();
             let id = identity(&relay.certs)?;
             if reference {
                 model.openai_format = OpenAiFormat::Legacy;
@@ -426,8 +435,23 @@ async fn run(command: Command) -> Result<()> {
         .iter()
         .map(|r| format!("{} {}", r.name, r.url))
         .collect();
-    // One line on stdout for scripts (cargo xtask demo waits for it).
+    // One line on stdout for people and scripts; launchers wait for --ready-file.
     println!("tokenwire-servers ready: {}", urls.join(", "));
+    if let Some(path) = &ready_file {
+        // A name's first server (with --reference, sse's IPv4 one, not its [::1] twin).
+        let mut servers = serde_json::Map::new();
+        for r in &running {
+            servers
+                .entry(r.name)
+                .or_insert_with(|| r.url.clone().into());
+        }
+        let ready = serde_json::json!({ "pid": std::process::id(), "servers": servers });
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, ready.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing {} (--ready-file)", path.display()))?;
+    }
     wait_for_signal().await;
     tracing::info!(
         grace_secs = grace.as_secs(),

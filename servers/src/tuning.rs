@@ -131,19 +131,6 @@ impl Tuning {
     pub fn has(&self, knob: Knob) -> bool {
         self.knobs.contains(&knob)
     }
-
-    /// The server's knobs, on the relays' options.
-    pub fn apply_server(&self, opts: &mut crate::launch::RelayOptions) {
-        if self.has(Knob::ServerCid4) {
-            opts.quic_cid_len = LEAN_SERVER_CID_LEN;
-        }
-        if self.has(Knob::NoEcn) {
-            opts.quic_ecn = false;
-        }
-        if self.has(Knob::AckFrequency) {
-            opts.quic_ack_frequency = Some(LEAN_ACK_FREQUENCY);
-        }
-    }
 }
 
 impl Default for Tuning {
@@ -168,7 +155,6 @@ pub fn tcp_timestamps_on() -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::RelayOptions;
 
     #[test]
     fn names_parse_back() {
@@ -179,17 +165,5 @@ mod tests {
         assert!(Tuning::parse("default").unwrap().knobs.is_empty());
         let e = Tuning::parse("fast").unwrap_err().to_string();
         assert!(e.contains("client-cid0") && e.contains("\"fast\""), "{e}");
-    }
-
-    #[test]
-    fn lean_sets_the_servers_knobs_and_default_none() {
-        let mut opts = RelayOptions::default();
-        Tuning::standard().apply_server(&mut opts);
-        assert_eq!(opts.quic_cid_len, crate::launch::DEFAULT_QUIC_CID_LEN);
-        assert!(opts.quic_ecn && opts.quic_ack_frequency.is_none());
-        Tuning::lean().apply_server(&mut opts);
-        assert_eq!(opts.quic_cid_len, 4);
-        assert!(!opts.quic_ecn);
-        assert_eq!(opts.quic_ack_frequency, Some(LEAN_ACK_FREQUENCY));
     }
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use common::{stack_with, trust};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokenwire_bench::approach::Approach;
@@ -14,6 +13,7 @@ use tokenwire_bench::record::Failure;
 use tokenwire_bench::report::summarise;
 use tokenwire_bench::runner::{RunConfig, run};
 use tokenwire_bench::workload::{default_prompts, jobs};
+use tokenwire_probe_common::launch::ServersLaunch;
 use tokenwire_servers::launch::RelayOptions;
 use tokenwire_servers::model::{ModelConfig, Timing};
 
@@ -106,42 +106,21 @@ async fn reuse_keeps_one_connection_fresh_opens_one_per_request() {
 async fn a_server_killed_mid_run_is_reported_and_the_run_carries_on() {
     let id = common::identity();
     let certs_dir = id.cert_path.parent().unwrap().to_owned();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwire-servers"))
-        .args(["all", "--speed", "10", "--mean-tokens", "200"])
-        .args([
-            "--model-listen",
-            "127.0.0.1:0",
-            "--raw-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--sse-listen", "127.0.0.1:0", "--wt-listen", "127.0.0.1:0"])
-        .arg("--certs")
+    // Every approach's companion on a port of the kernel's choosing: `--NAME-listen`.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenwire-servers"));
+    cmd.args(["all", "--speed", "10", "--mean-tokens", "200"])
+        .args(["--model-listen", "127.0.0.1:0"]);
+    for a in Approach::ALL {
+        cmd.arg(format!("--{a}-listen")).arg("127.0.0.1:0");
+    }
+    cmd.arg("--certs")
         .arg(&certs_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    // "tokenwire-servers ready: model http://A, raw https://B, sse https://C/chat, wt https://D/wt"
-    let url = |name: &str| {
-        ready
-            .split(", ")
-            .find_map(|part| {
-                part.rsplit(": ")
-                    .next()
-                    .unwrap()
-                    .strip_prefix(&format!("{name} "))
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| panic!("no {name} in {ready:?}"))
-    };
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut servers = ServersLaunch::new(cmd).start().unwrap();
     let targets = Approach::ALL.into_iter().fold(Targets::default(), |t, a| {
-        let url = url(a.as_str());
+        let url = &servers.ready.servers[a.as_str()];
         let addr = url
-            .trim()
             .trim_start_matches("https://")
             .trim_end_matches(a.path());
         t.with(a, addr.parse().unwrap())
@@ -150,7 +129,7 @@ async fn a_server_killed_mid_run_is_reported_and_the_run_carries_on() {
     cfg.approaches = vec![Approach::Sse];
     cfg.timeout = Duration::from_secs(5);
     // Each answer takes ~0.7 s: kill the servers during the third.
-    let pid = child.id();
+    let pid = servers.child.id();
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1900)).await;
         Command::new("kill")
@@ -160,7 +139,7 @@ async fn a_server_killed_mid_run_is_reported_and_the_run_carries_on() {
     });
     let r = run(&cfg).await.remove(0);
     killer.await.unwrap();
-    let _ = child.wait();
+    let _ = servers.child.wait();
     assert_eq!(r.records.len(), 8, "every job has a record");
     let ok = r.records.iter().filter(|r| r.ok()).count();
     assert!((1..8).contains(&ok), "{ok} of 8 succeeded");

@@ -146,19 +146,13 @@ async fn streams_past_the_per_session_limit_wait_their_turn() {
     let one = |prompt: &'static str| {
         let session = session.clone();
         async move {
-            let (mut send, mut recv) = session.open_bi().await.unwrap().await.unwrap();
-            let opened = t0.elapsed();
-            send.write_all(&tokenwire_servers::protocol::framing::encode(
-                prompt.as_bytes(),
-            ))
+            let mut opened = Duration::ZERO;
+            let n = tokenwire_bench::client::wt::exchange(&session, prompt, || {
+                opened = t0.elapsed();
+                async {}
+            })
             .await
             .unwrap();
-            send.finish().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            while let Some(k) = recv.read(&mut buf).await.unwrap() {
-                n += k;
-            }
             assert!(n > 0);
             (opened, t0.elapsed())
         }

@@ -69,13 +69,13 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new("target/release/tokenwire-servers")
+        let mut child = Command::new(crate::release_bin("tokenwire-servers"))
             .args(args)
             .env("RUST_LOG", "warn,tokenwire_servers=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting target/release/tokenwire-servers")?;
+            .context("starting the release tokenwire-servers")?;
         let stderr = child.stderr.take().context("the servers' stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         for line in lines.by_ref() {
@@ -372,7 +372,7 @@ pub fn run(
                 .transpose()?;
             let machine0 = crate::observe::machine_ticks();
             let started = Instant::now();
-            let mut bench = Command::new("target/release/tokenwire-bench")
+            let mut bench = Command::new(crate::release_bin("tokenwire-bench"))
                 .args([
                     "run",
                     "--reuse",
@@ -389,7 +389,7 @@ pub fn run(
                 .arg(&json)
                 .stdout(Stdio::null())
                 .spawn()
-                .context("starting target/release/tokenwire-bench")?;
+                .context("starting the release tokenwire-bench")?;
             let bench_pid = bench.id();
             let (mut bench_cpu, mut bench_rss, mut relay_rss) = (0.0, 0u64, 0u64);
             let (mut window, mut window_at, mut machine_peak) = (machine0, Instant::now(), 0.0f64);

@@ -1,82 +1,48 @@
 //! `cargo xtask demo`: the probe, the model and the companions, and the bench through them.
 
 use crate::{bin, run};
-use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use anyhow::Result;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokenwire_probe_common::launch::{ProbeLaunch, RunningProbe, ServersLaunch};
 
 /// The probe as the demo runs it: eBPF when it can, else pcap; `None` (with the reason
-/// printed) when neither can capture here.
-pub(crate) fn start_probe() -> Option<Child> {
-    let mut child = match Command::new(bin("tokenwire-probe"))
-        .args(["run", "--quiet", "--backend", "auto"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
+/// printed) when neither can capture here. Its log goes to stderr.
+fn start_probe() -> Option<RunningProbe> {
+    let mut cmd = Command::new(bin("tokenwire-probe"));
+    cmd.args(["run", "--quiet", "--backend", "auto"])
+        .stdout(Stdio::null());
+    match ProbeLaunch::new(cmd).echo(true).start() {
+        Ok(p) => Some(p),
         Err(e) => {
             eprintln!(
-                "xtask: cannot start tokenwire-probe ({e}); the demo runs without wire figures"
+                "xtask: {e}; the demo runs without wire figures (run it as root for eBPF or libpcap)"
             );
-            return None;
+            None
         }
-    };
-    let stderr = child.stderr.take()?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut said = Vec::new();
-    while let Some(Ok(line)) = lines.next() {
-        println!("{line}");
-        if line.contains("receiving spans on") {
-            // Keep its stderr flowing to ours.
-            std::thread::spawn(move || {
-                for line in lines.map_while(Result::ok) {
-                    eprintln!("{line}");
-                }
-            });
-            return Some(child);
-        }
-        said.push(line);
     }
-    let _ = child.wait();
-    eprintln!(
-        "xtask: the probe could not start ({}); the demo runs without wire figures (run it as root for eBPF or libpcap)",
-        said.last().map_or("no reason given", String::as_str)
-    );
-    None
 }
 
 pub(crate) fn demo(prompts: usize, mean_tokens: u32, speed: f64, linger: u64) -> Result<()> {
     let mut probe = start_probe();
-    let mut servers = Command::new(bin("tokenwire-servers"))
-        .args(["all", "--speed", &speed.to_string(), "--grace-secs", "5"])
+    let mut cmd = Command::new(bin("tokenwire-servers"));
+    cmd.args(["all", "--speed", &speed.to_string(), "--grace-secs", "5"])
         .args(["--mean-tokens", &mean_tokens.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::inherit())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .spawn()
-        .context("starting tokenwire-servers")?;
-    let result = (|| {
-        let stdout = servers.stdout.take().context("servers' stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let started = Instant::now();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.starts_with("tokenwire-servers ready") => {
-                    println!("{line}");
-                    break;
-                }
-                Some(Ok(_)) => {}
-                _ => bail!("tokenwire-servers exited before it was ready (is a port in use?)"),
+        );
+    let mut servers = match ServersLaunch::new(cmd).echo(true).start() {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(p) = probe.as_mut() {
+                p.stop("INT");
             }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("tokenwire-servers not ready after 60 s");
-            }
+            return Err(anyhow::anyhow!("{e} (is a port in use?)"));
         }
+    };
+    let result = (|| {
         let mut bench = Command::new(bin("tokenwire-bench"));
         bench.args(["run", "--reuse", "--limit", &prompts.to_string()]);
         if probe.is_none() {
@@ -99,11 +65,9 @@ pub(crate) fn demo(prompts: usize, mean_tokens: u32, speed: f64, linger: u64) ->
         Ok(())
     })();
     // SIGINT: the servers finish in-flight streams and exit; the probe prints its table.
-    for child in std::iter::once(&mut servers).chain(probe.as_mut()) {
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
+    servers.stop("INT");
+    if let Some(p) = probe.as_mut() {
+        p.stop("INT");
     }
     result
 }

@@ -9,7 +9,6 @@
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -149,34 +148,23 @@ impl Fleet {
             ])
             .arg("--spans")
             .arg(&spans)
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(log("servers.log")?)
             .env("RUST_LOG", "warn");
+        let ready = dir.join("servers.ready");
+        servers.arg("--ready-file").arg(&ready);
         self.spawn(format!("{}'s servers", node_name(n)), &mut servers)?;
-        let out = self
-            .children
-            .last_mut()
-            .and_then(|(_, c)| c.stdout.take())
-            .context("the servers' stdout")?;
-        // Their stdout is read on a thread of its own (and drained to the end, so they
-        // never block on it); the ready line must come within 60 s.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut ready = Some(ready_tx);
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line.starts_with("tokenwire-servers ready")
-                    && let Some(tx) = ready.take()
-                {
-                    let _ = tx.send(());
-                }
+        // Ready once their ready file is there (written whole, when every server listens).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{}'s servers were not ready within 60 s (servers.log in {})",
+                    node_name(n),
+                    dir.display()
+                );
             }
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            bail!(
-                "{}'s servers were not ready within 60 s (servers.log in {})",
-                node_name(n),
-                dir.display()
-            );
+            std::thread::sleep(Duration::from_millis(50));
         }
 
         let config = dir.join("prometheus.yml");

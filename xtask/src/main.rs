@@ -312,10 +312,18 @@ fn build_binaries() -> Result<()> {
     ]))
 }
 
+/// A debug build's binary, in `CARGO_TARGET_DIR` (default `target`).
 pub(crate) fn bin(name: &str) -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    target.join("debug").join(name)
+    target_dir().join("debug").join(name)
+}
+
+/// A release build's binary, in `CARGO_TARGET_DIR` (default `target`).
+pub(crate) fn release_bin(name: &str) -> PathBuf {
+    target_dir().join("release").join(name)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
 }
 
 fn certs(force: bool) -> Result<()> {

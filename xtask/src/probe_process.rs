@@ -3,55 +3,38 @@
 //! its /metrics, and stopped (SIGINT) when dropped.
 
 use anyhow::{Context, Result};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use tokenwire_probe_common::launch::{ProbeLaunch, RunningProbe};
 
 pub struct Probe {
-    child: Child,
+    running: RunningProbe,
     api: SocketAddr,
     dir: PathBuf,
 }
 
 impl Probe {
     /// Starts the probe with `backend` (`ebpf` or `pcap`) and `extra` arguments, and
-    /// returns once it receives spans.
+    /// returns once it is ready (its ready file: the one launcher, probe-common's).
     pub fn start(backend: &str, extra: &[&str]) -> Result<Self> {
         let dir =
             std::env::temp_dir().join(format!("tokenwire-xtask-probe-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut child = Command::new("target/release/tokenwire-probe")
-            .args(["run", "--iface", "lo", "--backend", backend, "--quiet"])
+        let mut cmd = Command::new(crate::release_bin("tokenwire-probe"));
+        cmd.args(["run", "--iface", "lo", "--backend", backend, "--quiet"])
             .args(["--interval", "3600", "--listen", "127.0.0.1:0", "--spans"])
             .arg(dir.join("spans.sock"))
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting target/release/tokenwire-probe")?;
-        let stderr = child.stderr.take().context("the probe's stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let mut api = None;
-        for line in lines.by_ref() {
-            let line = line?;
-            if let Some(rest) = line.split("serving http://").nth(1) {
-                api = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-            if line.contains("receiving spans on") {
-                break;
-            }
-        }
-        // Keep draining; warnings (rejected spans, a full map) are worth seeing.
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if line.contains("WARN") || line.contains("ERROR") {
-                    eprintln!("  probe: {line}");
-                }
-            }
-        });
-        let api = api.context("the probe did not say where it serves")?;
-        Ok(Self { child, api, dir })
+            .stdout(Stdio::null());
+        let running = ProbeLaunch::new(cmd)
+            .start()
+            .context("starting the release tokenwire-probe")?;
+        Ok(Self {
+            api: running.api(),
+            running,
+            dir,
+        })
     }
 
     /// The socket servers send their spans to.
@@ -60,7 +43,7 @@ impl Probe {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.running.child.id()
     }
 
     /// Its Prometheus exposition now.
@@ -75,7 +58,7 @@ impl Probe {
 
     /// Resident and peak resident set size, KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let pid = self.child.id();
+        let pid = self.running.child.id();
         (
             crate::observe::status_kib(pid, "VmRSS:"),
             crate::observe::status_kib(pid, "VmHWM:"),
@@ -100,10 +83,7 @@ pub fn span_counts(text: &str) -> (u64, Vec<(String, u64)>) {
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        self.running.stop("INT");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

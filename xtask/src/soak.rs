@@ -5,9 +5,9 @@
 //! whether both stayed flat (the last samples within 10% of those after the first minute).
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tokenwire_probe_common::launch::{ProbeLaunch, RunningProbe, RunningServers, ServersLaunch};
 
 const API: &str = "127.0.0.1:19464";
 
@@ -21,72 +21,48 @@ fn metric(name: &str) -> u64 {
     crate::observe::metrics(api).map_or(0, |text| crate::observe::sample(&text, name))
 }
 
-struct Stop(Vec<Child>);
+/// Stops the probe and the servers (SIGINT) when dropped.
+struct Stop(RunningProbe, RunningServers);
 
 impl Drop for Stop {
     fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-INT", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
+        self.1.stop("INT");
+        self.0.stop("INT");
     }
-}
-
-fn wait_for(child: &mut Child, word: &str, what: &str) -> Result<()> {
-    let Some(out) = child.stderr.take() else {
-        return Ok(());
-    };
-    let mut lines = BufReader::new(out).lines();
-    for line in lines.by_ref() {
-        if line?.contains(word) {
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok(());
-        }
-    }
-    bail!("{what} exited before it was ready")
 }
 
 pub fn run(minutes: f64) -> Result<()> {
     let spans = std::env::temp_dir().join(format!("tokenwire-soak-{}", std::process::id()));
     let spans_sock = spans.join("spans.sock");
-    let mut probe = Command::new(crate::bin("tokenwire-probe"))
-        .args(["run", "--quiet", "--backend", "auto", "--listen", API])
+    let mut cmd = Command::new(crate::bin("tokenwire-probe"));
+    cmd.args(["run", "--quiet", "--backend", "auto", "--listen", API])
         .args(["--idle-timeout", "30", "--closed-timeout", "5", "--spans"])
         .arg(&spans_sock)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stdout(Stdio::null());
+    let mut probe = ProbeLaunch::new(cmd)
+        .start()
         .context("starting tokenwire-probe")?;
-    wait_for(&mut probe, "receiving spans on", "tokenwire-probe")?;
-    let pid = probe.id();
-    let mut servers = Command::new(crate::bin("tokenwire-servers"))
-        .args([
-            "all",
-            "--speed",
-            "4",
-            "--mean-tokens",
-            "120",
-            "--grace-secs",
-            "2",
-        ])
-        .env("TOKENWIRE_SPANS", &spans_sock)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting tokenwire-servers")?;
-    let out = servers.stdout.take().context("servers' stdout")?;
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("tokenwire-servers ready") => break,
-            Some(Ok(_)) => {}
-            _ => bail!("tokenwire-servers exited before it was ready (is a port in use?)"),
+    let pid = probe.child.id();
+    let mut cmd = Command::new(crate::bin("tokenwire-servers"));
+    cmd.args([
+        "all",
+        "--speed",
+        "4",
+        "--mean-tokens",
+        "120",
+        "--grace-secs",
+        "2",
+    ])
+    .env("TOKENWIRE_SPANS", &spans_sock)
+    .stdout(Stdio::null());
+    let servers = match ServersLaunch::new(cmd).start() {
+        Ok(s) => s,
+        Err(e) => {
+            probe.stop("INT");
+            bail!("{e} (is a port in use?)");
         }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    let _stop = Stop(vec![servers, probe]);
+    };
+    let _stop = Stop(probe, servers);
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(minutes * 60.0);
     let bench = crate::bin("tokenwire-bench");

@@ -254,3 +254,30 @@ impl WtClient {
         }
     }
 }
+
+/// One prompt as one bidirectional stream of `session`, its answer read to the end and
+/// neither timed nor parsed: the bytes it returned. `opened` runs once the stream is open,
+/// before the prompt goes (tests line streams up with it, or note when it opened).
+pub async fn exchange<F: std::future::Future<Output = ()>>(
+    session: &Connection,
+    prompt: &str,
+    opened: impl FnOnce() -> F,
+) -> Result<usize, ClientError> {
+    let wt = |e: &dyn std::fmt::Display| ClientError::Wt(e.to_string());
+    let (mut send, mut recv) = session
+        .open_bi()
+        .await
+        .map_err(|e| wt(&e))?
+        .await
+        .map_err(|e| wt(&e))?;
+    opened().await;
+    let frame = tokenwire_servers::protocol::framing::encode(prompt.as_bytes());
+    send.write_all(&frame).await.map_err(|e| wt(&e))?;
+    send.finish().await.map_err(|e| wt(&e))?;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while let Some(k) = recv.read(&mut buf).await.map_err(|e| wt(&e))? {
+        n += k;
+    }
+    Ok(n)
+}

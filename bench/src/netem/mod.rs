@@ -5,6 +5,8 @@
 #[cfg(target_os = "linux")]
 pub mod emulator;
 pub mod model;
+#[cfg(target_os = "linux")]
+pub mod netns;
 pub mod profile;
 #[cfg(target_os = "linux")]
 pub mod tun;

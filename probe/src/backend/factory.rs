@@ -1,9 +1,9 @@
 //! Choosing and opening a live backend from `--backend` and the platform.
 
 use super::capture::Backend;
-#[cfg(target_os = "linux")]
-use super::ebpf;
 use super::pcap;
+#[cfg(target_os = "linux")]
+use super::{ebpf, ebpf_object};
 
 /// Which live backend to use (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,7 +45,7 @@ pub struct LiveOptions {
 pub enum OpenError {
     #[cfg(target_os = "linux")]
     #[error(transparent)]
-    Ebpf(#[from] ebpf::EbpfError),
+    Ebpf(#[from] ebpf_object::EbpfError),
     #[error(transparent)]
     Pcap(#[from] pcap::PcapBackendError),
     #[error("the eBPF backend needs Linux; use --backend pcap")]
@@ -97,7 +97,7 @@ fn open_ebpf(opts: &LiveOptions) -> Result<Box<dyn Backend>, OpenError> {
         opts.bpf_stats,
         &ebpf::EbpfOptions {
             http_ports: opts.http_ports.clone(),
-            rings: ebpf::RingSizes {
+            rings: ebpf_object::RingSizes {
                 events: opts.event_ring_bytes,
                 passive: opts.passive_ring_bytes,
             },
@@ -120,7 +120,7 @@ fn auto(
             backend,
             notice: None,
         }),
-        Err(e @ OpenError::Ebpf(ebpf::EbpfError::NoInterface(_))) => Err(e),
+        Err(e @ OpenError::Ebpf(ebpf_object::EbpfError::NoInterface(_))) => Err(e),
         Err(e) => match pcap() {
             Ok(backend) => Ok(Opened {
                 backend,

@@ -2,7 +2,7 @@
 //! owned slot named through the slot-to-key map) and the small map of collided keys by
 //! full key. probe-common's `Fingerprint` says why a slot array.
 
-use super::ebpf::{EbpfError, Layout, chain};
+use super::ebpf_object::{EbpfError, Layout, chain};
 use crate::flow::{Counters, PacketKey};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use std::os::fd::{AsFd, OwnedFd};

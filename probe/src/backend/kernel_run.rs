@@ -9,7 +9,7 @@
 //! IP header; those come back as [`KernelRunError::Refused`].
 
 use super::accumulate::{Outcome, Unkeyed};
-use super::ebpf::{
+use super::ebpf_object::{
     EbpfError, Layout, LinkKind, chain, load_object, load_object_from, load_object_with,
     load_program,
 };

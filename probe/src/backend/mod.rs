@@ -13,6 +13,8 @@ pub mod accumulate;
 mod capture;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
+#[cfg(target_os = "linux")]
+pub mod ebpf_object;
 mod factory;
 #[cfg(target_os = "linux")]
 mod flow_maps;

@@ -11,11 +11,13 @@
 //! limits, and each thing not read is a counted outcome.
 
 mod conn;
+pub mod decoder;
 pub mod http;
 pub mod lines;
 mod ollama;
 mod openai;
 pub mod stream;
+mod track;
 mod whole;
 
 use crate::attribution::{Event, RequestRecord};

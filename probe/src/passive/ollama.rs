@@ -2,8 +2,8 @@
 //! a token per line with content (`message.content` or `message.thinking`, or `response`),
 //! and a final line with `done: true` and the server's counts.
 
+use super::decoder::{Decoder, Usage};
 use super::lines::Lines;
-use super::stream::{Decoder, Usage};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -4,8 +4,8 @@
 //! asked for it (`stream_options.include_usage`), and `data: [DONE]`. Both the current
 //! chunk format and the legacy one (every chunk with `role`) read the same.
 
+use super::decoder::{Decoder, Usage};
 use super::lines::Lines;
-use super::stream::{Decoder, Usage};
 use serde::Deserialize;
 use std::borrow::Cow;
 

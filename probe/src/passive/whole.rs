@@ -1,7 +1,7 @@
 //! A non-streamed answer: one JSON body (`stream: false`), Ollama's or OpenAI's, whose
 //! usage is read when it ends. Bounded: a body over [`MAX_BODY`] is not kept.
 
-use super::stream::{Decoder, Usage};
+use super::decoder::{Decoder, Usage};
 
 /// Most bytes of a non-streamed answer kept to read its usage.
 pub const MAX_BODY: usize = 1 << 20;

@@ -2,13 +2,14 @@
 //! own spans socket and API port, and a stack of servers sending spans to it.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokenwire_bench::client::Targets;
 use tokenwire_bench::client::tls::Trust;
+use tokenwire_probe_common::launch::{ProbeLaunch, RunningProbe};
 use tokenwire_servers::launch::RelayOptions;
 use tokenwire_servers::model::{ModelConfig, Timing};
 use tokenwire_servers::spans::SpanSink;
@@ -16,9 +17,10 @@ use tokenwire_servers::stack as servers;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokenwire-probe");
 
-/// A `tokenwire-probe run` process with its own spans socket and API port.
+/// A `tokenwire-probe run` process with its own spans socket and API port, started by the
+/// one launcher (`tokenwire_probe_common::launch`), which waits for its ready file.
 pub struct Probe {
-    child: Child,
+    running: RunningProbe,
     pub api: SocketAddr,
 }
 
@@ -37,44 +39,20 @@ impl Probe {
         cmd.args(["run", "--iface", "lo", "--backend", backend, "--quiet"])
             .args(["--interval", "3600", "--listen", "127.0.0.1:0", "--spans"])
             .arg(spans)
-            .args(extra);
+            .args(extra)
+            .stdout(Stdio::null());
         for l in labels {
             cmd.args(["--label", l]);
         }
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut api = None;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                err.read_line(&mut line).unwrap() > 0,
-                "the probe exited before it was ready"
-            );
-            if let Some(rest) = line.split("serving http://").nth(1) {
-                api = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-            if line.contains("receiving spans on") {
-                break;
-            }
-        }
-        // Keep draining stderr so the probe never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            let _ = err.read_to_string(&mut sink);
-        });
+        let running = ProbeLaunch::new(cmd).start().unwrap();
         Self {
-            child,
-            api: api.expect("the probe printed its API address"),
+            api: running.api(),
+            running,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.running.child.id()
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -134,10 +112,7 @@ impl Probe {
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        self.running.stop("TERM");
     }
 }
 
@@ -223,18 +198,9 @@ pub async fn wt_stream_together(
     prompt: &str,
     together: &tokio::sync::Barrier,
 ) -> usize {
-    let (mut send, mut recv) = session.open_bi().await.unwrap().await.unwrap();
-    together.wait().await;
-    send.write_all(&tokenwire_servers::protocol::framing::encode(
-        prompt.as_bytes(),
-    ))
+    tokenwire_bench::client::wt::exchange(session, prompt, || async {
+        together.wait().await;
+    })
     .await
-    .unwrap();
-    send.finish().await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut n = 0;
-    while let Some(k) = recv.read(&mut buf).await.unwrap() {
-        n += k;
-    }
-    n
+    .unwrap()
 }

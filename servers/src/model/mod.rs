@@ -6,6 +6,7 @@
 pub mod api;
 pub mod corpus;
 pub mod cors;
+mod encode;
 pub mod generation;
 mod server;
 

@@ -2,12 +2,16 @@
 //! /api/flows (JSON) and /healthz. Handlers own nothing: each request becomes a [`Query`]
 //! for the capture loop, which owns the flow table and answers with fresh figures.
 
+use crate::web_config::WebConfig;
+use crate::web_tls::{self, Acceptor};
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::collections::HashSet;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -123,14 +127,112 @@ pub fn loopback_origin(origin: &str) -> bool {
         })
 }
 
-async fn handle(req: http::Request<Incoming>, tx: mpsc::Sender<Ask>) -> Response<Full<Bytes>> {
+/// Who may ask what: the web configuration's basic auth, and whether /api/* is served.
+pub struct Gate {
+    pub web: WebConfig,
+    /// Serve /api/requests, /api/connections and /api/flows (off: `--metrics-only`).
+    pub api: bool,
+    /// `Authorization` values that verified (bcrypt is slow; a scraper sends the same one
+    /// every time). Bounded.
+    verified: Mutex<HashSet<String>>,
+}
+
+/// Verified `Authorization` values kept.
+const VERIFIED_MAX: usize = 64;
+
+impl Gate {
+    pub fn new(web: WebConfig, api: bool) -> Self {
+        Self {
+            web,
+            api,
+            verified: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Open: no basic auth, every endpoint.
+    pub fn open() -> Self {
+        Self::new(WebConfig::default(), true)
+    }
+
+    /// Whether a request with this `Authorization` header may be answered.
+    async fn allows(self: &Arc<Self>, authorization: Option<String>) -> bool {
+        if !self.web.needs_auth() {
+            return true;
+        }
+        let Some(value) = authorization else {
+            return false;
+        };
+        let known = |g: &Gate| {
+            g.verified
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&value)
+        };
+        if known(self) {
+            return true;
+        }
+        let (gate, v) = (self.clone(), value.clone());
+        // Off the capture loop's thread: a bcrypt check takes tens of milliseconds.
+        let ok = tokio::task::spawn_blocking(move || gate.web.authorized(Some(&v)))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let mut set = self
+                .verified
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if set.len() >= VERIFIED_MAX {
+                set.clear();
+            }
+            set.insert(value);
+        }
+        ok
+    }
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(
+        b"{\"error\":\"unauthorized\"}",
+    )));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"tokenwire-probe\""),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(JSON_TYPE),
+    );
+    r
+}
+
+async fn handle(
+    req: http::Request<Incoming>,
+    tx: mpsc::Sender<Ask>,
+    gate: Arc<Gate>,
+) -> Response<Full<Bytes>> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if !gate.allows(authorization).await {
+        return unauthorized();
+    }
     let origin = req
         .headers()
         .get(header::ORIGIN)
         .filter(|o| o.to_str().is_ok_and(loopback_origin))
         .cloned();
-    let answer = match route(req.method(), req.uri().path(), req.uri().query()) {
+    let routed = route(req.method(), req.uri().path(), req.uri().query());
+    let answer = match routed {
         Err(a) => a,
+        Ok(Query::Requests { .. } | Query::Connections { .. } | Query::Flows) if !gate.api => {
+            json_error(
+                StatusCode::NOT_FOUND,
+                "this probe serves /metrics and /healthz only (--metrics-only)",
+            )
+        }
         Ok(query) => {
             let (reply, rx) = oneshot::channel();
             if tx.send(Ask { query, reply }).await.is_err() {
@@ -164,7 +266,13 @@ async fn handle(req: http::Request<Incoming>, tx: mpsc::Sender<Ask>) -> Response
 
 /// Serves until the task is dropped. Each connection gets its own task; slow or broken
 /// clients affect nobody else.
-pub async fn serve(listener: TcpListener, tx: mpsc::Sender<Ask>) {
+pub async fn serve(
+    listener: TcpListener,
+    tx: mpsc::Sender<Ask>,
+    tls: Option<Acceptor>,
+    gate: Arc<Gate>,
+) {
+    let tls = tls.map(Arc::new);
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
@@ -174,17 +282,24 @@ pub async fn serve(listener: TcpListener, tx: mpsc::Sender<Ask>) {
                 continue;
             }
         };
-        let tx = tx.clone();
+        let (tx, gate, tls) = (tx.clone(), gate.clone(), tls.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let tx = tx.clone();
-                async move { Ok::<_, Infallible>(handle(req, tx).await) }
+                let (tx, gate) = (tx.clone(), gate.clone());
+                async move { Ok::<_, Infallible>(handle(req, tx, gate).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), svc);
-            if let Err(e) = conn.await {
+                .clone();
+            let done = match &tls {
+                None => http.serve_connection(TokioIo::new(tcp), svc).await,
+                Some(a) => match web_tls::handshake(a, tcp).await {
+                    Some(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                    None => Ok(()),
+                },
+            };
+            if let Err(e) = done {
                 tracing::debug!(error = %e, "API connection ended with an error");
             }
         });

@@ -36,6 +36,18 @@ pub enum Command {
     /// under the same harness. Prints ns per packet and the probe's own part of it (minus
     /// the empty program); no traffic, so the figures hold still on a busy machine.
     KernelBench(KernelBenchArgs),
+    /// Print the bcrypt hash of a password read from standard input (its first line), for
+    /// `basic_auth_users` in a --web-config file: `tokenwire-probe hash-password <
+    /// password.txt`. The same hashes as `htpasswd -nBC 10`.
+    HashPassword(HashPasswordArgs),
+}
+
+#[derive(clap::Args)]
+pub struct HashPasswordArgs {
+    /// bcrypt's cost (4–31): each step doubles the time a check takes, for the probe at
+    /// every scrape (it caches a verified header) and for anyone guessing.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub cost: u32,
 }
 
 #[derive(clap::Args)]
@@ -208,6 +220,18 @@ pub struct RunArgs {
     /// Serve no HTTP endpoints.
     #[arg(long, conflicts_with = "listen")]
     pub no_listen: bool,
+    /// TLS, client certificates and basic auth for the HTTP endpoints, from a file in the
+    /// Prometheus exporter toolkit's format (`--web.config.file`; docs/deploy.md): its
+    /// `tls_server_config` (cert_file, key_file, client_auth_type NoClientCert,
+    /// VerifyClientCertIfGiven or RequireAndVerifyClientCert, client_ca_file, min_version)
+    /// and `basic_auth_users` (bcrypt: `tokenwire-probe hash-password`). Without it: plain
+    /// HTTP, no auth.
+    #[arg(long, conflicts_with = "no_listen")]
+    pub web_config: Option<PathBuf>,
+    /// Serve /metrics and /healthz only: no /api/requests, /api/connections or /api/flows,
+    /// whose records carry every client's address and port.
+    #[arg(long, conflicts_with = "no_listen")]
+    pub metrics_only: bool,
     /// The Unix datagram socket servers send spans to (docs/spans.md). A stale socket file
     /// is replaced; one another process receives on is an error.
     #[arg(long, env = spans::SOCKET_ENV, default_value = spans::DEFAULT_SOCKET)]

@@ -12,7 +12,8 @@
 //! 6. [`engine`]: the loop body that owns a backend, the table, attribution and metrics;
 //!    [`analyze`] runs it over a capture file; the binary runs it live.
 //!
-//! [`span_socket`] and [`shutdown`] are the live binary's I/O.
+//! [`span_socket`] and [`shutdown`] are the live binary's I/O; [`web_config`] and
+//! [`web_tls`] guard its HTTP endpoints (`--web-config`).
 
 pub mod analyze;
 pub mod api;
@@ -34,3 +35,5 @@ pub mod shutdown;
 pub mod span_socket;
 pub mod spans;
 pub mod table;
+pub mod web_config;
+pub mod web_tls;

@@ -7,7 +7,7 @@ mod cli;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use cli::{AnalyzeArgs, Cli, Command, KernelBenchArgs, RunArgs};
+use cli::{AnalyzeArgs, Cli, Command, HashPasswordArgs, KernelBenchArgs, RunArgs};
 use std::time::{Duration, Instant};
 use tokenwire_probe::api::{self, Ask};
 use tokenwire_probe::backend;
@@ -34,12 +34,27 @@ fn real_main() -> Result<()> {
         Command::Run(args) => *args,
         Command::Analyze(args) => return analyze(args),
         Command::KernelBench(args) => return kernel_bench(args),
+        Command::HashPassword(args) => return hash_password(args),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(run(args))
+}
+
+fn hash_password(args: HashPasswordArgs) -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        bail!("no password on standard input (one line: the password)");
+    }
+    let hash = bcrypt::hash(password, args.cost).context("hashing the password")?;
+    println!("{hash}");
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -81,7 +96,8 @@ async fn run(args: RunArgs) -> Result<()> {
             let addr = l.local_addr().context("reading the listen address")?;
             engine.exclude(addr);
             eprintln!("tokenwire-probe: serving http://{addr}/metrics and /api/requests");
-            let task = AbortOnDrop(tokio::spawn(api::serve(l, ask_tx)));
+            let (tls, gate) = web_gate(&args)?;
+            let task = AbortOnDrop(tokio::spawn(api::serve(l, ask_tx, tls, gate)));
             (Some(task), Some(addr))
         }
         None => (None, None),
@@ -184,6 +200,38 @@ async fn run(args: RunArgs) -> Result<()> {
     engine.poll(Instant::now())?;
     emit(&engine, snapshot + 1, true);
     Ok(())
+}
+
+/// The HTTP endpoints' TLS and gate from `--web-config` and `--metrics-only`.
+fn web_gate(
+    args: &RunArgs,
+) -> Result<(
+    Option<tokenwire_probe::web_tls::Acceptor>,
+    std::sync::Arc<api::Gate>,
+)> {
+    let web = match &args.web_config {
+        Some(p) => tokenwire_probe::web_config::WebConfig::read(p)?,
+        None => tokenwire_probe::web_config::WebConfig::default(),
+    };
+    let tls = match (&web.tls_server_config, &args.web_config) {
+        (Some(t), Some(p)) => Some(tokenwire_probe::web_tls::acceptor(t, p)?),
+        _ => None,
+    };
+    if args.web_config.is_some() {
+        eprintln!(
+            "tokenwire-probe: web config: {}, {}",
+            if tls.is_some() { "TLS" } else { "no TLS" },
+            if web.needs_auth() {
+                "basic auth"
+            } else {
+                "no basic auth"
+            }
+        );
+    }
+    Ok((
+        tls,
+        std::sync::Arc::new(api::Gate::new(web, !args.metrics_only)),
+    ))
 }
 
 /// Writes `path` whole or not at all (a temporary file renamed over it): a reader polling

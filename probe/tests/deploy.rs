@@ -77,14 +77,34 @@ fn the_scrape_job_is_a_prometheus_configuration() {
         &job[..sd],
         &job[relabel..]
     );
-    let file = std::env::temp_dir().join(format!("tokenwire-scrape-{}.yml", std::process::id()));
+    // promtool opens the files the job names (the client certificate, its key, the CA,
+    // the password file): they come from a Secret on a cluster, so here they are made in
+    // a directory of the test's own, and the job points there.
+    let dir = std::env::temp_dir().join(format!("tokenwire-scrape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["tokenwire-ca".into()]).unwrap();
+    let client = rcgen::generate_simple_self_signed(vec!["prometheus".into()]).unwrap();
+    for (name, text) in [
+        ("ca.crt", ca.cert.pem()),
+        ("client.crt", client.cert.pem()),
+        ("client.key", client.signing_key.serialize_pem()),
+        ("password", "not-the-real-one\n".to_owned()),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    assert!(
+        job.contains("/etc/prometheus/tokenwire/client.crt"),
+        "{job}"
+    );
+    let job = job.replace("/etc/prometheus/tokenwire/", &format!("{}/", dir.display()));
+    let file = dir.join("tokenwire-probe.yml");
     std::fs::write(&file, &job).unwrap();
     let out = Command::new("promtool")
         .args(["check", "config"])
         .arg(&file)
         .output()
         .expect("promtool (Debian package prometheus)");
-    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
         "{}{}",
@@ -115,6 +135,20 @@ fn the_pieces_fit_together() {
     assert!(ds.contains("name: metrics"));
     assert!(pm.contains("sourceLabels: [__meta_kubernetes_pod_node_name]"));
     assert!(pm.contains("targetLabel: node"));
+    // The endpoints want TLS, a client certificate and basic auth (--web-config from the
+    // Secret the DaemonSet mounts); both scrape configurations speak https and check the
+    // one name the probes' certificate holds.
+    assert!(ds.contains("--web-config=/etc/tokenwire/web/web-config.yml"));
+    assert!(ds.contains("mountPath: /etc/tokenwire/web"));
+    assert!(ds.contains("secretName: tokenwire-probe-web"));
+    let scrape = read("prometheus-scrape.yaml");
+    for (text, name) in [
+        (&pm, "serverName: tokenwire-probe"),
+        (&scrape, "server_name: tokenwire-probe"),
+    ] {
+        assert!(text.contains("scheme: https"));
+        assert!(text.contains(name));
+    }
     // The probe takes the DaemonSet's arguments (clap rejects unknown ones before
     // anything starts, so `--help` after them answers only if they parse).
     let args: Vec<String> = ds

@@ -15,7 +15,8 @@ fn no_module_is_in_an_import_circle() {
 
 /// Top-level modules by layer, lowest first.
 const LAYERS: &[&[&str]] = &[
-    &["flow"],
+    &["flow", "web_config"],
+    &["web_tls"],
     &[
         "health",
         "labels",

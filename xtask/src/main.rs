@@ -220,6 +220,8 @@ fn real_main() -> Result<()> {
             }
         }
         Task::StaticProbe => {
+            // musl-gcc: ring's C part (the exporter's TLS, --web-config) for the musl target.
+            setup::apt_install(&["musl-tools"])?;
             setup::rust_src()?;
             setup::bpf_linker()?;
             setup::rust_targets(&[setup::STATIC_TARGET])?;

@@ -168,6 +168,9 @@ pub(crate) fn static_probe() -> Result<()> {
         "-p",
         "tokenwire-probe",
         "--no-default-features",
+        // eBPF only (no libpcap to link), with the exporter's TLS for --web-config.
+        "--features",
+        "web-tls",
     ]))?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
@@ -218,6 +221,13 @@ pub(crate) fn check_macos() -> Result<()> {
         run(cargo()
             .args(["clippy", "--quiet", "--target", target])
             .args(["-p", "tokenwire-probe", "-p", "tokenwire-probe-common"])
+            // Not web-tls: ring's C part needs the macOS SDK (the pcap backend is what the
+            // macOS build is about; a Mac builds ring with its own SDK).
+            .args([
+                "--no-default-features",
+                "--features",
+                "tokenwire-probe/pcap",
+            ])
             .args(["--", "-D", "warnings"]))?;
     }
     Ok(())

@@ -225,12 +225,27 @@ async fn real_clients_beside_an_unmodified_server_are_accounted_from_packets() {
             ttft_diffs.push((client - probe, s.client.clone()));
         }
     }
+    // The client reads the first content after the packet carried it, so the difference
+    // is positive, and within 2 ms: every one of them above -2 ms (a probe later than the
+    // client is the probe's error), and all but one in twenty under 2 ms (a client thread
+    // descheduled between its read and its clock, on this 2-core machine, is the client's
+    // delay: seen once in a fresh clone's CI, 3.7 ms among 39 others under 0.5 ms).
+    let late = ttft_diffs.iter().filter(|(d, _)| *d > 2.0).count();
     for (d, client) in &ttft_diffs {
         assert!(
-            d.abs() <= 2.0,
+            *d > -2.0,
             "{client}: client TTFT - probe TTFT = {d:.3} ms (all: {ttft_diffs:?})"
         );
     }
+    assert!(
+        late * 20 <= ttft_diffs.len(),
+        "{late} of {} requests' client TTFT over 2 ms past the probe's: {ttft_diffs:?}",
+        ttft_diffs.len()
+    );
+    let mut sorted: Vec<f64> = ttft_diffs.iter().map(|(d, _)| *d).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    assert!(median.abs() <= 1.0, "median difference {median:.3} ms: {ttft_diffs:?}");
 
     // Wire bytes: each connection's records (and its setup, when it served more than one)
     // add up to what tcpdump saw on it.

@@ -332,7 +332,7 @@ fn run_link(
         if let Some(addr) = sse6 {
             // The SSE client goes over IPv6 then (module comment); the IPv4 one serves on.
             let (opts, sd) = (&stack.relay, stack.shutdown.clone());
-            let sse = launch::start_sse(addr, &idc, opts, sd, grace).await?;
+            let sse = launch::start_sse(Approach::Sse, addr, &idc, opts, sd, grace).await?;
             stack.companions.insert(Approach::Sse, sse);
         }
         Ok::<_, launch::LaunchError>(stack)

@@ -333,7 +333,8 @@ fn a_small_matrix_writes_its_report_with_wire_figures() {
     }
     let _ = std::fs::remove_dir_all(&out);
     let cells = json["results"]["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 6, "2 profiles x 3 approaches");
+    let approaches = tokenwire_bench::approach::Approach::ALL.len();
+    assert_eq!(cells.len(), 2 * approaches, "2 profiles x every approach");
     for c in cells {
         assert_eq!(c["summary"]["failed"], 0, "{c}");
         assert!(c["wire"]["bytes_per_token"].as_f64().unwrap() > 20.0, "{c}");
@@ -345,7 +346,7 @@ fn a_small_matrix_writes_its_report_with_wire_figures() {
             .filter(|c| c["profile"] == p)
             .map(|c| c["summary"]["p50_ttft_ms"].as_f64().unwrap())
             .sum::<f64>()
-            / 3.0
+            / approaches as f64
     };
     let delta = ttft("latency-200ms") - ttft("baseline");
     assert!((195.0..215.0).contains(&delta), "TTFT delta {delta}");

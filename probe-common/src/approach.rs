@@ -19,8 +19,12 @@ use core::str::FromStr;
 pub enum Approach {
     /// POST /v1/chat/completions (stream) through the TLS reverse proxy to Ollama's API.
     Raw,
-    /// POST /chat on the HTTPS SSE relay.
+    /// POST /chat on the HTTPS SSE relay, over HTTP/1.1.
     Sse,
+    /// The same over HTTP/2 (TLS ALPN `h2`), on a listener of its own.
+    SseH2,
+    /// WebSocket over TLS: a prompt in, one text message per token out.
+    Ws,
     /// One bidirectional stream per prompt on a WebTransport session.
     Wt,
 }
@@ -87,6 +91,30 @@ const SSE: Spec = Spec {
     browser: true,
 };
 
+/// A listener of its own, not the `sse` one's: a browser takes `h2` wherever it is offered,
+/// so the `sse` listener offers only `http/1.1` and this one `h2` first.
+const SSE_H2: Spec = Spec {
+    name: "sse-h2",
+    label: "sse_h2",
+    title: "HTTP/2 SSE",
+    about: "the SSE relay over HTTP/2 (TLS ALPN h2, http/1.1 as fallback): POST /chat",
+    port: 8443,
+    path: "/chat",
+    transport: Transport::Tls,
+    browser: true,
+};
+
+const WS: Spec = Spec {
+    name: "ws",
+    label: "websocket",
+    title: "WebSocket",
+    about: "WebSocket relay over TLS (wss://.../ws): {\"message\": \"...\"} in, one text message per token out, an empty one at the end",
+    port: 8081,
+    path: "/ws",
+    transport: Transport::Tls,
+    browser: true,
+};
+
 const WT: Spec = Spec {
     name: "wt",
     label: "webtransport",
@@ -108,12 +136,23 @@ pub const VLLM_PORT: u16 = 8000;
 
 impl Approach {
     /// Every approach, in the order of tables and charts.
-    pub const ALL: [Approach; 3] = [Approach::Raw, Approach::Sse, Approach::Wt];
+    pub const ALL: [Approach; 5] = [
+        Approach::Raw,
+        Approach::Sse,
+        Approach::SseH2,
+        Approach::Ws,
+        Approach::Wt,
+    ];
+
+    /// The reference study's three, which its tables compare (`--approach raw,sse,wt`).
+    pub const REFERENCE: [Approach; 3] = [Approach::Raw, Approach::Sse, Approach::Wt];
 
     pub const fn spec(self) -> &'static Spec {
         match self {
             Approach::Raw => &RAW,
             Approach::Sse => &SSE,
+            Approach::SseH2 => &SSE_H2,
+            Approach::Ws => &WS,
             Approach::Wt => &WT,
         }
     }

@@ -12,6 +12,7 @@ extern crate std;
 pub mod approach;
 #[cfg(feature = "launch")]
 pub mod launch;
+pub mod origin;
 #[cfg(feature = "spans")]
 pub mod spans;
 

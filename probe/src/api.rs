@@ -106,27 +106,6 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Query, 
     }
 }
 
-/// Whether a browser page at `origin` may read the API: pages served from this machine's
-/// loopback (the SSE relay's browser page, docs/browser.md) may; a site on the network may
-/// not read what the probe knows about this machine's connections.
-pub fn loopback_origin(origin: &str) -> bool {
-    let Some(rest) = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    ["localhost", "127.0.0.1", "[::1]"]
-        .iter()
-        .any(|h| match rest.strip_prefix(h) {
-            Some("") => true,
-            Some(port) => port
-                .strip_prefix(':')
-                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
-            None => false,
-        })
-}
-
 /// Who may ask what: the web configuration's basic auth, and whether /api/* is served.
 pub struct Gate {
     pub web: WebConfig,
@@ -222,7 +201,10 @@ async fn handle(
     let origin = req
         .headers()
         .get(header::ORIGIN)
-        .filter(|o| o.to_str().is_ok_and(loopback_origin))
+        .filter(|o| {
+            o.to_str()
+                .is_ok_and(tokenwire_probe_common::origin::loopback)
+        })
         .cloned();
     let routed = route(req.method(), req.uri().path(), req.uri().query());
     let answer = match routed {
@@ -309,26 +291,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_loopback_pages_may_read() {
-        for o in [
-            "https://127.0.0.1:8080",
-            "http://localhost",
-            "https://[::1]:8080",
-        ] {
-            assert!(loopback_origin(o), "{o}");
-        }
-        for o in [
-            "https://example.com",
-            "https://localhost.example.com",
-            "https://127.0.0.1:",
-            "null",
-            "file://",
-        ] {
-            assert!(!loopback_origin(o), "{o}");
-        }
-    }
 
     #[test]
     fn routes_and_refuses() {

@@ -181,6 +181,64 @@ async fn concurrent_webtransport_streams_are_shared_and_sum_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_http2_streams_are_shared_and_sum_exactly() {
+    require_root();
+    let path = spans_path("h2shared");
+    let stack = Stack::start("h2shared", SpanSink::to_path(&path).unwrap()).await;
+    let probe = Probe::start("ebpf", &path, &stack.labels());
+    let addr = stack[Approach::SseH2].addr;
+    let dump = Tcpdump::start("lo", &format!("port {}", addr.port()), "h2shared");
+    // Two streams at once on one HTTP/2 connection.
+    let cfg = stack.trust.client_config_offering(&[b"h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let one = |prompt: &'static str| {
+        let mut sender = sender.clone();
+        async move {
+            let req = http::Request::post(format!("https://localhost:{}/chat", addr.port()))
+                .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                    "{{\"message\":\"{prompt}\"}}"
+                ))))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            use http_body_util::BodyExt;
+            resp.into_body().collect().await.unwrap().to_bytes().len()
+        }
+    };
+    let (a, b) = tokio::join!(one("first of two"), one("second of two, longer"));
+    assert!(a > 0 && b > 0);
+    drop(sender);
+    let _ = driver.await;
+    let reqs = probe.json("/api/requests?approach=sse_h2")["requests"].clone();
+    let client_addr = client_of(&reqs[0]);
+    let (conn, reqs) = probe.settled(client_addr);
+    let pkts = dump.stop_packets(LinkType::Ethernet);
+    assert_eq!(reqs.len(), 2);
+    let mut total = sum(figures(&conn["setup"]), figures(&conn["teardown"]));
+    for r in &reqs {
+        assert_eq!(r["approach"], "sse_h2", "{r:#}");
+        assert_eq!(r["attribution"], "shared", "{r:#}");
+        assert_eq!(r["transport"], "tls");
+        assert_eq!(r["outcome"], "ok");
+        total = sum(total, figures(r));
+    }
+    let everything = window(&pkts, client_addr, 0, u64::MAX);
+    assert_eq!(total, everything, "shared split still sums to tcpdump");
+    assert_eq!(figures(&conn["total"]), everything);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_spans_still_has_its_flows_counted() {
     require_root();
     let path = spans_path("silent");

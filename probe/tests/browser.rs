@@ -1,5 +1,5 @@
-//! A real browser: headless Chromium (the Debian package) streams through the raw proxy,
-//! the SSE relay and the WebTransport relay from the SSE relay's page, and the probe
+//! A real browser: headless Chromium (the Debian package) streams through every approach a
+//! browser can use (the registry's `browser` ones) from the SSE relay's page, and the probe
 //! attributes each of its requests. Runs as root (the probe's eBPF backend).
 
 mod common;
@@ -17,7 +17,13 @@ use tokenwire_servers::model::{Model, ModelConfig, Timing};
 use tokenwire_servers::spans::SpanSink;
 use tokenwire_servers::stats::Stats;
 
-const ALL: [Approach; 3] = [Approach::Raw, Approach::Sse, Approach::Wt];
+/// The approaches a browser can stream through.
+fn browser_approaches() -> Vec<Approach> {
+    Approach::ALL
+        .into_iter()
+        .filter(|a| a.spec().browser)
+        .collect()
+}
 
 /// The probe's records of `approach` that started in [from, to], once all are final.
 fn records(probe: &Probe, approach: &str, from: u64, to: u64, expected: usize) -> Vec<Value> {
@@ -58,7 +64,7 @@ fn bench_bin() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_streams_all_three_approaches_and_the_probe_attributes_each_request() {
+async fn chromium_streams_every_browser_approach_and_the_probe_attributes_each_request() {
     require_root();
     let path = spans_path("browser");
     // The reference's pace, short answers: the screenshot catches the streams midway.
@@ -80,7 +86,7 @@ async fn chromium_streams_all_three_approaches_and_the_probe_attributes_each_req
     let prompts = workload::default_prompts();
     let cfg = BrowserConfig {
         page_url: page_url.clone(),
-        approaches: ALL.to_vec(),
+        approaches: browser_approaches(),
         jobs: workload::jobs(&prompts, Some(1), 1).unwrap(),
         reuse: true,
         timeout: Duration::from_secs(60),
@@ -128,6 +134,7 @@ async fn chromium_streams_all_three_approaches_and_the_probe_attributes_each_req
     };
     assert_eq!(facts(Approach::Sse).protocols, ["http/1.1"]);
     assert_eq!(facts(Approach::Raw).protocols, ["http/1.1"]);
+    assert_eq!(facts(Approach::SseH2).protocols, ["h2"]);
     assert_eq!(facts(Approach::Wt).connections, 1);
     // The page itself is a request of its own, never counted as an SSE request's bytes.
     let page = probe.json("/api/requests?limit=100000&approach=page");
@@ -170,14 +177,11 @@ async fn chromium_streams_all_three_approaches_and_the_probe_attributes_each_req
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for row in [
-        "| Raw API |",
-        "| HTTP SSE |",
-        "| WebTransport |",
-        "Wire (from tokenwire-probe",
-    ] {
-        assert!(stdout.contains(row), "no {row:?} in:\n{stdout}");
+    for a in browser_approaches() {
+        let row = format!("| {} |", a.title());
+        assert!(stdout.contains(&row), "no {row:?} in:\n{stdout}");
     }
+    assert!(stdout.contains("Wire (from tokenwire-probe"), "{stdout}");
     let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(doc["mode"], "fresh");
     for s in doc["summaries"].as_array().unwrap() {
@@ -185,7 +189,7 @@ async fn chromium_streams_all_three_approaches_and_the_probe_attributes_each_req
         assert_eq!(s["failed"], 0, "{s}");
     }
     let wire = doc["wire"].as_array().unwrap();
-    assert_eq!(wire.len(), 3);
+    assert_eq!(wire.len(), browser_approaches().len());
     for w in wire {
         assert_eq!(w["requests"], 2, "{w}");
         assert!(w["tokens"].as_u64().unwrap() > 0, "{w}");

@@ -140,13 +140,15 @@ fn veth_into_a_namespace_matches_tcpdump() {
     assert!(dirs.contains(&Direction::ToServer) && dirs.contains(&Direction::ToClient));
 }
 
-/// Creates the TUN device in the namespace, brings it up, and echoes 30 UDP datagrams
-/// (addresses and ports swapped, IPv4 checksum recomputed, UDP checksum zero).
+/// Creates the TUN device in the namespace, brings it up without IPv6 (whose router
+/// solicitation, sent at a random moment up to a second after link-up, would race the
+/// probe's attach: tcpdump, started first, once saw one the probe had not), and echoes 30
+/// UDP datagrams (addresses and ports swapped, IPv4 checksum recomputed, UDP checksum zero).
 const TUN_ECHO: &str = r#"
 import fcntl, struct, os
 fd = os.open('/dev/net/tun', os.O_RDWR)
 fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', b'{tun}', 0x1001))
-os.system('ip addr add 10.78.0.1/30 dev {tun}; ip link set {tun} up')
+os.system('sysctl -qw net.ipv6.conf.{tun}.disable_ipv6=1; ip addr add 10.78.0.1/30 dev {tun}; ip link set {tun} up')
 print('up', flush=True)
 n = 0
 while n < 30:

@@ -47,6 +47,7 @@ async fn ebpf_counts_equal_tcpdump_on_loopback() {
         &stack[Approach::Wt],
     );
     let sse6 = launch::start_sse(
+        Approach::Sse,
         "[::1]:0".parse().unwrap(),
         &id,
         &stack.relay,

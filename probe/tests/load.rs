@@ -307,7 +307,7 @@ async fn hundreds_of_concurrent_streams_each_get_one_complete_record() {
     client.shutdown().await;
 
     // Every connection closed: wait for every record to be final.
-    let expected = 3 * USERS + 100;
+    let expected = Approach::ALL.len() * USERS + 100;
     let deadline = Instant::now() + Duration::from_secs(30);
     let records: Vec<Value> = loop {
         let r = probe.json(&format!("/api/requests?limit={}", expected + 10))["requests"]
@@ -337,11 +337,7 @@ async fn hundreds_of_concurrent_streams_each_get_one_complete_record() {
         .unwrap()
         .measured_to_unix_ns;
     for run in &runs {
-        let name = match run.approach {
-            Approach::Raw => "raw_api",
-            Approach::Sse => "sse",
-            Approach::Wt => "webtransport",
-        };
+        let name = run.approach.label();
         assert!(
             run.records.iter().all(|r| r.error.is_none()),
             "{name} failed"

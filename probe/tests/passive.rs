@@ -245,7 +245,10 @@ async fn real_clients_beside_an_unmodified_server_are_accounted_from_packets() {
     let mut sorted: Vec<f64> = ttft_diffs.iter().map(|(d, _)| *d).collect();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    assert!(median.abs() <= 1.0, "median difference {median:.3} ms: {ttft_diffs:?}");
+    assert!(
+        median.abs() <= 1.0,
+        "median difference {median:.3} ms: {ttft_diffs:?}"
+    );
 
     // Wire bytes: each connection's records (and its setup, when it served more than one)
     // add up to what tcpdump saw on it.

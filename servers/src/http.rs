@@ -1,5 +1,6 @@
-//! What the three HTTP servers (model, raw proxy, SSE relay) share: the accept loop with
-//! TCP_NODELAY, optional TLS, connection counting and graceful shutdown, and small
+//! What the HTTP servers (model, raw proxy, SSE relay over HTTP/1.1 and HTTP/2, WebSocket
+//! relay) share: the accept loop with TCP_NODELAY, optional TLS, HTTP/1.1 (with upgrades)
+//! or HTTP/2 as the client speaks, connection counting and graceful shutdown, and small
 //! response and body helpers.
 
 use crate::spans::SpanSink;
@@ -126,7 +127,29 @@ impl Drop for Slot {
     }
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` fires, then lets in-flight requests
+/// A connection's life: while a clone is held, it counts as open, and when the last one
+/// goes, its close span is sent. Every request carries one in its extensions, so a
+/// handler that takes the connection over (a WebSocket upgrade, after which hyper lets go
+/// of it) keeps it open for as long as it uses it.
+#[derive(Clone)]
+pub struct ConnLife(#[allow(dead_code)] Arc<LifeInner>);
+
+struct LifeInner {
+    _slot: Slot,
+    spans: SpanSink,
+    info: ConnInfo,
+}
+
+impl Drop for LifeInner {
+    fn drop(&mut self) {
+        // Tell the probe when the connection is over, however it ends.
+        self.spans
+            .close(Transport::Tls, self.info.peer, self.info.local);
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (by what the client's first bytes are; under TLS, what ALPN
+/// chose) on `listener` until `shutdown` fires, then lets in-flight requests
 /// finish for up to `grace` and closes the rest. Each connection's end is a close span;
 /// connections past the limit are answered 503 ([`ServeOptions`]).
 pub async fn serve<H, Fut>(
@@ -179,17 +202,15 @@ pub async fn serve<H, Fut>(
         let watcher = graceful.watcher();
         let spans = opts.spans.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            // Tell the probe when the connection is over, however it ends.
-            struct Closed(SpanSink, ConnInfo);
-            impl Drop for Closed {
-                fn drop(&mut self) {
-                    self.0.close(Transport::Tls, self.1.peer, self.1.local);
-                }
-            }
-            let _closed = Closed(spans, info);
-            let svc = hyper::service::service_fn(move |req| {
+            let life = ConnLife(Arc::new(LifeInner {
+                _slot: slot,
+                spans,
+                info,
+            }));
+            let request_life = life.clone();
+            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                 let h = handler.clone();
+                req.extensions_mut().insert(request_life.clone());
                 async move {
                     if over {
                         return Ok::<_, Infallible>(busy(now_open, max));
@@ -197,7 +218,7 @@ pub async fn serve<H, Fut>(
                     Ok::<_, Infallible>(h(req, info).await)
                 }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let result = match tls {
                 Some(acceptor) => {
                     let stream =
@@ -213,18 +234,19 @@ pub async fn serve<H, Fut>(
                             }
                         };
                     watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc))
                         .await
                 }
                 None => {
                     watcher
-                        .watch(builder.serve_connection(TokioIo::new(tcp), svc))
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc))
                         .await
                 }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(life);
         });
     }
     drop(listener);

@@ -9,6 +9,7 @@ use crate::sse_relay::SseRelay;
 use crate::stats::Stats;
 use crate::tuning::{AckFrequency, Knob, LEAN_ACK_FREQUENCY, LEAN_SERVER_CID_LEN, Tuning};
 use crate::upstream::{Upstream, UpstreamError};
+use crate::ws_relay::WsRelay;
 use crate::wt_relay::WtRelay;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -193,8 +194,8 @@ pub async fn start_model(
     Ok((running, model))
 }
 
-fn acceptor(id: &Identity) -> Result<tokio_rustls::TlsAcceptor, LaunchError> {
-    let cfg = crate::tls::server_config(id).map_err(|e| LaunchError::Tls(e.to_string()))?;
+fn acceptor(id: &Identity, alpn: &[&[u8]]) -> Result<tokio_rustls::TlsAcceptor, LaunchError> {
+    let cfg = crate::tls::server_config(id, alpn).map_err(|e| LaunchError::Tls(e.to_string()))?;
     Ok(tokio_rustls::TlsAcceptor::from(cfg))
 }
 
@@ -209,7 +210,8 @@ pub async fn start_companion(
 ) -> Result<Running, LaunchError> {
     match kind {
         Approach::Raw => start_raw(addr, id, opts, shutdown, grace).await,
-        Approach::Sse => start_sse(addr, id, opts, shutdown, grace).await,
+        Approach::Sse | Approach::SseH2 => start_sse(kind, addr, id, opts, shutdown, grace).await,
+        Approach::Ws => start_ws(addr, id, opts, shutdown, grace).await,
         Approach::Wt => start_wt(addr, id, opts, shutdown, grace).await,
     }
 }
@@ -219,6 +221,7 @@ pub async fn start_companion(
 async fn start_https<H, Fut>(
     name: &'static str,
     path: &str,
+    alpn: &[&[u8]],
     addr: SocketAddr,
     id: &Identity,
     shutdown: CancellationToken,
@@ -234,7 +237,7 @@ where
         + 'static,
     Fut: std::future::Future<Output = http::Response<crate::http::Body>> + Send + 'static,
 {
-    let tls = acceptor(id)?;
+    let tls = acceptor(id, alpn)?;
     let listener = bind_tcp(addr).await?;
     let addr = local(&listener, addr);
     let stats = Stats::new();
@@ -275,18 +278,31 @@ pub async fn start_raw(
     let (max_body, spans) = (opts.max_body, opts.spans.clone());
     // Its URL is the whole API's base: it proxies every path, not only its approach's.
     let name = Approach::Raw.as_str();
-    start_https(name, "", addr, id, shutdown, grace, opts, move |stats| {
-        let proxy = RawProxy::new(upstream, stats, max_body, spans);
-        move |req, conn| {
-            let p = proxy.clone();
-            async move { p.handle(req, conn).await }
-        }
-    })
+    let alpn = crate::tls::ALPN_HTTP1;
+    start_https(
+        name,
+        "",
+        alpn,
+        addr,
+        id,
+        shutdown,
+        grace,
+        opts,
+        move |stats| {
+            let proxy = RawProxy::new(upstream, stats, max_body, spans);
+            move |req, conn| {
+                let p = proxy.clone();
+                async move { p.handle(req, conn).await }
+            }
+        },
+    )
     .await
 }
 
-/// The HTTPS SSE relay.
+/// The HTTPS SSE relay: `sse` offers HTTP/1.1 only and serves the browser page, `sse-h2`
+/// offers HTTP/2 first (each request is labelled by the version it came in).
 pub async fn start_sse(
+    kind: Approach,
     addr: SocketAddr,
     id: &Identity,
     opts: &RelayOptions,
@@ -295,14 +311,23 @@ pub async fn start_sse(
 ) -> Result<Running, LaunchError> {
     let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
     let (model, max_body, spans) = (opts.model.clone(), opts.max_body, opts.spans.clone());
-    let page = opts.page.as_ref().map(|links| {
-        crate::page::PageConfig::new(links.clone(), id.sha256_hex(), model.clone()).html()
-    });
+    let page = opts
+        .page
+        .as_ref()
+        .filter(|_| kind == Approach::Sse)
+        .map(|links| {
+            crate::page::PageConfig::new(links.clone(), id.sha256_hex(), model.clone()).html()
+        });
+    let alpn = match kind {
+        Approach::SseH2 => crate::tls::ALPN_H2,
+        _ => crate::tls::ALPN_HTTP1,
+    };
     let coalesce = opts.coalesce;
     let serves_page = page.is_some();
     let mut running = start_https(
-        Approach::Sse.as_str(),
-        Approach::Sse.path(),
+        kind.as_str(),
+        kind.path(),
+        alpn,
         addr,
         id,
         shutdown,
@@ -323,6 +348,40 @@ pub async fn start_sse(
     .await?;
     running.page = serves_page;
     Ok(running)
+}
+
+/// The WebSocket relay (`wss://ADDR/ws`).
+pub async fn start_ws(
+    addr: SocketAddr,
+    id: &Identity,
+    opts: &RelayOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<Running, LaunchError> {
+    let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
+    let (model, max_frame, spans) = (opts.model.clone(), opts.max_frame, opts.spans.clone());
+    let (coalesce, stop) = (opts.coalesce, shutdown.clone());
+    let name = Approach::Ws.as_str();
+    let (path, alpn) = (Approach::Ws.path(), crate::tls::ALPN_HTTP1);
+    start_https(
+        name,
+        path,
+        alpn,
+        addr,
+        id,
+        shutdown,
+        grace,
+        opts,
+        move |stats| {
+            let relay = WsRelay::new(upstream, model, stats, max_frame, spans, stop)
+                .with_coalescing(coalesce);
+            move |req, conn| {
+                let r = relay.clone();
+                async move { r.handle(req, conn).await }
+            }
+        },
+    )
+    .await
 }
 
 /// The WebTransport relay.

@@ -24,4 +24,5 @@ pub mod stats;
 pub mod tls;
 pub mod tuning;
 pub mod upstream;
+pub mod ws_relay;
 pub mod wt_relay;

@@ -110,8 +110,17 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
         assert_eq!(back["model"], "</script><script>alert(1)");
         assert_eq!(back["ports"]["raw"], 11435);
-        assert_eq!(back["approaches"][2]["id"], "wt");
-        assert_eq!(back["approaches"][2]["probe"], "webtransport");
+        let wt = back["approaches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == "wt")
+            .unwrap();
+        assert_eq!(wt["probe"], "webtransport");
+        assert_eq!(
+            back["approaches"].as_array().unwrap().len(),
+            Approach::ALL.len()
+        );
         assert_eq!(back["cert_sha256"], "ab".repeat(32));
     }
 }

@@ -3,6 +3,11 @@
 //! as several `data:` lines; with `--coalesce-ms`, one event per batch of tokens,
 //! [`crate::coalesce`]) and `data: [DONE]` at the end; upstream failures during the
 //! stream become an `event: error`. `GET /` is the browser page ([`crate::page`]).
+//!
+//! The same relay serves `sse-h2`: on its own listener, which offers `h2` by ALPN; each
+//! request is labelled by the HTTP version it came in (`sse` for HTTP/1.x, `sse-h2` for
+//! HTTP/2). Pages from a loopback origin may read its answers across origins (the page
+//! is served from the `sse` listener, another port).
 
 use crate::coalesce::{Coalescer, Piece};
 use crate::http::{Body, BodyError, BoxError, ConnInfo, read_body, response};
@@ -75,7 +80,33 @@ impl SseRelay {
         {
             return self.page(page, conn);
         }
-        let mut span = self.spans.request(Approach::Sse, conn.peer, conn.local);
+        let approach = match req.version() {
+            http::Version::HTTP_2 => Approach::SseH2,
+            _ => Approach::Sse,
+        };
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .filter(|o| {
+                o.to_str()
+                    .is_ok_and(tokenwire_probe_common::origin::loopback)
+            })
+            .cloned();
+        let span = self.spans.request(approach, conn.peer, conn.local);
+        let mut r = self.answer(req, conn, span).await;
+        if let Some(origin) = origin {
+            r.headers_mut()
+                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        }
+        r
+    }
+
+    async fn answer(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        mut span: RequestSpan,
+    ) -> Response<Body> {
         match self.relay(req, conn).await {
             Ok(stream) => {
                 let mut r = Response::new(events(

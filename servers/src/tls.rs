@@ -3,8 +3,16 @@
 use crate::certs::Identity;
 use std::sync::Arc;
 
-/// A rustls server configuration offering HTTP/1.1 by ALPN (ring provider).
-pub fn server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+/// ALPN names: HTTP/1.1 only (every TLS companion but `sse-h2`).
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+/// HTTP/2 first, HTTP/1.1 for clients without it (`sse-h2`).
+pub const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A rustls server configuration offering `alpn` (ring provider).
+pub fn server_config(
+    id: &Identity,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(id.key_der.clone().into());
     let cert = rustls::pki_types::CertificateDer::from(id.cert_der.clone());
@@ -12,7 +20,7 @@ pub fn server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>, rustls:
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 

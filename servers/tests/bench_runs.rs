@@ -60,7 +60,9 @@ async fn default_pace_reproduces_the_reference_timing_and_byte_order() {
             "{}: P50 TTFT {ttft:.0} ms",
             r.approach
         );
-        bpt.push(m.app_bytes_per_token.unwrap());
+        if Approach::REFERENCE.contains(&r.approach) {
+            bpt.push(m.app_bytes_per_token.unwrap());
+        }
     }
     assert!(
         bpt[0] > bpt[1] && bpt[1] > bpt[2],

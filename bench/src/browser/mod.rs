@@ -134,6 +134,10 @@ struct PageResult {
     failure: Option<String>,
     /// The WebTransport session (numbered by the page) that carried the request.
     session: Option<u64>,
+    /// The URL the page streamed from (which tells `sse` from `sse-h2`: one path, two
+    /// ports).
+    #[serde(default)]
+    url: Option<String>,
 }
 
 /// The page's URL with the probe's address for its wire figures.
@@ -304,7 +308,11 @@ impl Seen {
             return;
         }
         let path = approach.path();
-        for (serial, n) in responses.iter().filter(|(_, n)| n.url.ends_with(path)) {
+        let mine = |n: &NetResponse| match &r.url {
+            Some(url) => n.url == *url,
+            None => n.url.ends_with(path),
+        };
+        for (serial, n) in responses.iter().filter(|(_, n)| mine(n)) {
             if let Some(p) = &n.protocol {
                 note(&mut self.protocols, p);
             }

@@ -3,6 +3,7 @@
 pub mod delayed_ack;
 pub mod https;
 pub mod tls;
+pub mod ws;
 pub mod wt;
 
 use crate::approach::Approach;
@@ -159,7 +160,9 @@ impl Default for Targets {
 /// One client per approach, holding its connection between prompts in reuse mode.
 pub enum ApproachClient {
     Raw(https::HttpsClient, String, ReferenceClient),
-    Sse(https::HttpsClient),
+    /// `sse` over HTTP/1.1 or `sse-h2` over HTTP/2 (the client's ALPN says which).
+    Sse(Approach, https::HttpsClient),
+    Ws(ws::WsClient),
     Wt(wt::WtClient, ReferenceClient),
 }
 
@@ -175,15 +178,15 @@ impl ApproachClient {
                 .map_err(|e| ClientError::Http(format!("TLS configuration: {e}")))
         };
         let reference = targets.reference;
-        let https = |addr| -> Result<https::HttpsClient, ClientError> {
-            let mut c = https::HttpsClient::new(addr, &targets.host, cfg()?);
+        let https = |addr, cfg| -> Result<https::HttpsClient, ClientError> {
+            let mut c = https::HttpsClient::new(addr, &targets.host, cfg);
             c.close_when_fresh = reference.connection_close;
             c.delayed_acks = targets.tuning.has(Knob::DelayedAcks);
             Ok(c)
         };
         Ok(match approach {
             Approach::Raw => {
-                let mut c = https(targets.addr(Approach::Raw))?;
+                let mut c = https(targets.addr(Approach::Raw), cfg()?)?;
                 if reference.legacy_chunks {
                     c.extra_headers.push((
                         http::HeaderName::from_static(
@@ -194,7 +197,23 @@ impl ApproachClient {
                 }
                 ApproachClient::Raw(c, targets.model.clone(), reference)
             }
-            Approach::Sse => ApproachClient::Sse(https(targets.addr(Approach::Sse))?),
+            Approach::Sse => {
+                let c = https(targets.addr(approach), cfg()?)?;
+                ApproachClient::Sse(approach, c)
+            }
+            Approach::SseH2 => {
+                let h2 = trust
+                    .client_config_offering(&[b"h2"])
+                    .map_err(|e| ClientError::Http(format!("TLS configuration: {e}")))?;
+                ApproachClient::Sse(approach, https(targets.addr(approach), h2)?)
+            }
+            Approach::Ws => {
+                let addr = targets.addr(approach);
+                let mut c =
+                    ws::WsClient::new(addr, &targets.host, approach.path(), cfg()?, MAX_FRAME);
+                c.delayed_acks = targets.tuning.has(Knob::DelayedAcks);
+                ApproachClient::Ws(c)
+            }
             Approach::Wt => {
                 let tuning = &targets.tuning;
                 let cid_len = if tuning.has(Knob::ClientCid0) {
@@ -216,7 +235,8 @@ impl ApproachClient {
     pub fn approach(&self) -> Approach {
         match self {
             ApproachClient::Raw(..) => Approach::Raw,
-            ApproachClient::Sse(_) => Approach::Sse,
+            ApproachClient::Sse(approach, _) => *approach,
+            ApproachClient::Ws(_) => Approach::Ws,
             ApproachClient::Wt(..) => Approach::Wt,
         }
     }
@@ -224,16 +244,19 @@ impl ApproachClient {
     /// Connections (or sessions) opened so far.
     pub fn connections(&self) -> u64 {
         match self {
-            ApproachClient::Raw(c, ..) | ApproachClient::Sse(c) => c.connections,
+            ApproachClient::Raw(c, ..) | ApproachClient::Sse(_, c) => c.connections,
+            ApproachClient::Ws(c) => c.connections,
             ApproachClient::Wt(c, _) => c.connections,
         }
     }
 
-    /// Closes what the client holds open (a WebTransport session is closed explicitly;
-    /// TCP connections close when dropped).
+    /// Closes what the client holds open (a WebTransport session and a WebSocket are
+    /// closed explicitly; HTTP connections close when dropped).
     pub async fn shutdown(self) {
-        if let ApproachClient::Wt(mut c, _) = self {
-            c.shutdown().await;
+        match self {
+            ApproachClient::Wt(mut c, _) => c.shutdown().await,
+            ApproachClient::Ws(mut c) => c.shutdown().await,
+            ApproachClient::Raw(..) | ApproachClient::Sse(..) => {}
         }
     }
 
@@ -278,13 +301,14 @@ impl ApproachClient {
                         .await?;
                     read_sse(resp, &mut rec, SseKind::OpenAi).await
                 }
-                ApproachClient::Sse(c) => {
+                ApproachClient::Sse(approach, c) => {
                     let body = serde_json::json!({ "message": prompt });
                     let resp = c
-                        .post_json(Approach::Sse.path(), body.to_string(), reuse)
+                        .post_json(approach.path(), body.to_string(), reuse)
                         .await?;
                     read_sse(resp, &mut rec, SseKind::Relay).await
                 }
+                ApproachClient::Ws(c) => c.stream(prompt, reuse, &mut rec).await,
                 ApproachClient::Wt(c, reference) => {
                     let count_end = reference.count_end_frame;
                     let r = wt_stream(c, prompt, reuse, count_end, &mut rec).await;

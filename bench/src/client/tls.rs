@@ -54,6 +54,14 @@ impl Trust {
 
     /// A rustls client configuration offering HTTP/1.1.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        self.client_config_offering(&[b"http/1.1"])
+    }
+
+    /// A rustls client configuration offering `alpn` (`[b"h2"]` for `sse-h2`).
+    pub fn client_config_offering(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
@@ -68,7 +76,7 @@ impl Trust {
                 .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
                 .with_no_client_auth(),
         };
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // Session keys go to $SSLKEYLOGFILE when it is set (nothing otherwise).
         cfg.key_log = Arc::new(rustls::KeyLogFile::new());
         Ok(Arc::new(cfg))

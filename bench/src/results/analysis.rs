@@ -12,7 +12,7 @@ pub fn analysis(r: &MatrixResults) -> Vec<String> {
         // TTFT under delay vs baseline, reuse.
         for mode in modes(r) {
             let ttft = |p: &str, a| cell(r, p, d, mode, a).and_then(|c| c.summary.p50_ttft_ms);
-            let deltas: Vec<(Approach, f64)> = Approach::ALL
+            let deltas: Vec<(Approach, f64)> = Approach::REFERENCE
                 .iter()
                 .filter_map(|&a| Some((a, ttft("latency-200ms", a)? - ttft("baseline", a)?)))
                 .collect();
@@ -40,7 +40,7 @@ pub fn analysis(r: &MatrixResults) -> Vec<String> {
         let mut held = Vec::new();
         let mut broken = Vec::new();
         for p in profiles(r) {
-            let [raw, sse, wt] = Approach::ALL.map(|a| bpt(r, &p, d, mode, a));
+            let [raw, sse, wt] = Approach::REFERENCE.map(|a| bpt(r, &p, d, mode, a));
             if let (Some(raw), Some(sse), Some(wt)) = (raw, sse, wt) {
                 if raw > sse && sse > wt {
                     held.push(p);

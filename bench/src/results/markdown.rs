@@ -92,14 +92,20 @@ pub fn markdown(r: &MatrixResults, m: &Methodology) -> String {
         } else {
             modes(r).first().copied().unwrap_or("reuse")
         };
+        let present = approaches(r);
         let _ = writeln!(
             s,
-            "### Wire bytes ({mode}, direction `{}`)\n\n| Profile | Raw API | HTTP SSE | WebTransport |\n|---|---|---|---|",
-            dir.as_str()
+            "### Wire bytes ({mode}, direction `{}`)\n\n| Profile |{}\n|---|{}",
+            dir.as_str(),
+            present
+                .iter()
+                .map(|a| format!(" {} |", a.title()))
+                .collect::<String>(),
+            "---|".repeat(present.len())
         );
         for p in profiles(r) {
             let mut row = format!("| {p} |");
-            for a in Approach::ALL {
+            for &a in &present {
                 let w = cell(r, &p, dir, mode, a).and_then(|c| c.wire.as_ref());
                 let _ = write!(
                     row,
@@ -217,14 +223,20 @@ pub(super) fn settings_section(r: &MatrixResults) -> String {
         .any(|v| v.tuning == "default" && v.coalesce_ms == 0)
         && !alone.is_empty()
     {
+        let present = approaches(r);
         let _ = writeln!(
             s,
-            "### Each setting against the default ({p}, `{}`, {mode}): stream B/tok change\n\n| Setting | Knobs | Raw API | HTTP SSE | WebTransport |\n|---|---|---|---|---|",
-            d.as_str()
+            "### Each setting against the default ({p}, `{}`, {mode}): stream B/tok change\n\n| Setting | Knobs |{}\n|---|---|{}",
+            d.as_str(),
+            present
+                .iter()
+                .map(|a| format!(" {} |", a.title()))
+                .collect::<String>(),
+            "---|".repeat(present.len())
         );
         for v in alone {
             let mut row = format!("| {} | {} |", v.tuning, v.knobs.join(", "));
-            for a in Approach::ALL {
+            for &a in &present {
                 let b = |label: &str| {
                     cell_of(r, label, &p, d, mode, a)
                         .and_then(|c| c.wire.as_ref())

@@ -88,6 +88,14 @@ pub(super) fn profiles(r: &MatrixResults) -> Vec<String> {
     v
 }
 
+/// The approaches the results hold, in the registry's order.
+pub(super) fn approaches(r: &MatrixResults) -> Vec<Approach> {
+    Approach::ALL
+        .into_iter()
+        .filter(|&a| r.cells.iter().any(|c| c.approach == a))
+        .collect()
+}
+
 pub(super) fn directions(r: &MatrixResults) -> Vec<Direction> {
     let mut v = Vec::new();
     for l in &r.links {
@@ -124,7 +132,7 @@ pub(super) fn bpt(
 }
 
 pub(super) fn ratios(r: &MatrixResults, p: &str, d: Direction, mode: &str) -> Option<String> {
-    let [raw, sse, wt] = Approach::ALL.map(|a| bpt(r, p, d, mode, a));
+    let [raw, sse, wt] = Approach::REFERENCE.map(|a| bpt(r, p, d, mode, a));
     let (raw, sse, wt) = (raw?, sse?, wt?);
     Some(format!(
         "Stream wire B/tok ratios ({p}): Raw API : HTTP SSE : WebTransport = {:.2} : {:.2} : 1 ({raw:.0} : {sse:.0} : {wt:.0}); the reference: {:.2} : {:.2} : 1 ({:.0} : {:.0} : {:.0}).",

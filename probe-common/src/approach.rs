@@ -97,7 +97,7 @@ const SSE_H2: Spec = Spec {
     name: "sse-h2",
     label: "sse_h2",
     title: "HTTP/2 SSE",
-    about: "the SSE relay over HTTP/2 (TLS ALPN h2, http/1.1 as fallback): POST /chat",
+    about: "The SSE relay over HTTP/2 (TLS ALPN h2, http/1.1 as fallback): POST /chat",
     port: 8443,
     path: "/chat",
     transport: Transport::Tls,

@@ -49,6 +49,15 @@ pub fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) 
     r
 }
 
+/// A JSON error answer, `{"error": msg}` (the relays' refusals).
+pub fn json_error(status: StatusCode, msg: &str) -> Response<Body> {
+    response(
+        status,
+        "application/json",
+        serde_json::json!({ "error": msg }).to_string(),
+    )
+}
+
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

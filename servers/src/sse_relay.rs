@@ -10,7 +10,7 @@
 //! is served from the `sse` listener, another port).
 
 use crate::coalesce::{Coalescer, Piece};
-use crate::http::{Body, BodyError, BoxError, ConnInfo, read_body, response};
+use crate::http::{Body, BodyError, BoxError, ConnInfo, json_error, read_body, response};
 use crate::protocol::sse;
 use crate::spans::{Outcome, RequestSpan, SpanSink};
 use crate::stats::{Active, Stats};
@@ -165,13 +165,13 @@ impl SseRelay {
     ) -> Result<ChatStream, Response<Body>> {
         self.stats.add_request();
         if req.uri().path() != Approach::Sse.path() {
-            return Err(error(
+            return Err(json_error(
                 StatusCode::NOT_FOUND,
                 "not found: the SSE relay serves POST /chat (and the page at GET /)",
             ));
         }
         if req.method() != Method::POST {
-            let mut r = error(
+            let mut r = json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed: use POST /chat",
             );
@@ -182,20 +182,20 @@ impl SseRelay {
         let body = match read_body(req, self.max_body).await {
             Ok(b) => b,
             Err(e @ BodyError::TooLarge(_)) => {
-                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()));
+                return Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()));
             }
-            Err(e) => return Err(error(StatusCode::BAD_REQUEST, &e.to_string())),
+            Err(e) => return Err(json_error(StatusCode::BAD_REQUEST, &e.to_string())),
         };
         let message = match serde_json::from_slice::<ChatBody>(&body) {
             Ok(ChatBody { message: Some(m) }) if !m.trim().is_empty() => m,
             Ok(_) => {
-                return Err(error(
+                return Err(json_error(
                     StatusCode::BAD_REQUEST,
                     "empty message: send {\"message\": \"...\"}",
                 ));
             }
             Err(e) => {
-                return Err(error(
+                return Err(json_error(
                     StatusCode::BAD_REQUEST,
                     &format!("invalid JSON body: {e}"),
                 ));
@@ -206,17 +206,9 @@ impl SseRelay {
             .await
             .map_err(|e| {
                 tracing::warn!(peer = %conn.peer, error = %e, "upstream request failed");
-                error(StatusCode::BAD_GATEWAY, &e.to_string())
+                json_error(StatusCode::BAD_GATEWAY, &e.to_string())
             })
     }
-}
-
-fn error(status: StatusCode, msg: &str) -> Response<Body> {
-    response(
-        status,
-        "application/json",
-        serde_json::json!({ "error": msg }).to_string(),
-    )
 }
 
 /// One SSE event (one body frame, one flush) per upstream token, or per batch of tokens

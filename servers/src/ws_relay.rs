@@ -15,7 +15,7 @@
 //! the TCP connection really ends.
 
 use crate::coalesce::{Coalescer, Piece};
-use crate::http::{Body, ConnInfo, ConnLife, full, response};
+use crate::http::{Body, ConnInfo, ConnLife, full, json_error};
 use crate::spans::{Outcome, RequestSpan, SpanSink};
 use crate::stats::{Active, Stats};
 use crate::upstream::Upstream;
@@ -87,7 +87,7 @@ impl WsRelay {
     /// Answers the upgrade request and takes the socket over; anything else is refused.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         if req.uri().path() != Approach::Ws.path() {
-            return error(
+            return json_error(
                 StatusCode::NOT_FOUND,
                 "not found: the WebSocket relay serves GET /ws (an upgrade)",
             );
@@ -289,7 +289,7 @@ fn upgrade_key(req: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
         || !has(header::UPGRADE, "websocket")
         || !has(header::CONNECTION, "upgrade")
     {
-        let mut r = error(
+        let mut r = json_error(
             StatusCode::UPGRADE_REQUIRED,
             "a WebSocket endpoint: GET /ws with Upgrade: websocket (HTTP/1.1)",
         );
@@ -300,7 +300,7 @@ fn upgrade_key(req: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
         return Err(Box::new(r));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = error(
+        let mut r = json_error(
             StatusCode::BAD_REQUEST,
             "Sec-WebSocket-Version must be 13 (RFC 6455)",
         );
@@ -314,17 +314,9 @@ fn upgrade_key(req: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
         Some(key) if !key.is_empty() => {
             Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
         }
-        _ => Err(Box::new(error(
+        _ => Err(Box::new(json_error(
             StatusCode::BAD_REQUEST,
             "missing Sec-WebSocket-Key",
         ))),
     }
-}
-
-fn error(status: StatusCode, msg: &str) -> Response<Body> {
-    response(
-        status,
-        "application/json",
-        serde_json::json!({ "error": msg }).to_string(),
-    )
 }

@@ -25,6 +25,8 @@ pub enum Approach {
     SseH2,
     /// WebSocket over TLS: a prompt in, one text message per token out.
     Ws,
+    /// gRPC server-streaming over TLS and HTTP/2: one message per token.
+    Grpc,
     /// One bidirectional stream per prompt on a WebTransport session.
     Wt,
 }
@@ -115,6 +117,18 @@ const WS: Spec = Spec {
     browser: true,
 };
 
+/// Not a browser's: gRPC needs HTTP/2 trailers, which no browser API exposes.
+const GRPC: Spec = Spec {
+    name: "grpc",
+    label: "grpc",
+    title: "gRPC",
+    about: "gRPC server-streaming over TLS and HTTP/2 (tokenwire.v1.Chat/Stream, servers/proto/chat.proto): one message per token",
+    port: 50051,
+    path: "/tokenwire.v1.Chat/Stream",
+    transport: Transport::Tls,
+    browser: false,
+};
+
 const WT: Spec = Spec {
     name: "wt",
     label: "webtransport",
@@ -136,11 +150,12 @@ pub const VLLM_PORT: u16 = 8000;
 
 impl Approach {
     /// Every approach, in the order of tables and charts.
-    pub const ALL: [Approach; 5] = [
+    pub const ALL: [Approach; 6] = [
         Approach::Raw,
         Approach::Sse,
         Approach::SseH2,
         Approach::Ws,
+        Approach::Grpc,
         Approach::Wt,
     ];
 
@@ -153,6 +168,7 @@ impl Approach {
             Approach::Sse => &SSE,
             Approach::SseH2 => &SSE_H2,
             Approach::Ws => &WS,
+            Approach::Grpc => &GRPC,
             Approach::Wt => &WT,
         }
     }

@@ -2,6 +2,7 @@
 //! busy port is a clear error before anything runs), then serve in a task until shutdown.
 
 use crate::certs::Identity;
+use crate::grpc_relay::GrpcRelay;
 use crate::model::{Model, ModelConfig};
 use crate::raw::RawProxy;
 use crate::spans::SpanSink;
@@ -212,6 +213,7 @@ pub async fn start_companion(
         Approach::Raw => start_raw(addr, id, opts, shutdown, grace).await,
         Approach::Sse | Approach::SseH2 => start_sse(kind, addr, id, opts, shutdown, grace).await,
         Approach::Ws => start_ws(addr, id, opts, shutdown, grace).await,
+        Approach::Grpc => start_grpc(addr, id, opts, shutdown, grace).await,
         Approach::Wt => start_wt(addr, id, opts, shutdown, grace).await,
     }
 }
@@ -379,6 +381,36 @@ pub async fn start_ws(
                 let r = relay.clone();
                 async move { r.handle(req, conn).await }
             }
+        },
+    )
+    .await
+}
+
+/// The gRPC relay (`tokenwire.v1.Chat/Stream` over TLS and HTTP/2).
+pub async fn start_grpc(
+    addr: SocketAddr,
+    id: &Identity,
+    opts: &RelayOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<Running, LaunchError> {
+    let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
+    let (model, max_body, spans) = (opts.model.clone(), opts.max_body, opts.spans.clone());
+    let coalesce = opts.coalesce;
+    let (name, path) = (Approach::Grpc.as_str(), Approach::Grpc.path());
+    start_https(
+        name,
+        path,
+        crate::tls::ALPN_H2_ONLY,
+        addr,
+        id,
+        shutdown,
+        grace,
+        opts,
+        move |stats| {
+            GrpcRelay::new(upstream, model, stats, spans)
+                .with_coalescing(coalesce)
+                .handler(max_body)
         },
     )
     .await

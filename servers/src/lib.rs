@@ -8,6 +8,7 @@ pub mod approach_args;
 pub mod certs;
 pub mod coalesce;
 pub mod gojson;
+pub mod grpc_relay;
 pub mod http;
 pub mod launch;
 pub mod limits;

@@ -3,10 +3,12 @@
 use crate::certs::Identity;
 use std::sync::Arc;
 
-/// ALPN names: HTTP/1.1 only (every TLS companion but `sse-h2`).
+/// ALPN names: HTTP/1.1 only (every TLS companion but `sse-h2` and `grpc`).
 pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 /// HTTP/2 first, HTTP/1.1 for clients without it (`sse-h2`).
 pub const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// HTTP/2 only (`grpc`: gRPC has no HTTP/1.1 form).
+pub const ALPN_H2_ONLY: &[&[u8]] = &[b"h2"];
 
 /// A rustls server configuration offering `alpn` (ring provider).
 pub fn server_config(

@@ -1,6 +1,7 @@
 //! Streaming one prompt through each approach and recording what arrives.
 
 pub mod delayed_ack;
+pub mod grpc;
 pub mod https;
 pub mod tls;
 pub mod ws;
@@ -163,6 +164,7 @@ pub enum ApproachClient {
     /// `sse` over HTTP/1.1 or `sse-h2` over HTTP/2 (the client's ALPN says which).
     Sse(Approach, https::HttpsClient),
     Ws(ws::WsClient),
+    Grpc(grpc::GrpcClient),
     Wt(wt::WtClient, ReferenceClient),
 }
 
@@ -214,6 +216,15 @@ impl ApproachClient {
                 c.delayed_acks = targets.tuning.has(Knob::DelayedAcks);
                 ApproachClient::Ws(c)
             }
+            Approach::Grpc => {
+                let h2 = trust
+                    .client_config_offering(&[b"h2"])
+                    .map_err(|e| ClientError::Http(format!("TLS configuration: {e}")))?;
+                let mut c =
+                    grpc::GrpcClient::new(targets.addr(approach), &targets.host, h2, MAX_FRAME);
+                c.delayed_acks = targets.tuning.has(Knob::DelayedAcks);
+                ApproachClient::Grpc(c)
+            }
             Approach::Wt => {
                 let tuning = &targets.tuning;
                 let cid_len = if tuning.has(Knob::ClientCid0) {
@@ -237,6 +248,7 @@ impl ApproachClient {
             ApproachClient::Raw(..) => Approach::Raw,
             ApproachClient::Sse(approach, _) => *approach,
             ApproachClient::Ws(_) => Approach::Ws,
+            ApproachClient::Grpc(_) => Approach::Grpc,
             ApproachClient::Wt(..) => Approach::Wt,
         }
     }
@@ -246,6 +258,7 @@ impl ApproachClient {
         match self {
             ApproachClient::Raw(c, ..) | ApproachClient::Sse(_, c) => c.connections,
             ApproachClient::Ws(c) => c.connections,
+            ApproachClient::Grpc(c) => c.connections,
             ApproachClient::Wt(c, _) => c.connections,
         }
     }
@@ -256,7 +269,7 @@ impl ApproachClient {
         match self {
             ApproachClient::Wt(mut c, _) => c.shutdown().await,
             ApproachClient::Ws(mut c) => c.shutdown().await,
-            ApproachClient::Raw(..) | ApproachClient::Sse(..) => {}
+            ApproachClient::Raw(..) | ApproachClient::Sse(..) | ApproachClient::Grpc(_) => {}
         }
     }
 
@@ -309,6 +322,7 @@ impl ApproachClient {
                     read_sse(resp, &mut rec, SseKind::Relay).await
                 }
                 ApproachClient::Ws(c) => c.stream(prompt, reuse, &mut rec).await,
+                ApproachClient::Grpc(c) => c.stream(prompt, reuse, &mut rec).await,
                 ApproachClient::Wt(c, reference) => {
                     let count_end = reference.count_end_frame;
                     let r = wt_stream(c, prompt, reuse, count_end, &mut rec).await;

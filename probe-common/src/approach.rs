@@ -23,6 +23,8 @@ pub enum Approach {
     Sse,
     /// The same over HTTP/2 (TLS ALPN `h2`), on a listener of its own.
     SseH2,
+    /// The same over HTTP/3 (QUIC, ALPN `h3`), on a UDP port of its own.
+    SseH3,
     /// WebSocket over TLS: a prompt in, one text message per token out.
     Ws,
     /// gRPC server-streaming over TLS and HTTP/2: one message per token.
@@ -106,6 +108,19 @@ const SSE_H2: Spec = Spec {
     browser: true,
 };
 
+/// UDP, and TCP on the same port number for clients that learn of HTTP/3 from the TCP
+/// listener's `Alt-Svc` (those requests are labelled by their HTTP version: `sse`/`sse_h2`).
+const SSE_H3: Spec = Spec {
+    name: "sse-h3",
+    label: "sse_h3",
+    title: "HTTP/3 SSE",
+    about: "The SSE relay over HTTP/3 (QUIC on UDP, Alt-Svc from TCP on the same port): POST /chat",
+    port: 8444,
+    path: "/chat",
+    transport: Transport::Quic,
+    browser: true,
+};
+
 const WS: Spec = Spec {
     name: "ws",
     label: "websocket",
@@ -150,10 +165,11 @@ pub const VLLM_PORT: u16 = 8000;
 
 impl Approach {
     /// Every approach, in the order of tables and charts.
-    pub const ALL: [Approach; 6] = [
+    pub const ALL: [Approach; 7] = [
         Approach::Raw,
         Approach::Sse,
         Approach::SseH2,
+        Approach::SseH3,
         Approach::Ws,
         Approach::Grpc,
         Approach::Wt,
@@ -167,6 +183,7 @@ impl Approach {
             Approach::Raw => &RAW,
             Approach::Sse => &SSE,
             Approach::SseH2 => &SSE_H2,
+            Approach::SseH3 => &SSE_H3,
             Approach::Ws => &WS,
             Approach::Grpc => &GRPC,
             Approach::Wt => &WT,

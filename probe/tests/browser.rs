@@ -93,6 +93,7 @@ async fn chromium_streams_every_browser_approach_and_the_probe_attributes_each_r
         warmup: false,
         chromium: None,
         cert: stack.cert.clone(),
+        quic_origins: vec![format!("127.0.0.1:{}", stack[Approach::SseH3].addr.port())],
         probe: Some(probe.api),
         screenshot: Some(shot.clone()),
     };
@@ -135,6 +136,7 @@ async fn chromium_streams_every_browser_approach_and_the_probe_attributes_each_r
     assert_eq!(facts(Approach::Sse).protocols, ["http/1.1"]);
     assert_eq!(facts(Approach::Raw).protocols, ["http/1.1"]);
     assert_eq!(facts(Approach::SseH2).protocols, ["h2"]);
+    assert_eq!(facts(Approach::SseH3).protocols, ["h3"]);
     assert_eq!(facts(Approach::Wt).connections, 1);
     // The page itself is a request of its own, never counted as an SSE request's bytes.
     let page = probe.json("/api/requests?limit=100000&approach=page");
@@ -158,12 +160,14 @@ async fn chromium_streams_every_browser_approach_and_the_probe_attributes_each_r
     // The command, as a user runs it: two prompts, the tables and the wire table.
     let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-run.json");
     let (bench, cert, api, doc_path) = (bench_bin(), stack.cert.clone(), probe.api, json.clone());
+    let h3 = format!("127.0.0.1:{}", stack[Approach::SseH3].addr.port());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(bench)
             .args([
                 "browser", "--limit", "2", "--quiet", "--page", &page_url, "--cert",
             ])
             .arg(&cert)
+            .args(["--h3-origin", &h3])
             .args(["--probe", &api.to_string(), "--json"])
             .arg(&doc_path)
             .output()

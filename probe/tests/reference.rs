@@ -163,7 +163,7 @@ async fn a_short_reference_run_has_the_references_setup_and_lo0_figures() {
                 assert_eq!(w.tokens, counted);
             }
             // The reference's client behaviours are raw's and wt's only.
-            Approach::Sse | Approach::SseH2 | Approach::Ws | Approach::Grpc => {}
+            Approach::Sse | Approach::SseH2 | Approach::SseH3 | Approach::Ws | Approach::Grpc => {}
         }
         let lo0 = (w.wire_bytes + 4 * w.packets) as f64 / w.tokens as f64;
         assert!((w.lo0_bytes_per_token.unwrap() - lo0).abs() < 1e-9);

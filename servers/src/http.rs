@@ -64,12 +64,16 @@ pub enum BodyError {
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
     #[error("reading the request body: {0}")]
-    Read(#[from] hyper::Error),
+    Read(BoxError),
 }
 
 /// Reads a whole request body, refusing more than `limit` bytes (a declared
 /// Content-Length over the limit is refused before reading anything).
-pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
+pub async fn read_body<B>(req: http::Request<B>, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -81,7 +85,7 @@ pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Byt
     let mut body = req.into_body();
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
+        if let Ok(data) = frame.map_err(|e| BodyError::Read(e.into()))?.into_data() {
             if out.len() + data.len() > limit {
                 return Err(BodyError::TooLarge(limit));
             }

@@ -212,6 +212,7 @@ pub async fn start_companion(
     match kind {
         Approach::Raw => start_raw(addr, id, opts, shutdown, grace).await,
         Approach::Sse | Approach::SseH2 => start_sse(kind, addr, id, opts, shutdown, grace).await,
+        Approach::SseH3 => start_sse_h3(addr, id, opts, shutdown, grace).await,
         Approach::Ws => start_ws(addr, id, opts, shutdown, grace).await,
         Approach::Grpc => start_grpc(addr, id, opts, shutdown, grace).await,
         Approach::Wt => start_wt(addr, id, opts, shutdown, grace).await,
@@ -350,6 +351,104 @@ pub async fn start_sse(
     .await?;
     running.page = serves_page;
     Ok(running)
+}
+
+/// The SSE relay over HTTP/3 on UDP `addr`, and over HTTP/2 and HTTP/1.1 with `Alt-Svc`
+/// on TCP at the same port number ([`crate::h3_relay`]). With port 0, TCP takes the port
+/// UDP got, or another when that one is taken on TCP.
+pub async fn start_sse_h3(
+    addr: SocketAddr,
+    id: &Identity,
+    opts: &RelayOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<Running, LaunchError> {
+    let tls = |e: &dyn std::fmt::Display| LaunchError::Tls(e.to_string());
+    let crypto = crate::tls::server_config(id, crate::h3_relay::ALPN_H3).map_err(|e| tls(&e))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| tls(&e))?;
+    let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let bound = crate::quic_socket::bind(addr, opts.quic_socket_buffer)
+        .map_err(|source| LaunchError::Bind { addr, source })?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    let cid_len = opts.quic_cid_len;
+    if cid_len != DEFAULT_QUIC_CID_LEN {
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_len))
+        });
+    }
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        bound.socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| LaunchError::Bind { addr, source })?;
+    if !opts.quic_ecn {
+        crate::quic_socket::ignore_received_ecn(&bound.handle)
+            .map_err(|source| LaunchError::Bind { addr, source })?;
+    }
+    let udp = endpoint.local_addr().unwrap_or(addr);
+    let tcp_addr = SocketAddr::new(addr.ip(), udp.port());
+    let tcp_addr = match TcpListener::bind(tcp_addr).await {
+        Ok(probe) => {
+            drop(probe);
+            tcp_addr
+        }
+        Err(_) if addr.port() == 0 => addr,
+        Err(source) => {
+            return Err(LaunchError::Bind {
+                addr: tcp_addr,
+                source,
+            });
+        }
+    };
+    let upstream = Upstream::with_idle_max(&opts.upstream, opts.upstream_idle_max)?;
+    let (model, max_body, spans) = (opts.model.clone(), opts.max_body, opts.spans.clone());
+    let coalesce = opts.coalesce;
+    let mut relay = None;
+    let tcp = start_https(
+        Approach::SseH3.as_str(),
+        Approach::SseH3.path(),
+        crate::tls::ALPN_H2,
+        tcp_addr,
+        id,
+        shutdown.clone(),
+        grace,
+        opts,
+        |stats| {
+            let r = SseRelay::new(upstream, model, stats, max_body, spans)
+                .with_coalescing(coalesce)
+                .with_alt_svc(udp.port());
+            relay = Some(r.clone());
+            move |req, conn| {
+                let r = r.clone();
+                async move { r.handle(req, conn).await }
+            }
+        },
+    )
+    .await?;
+    let Some(relay) = relay else {
+        return Err(LaunchError::Tls("the relay was not built".into()));
+    };
+    let h3 = crate::h3_relay::H3Relay {
+        relay,
+        stats: tcp.stats.clone(),
+        spans: opts.spans.clone(),
+        max_body: opts.max_body,
+    };
+    let quic = tokio::spawn(h3.serve(endpoint, shutdown, grace));
+    let tcp_task = tcp.task;
+    let task = tokio::spawn(async move {
+        let _ = tokio::join!(quic, tcp_task);
+    });
+    Ok(Running {
+        name: Approach::SseH3.as_str(),
+        url: format!("https://{udp}{}", Approach::SseH3.path()),
+        addr: udp,
+        stats: tcp.stats,
+        task,
+        page: false,
+    })
 }
 
 /// The WebSocket relay (`wss://ADDR/ws`).

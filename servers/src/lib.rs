@@ -9,6 +9,7 @@ pub mod certs;
 pub mod coalesce;
 pub mod gojson;
 pub mod grpc_relay;
+pub mod h3_relay;
 pub mod http;
 pub mod launch;
 pub mod limits;

@@ -18,7 +18,7 @@ use crate::upstream::{ChatStream, Upstream};
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use serde::Deserialize;
 use std::sync::Arc;
 use tokenwire_probe_common::approach::{Approach, Transport};
@@ -34,6 +34,9 @@ pub struct SseRelay {
     page: Option<bytes::Bytes>,
     /// Tokens arriving within this long of the first unsent one leave in one event.
     coalesce: std::time::Duration,
+    /// `Alt-Svc` on every answer: where the same relay speaks HTTP/3 (`sse-h3`'s TCP
+    /// listener).
+    alt_svc: Option<header::HeaderValue>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +60,7 @@ impl SseRelay {
             spans,
             page: None,
             coalesce: std::time::Duration::ZERO,
+            alt_svc: None,
         }
     }
 
@@ -67,13 +71,25 @@ impl SseRelay {
         self
     }
 
+    /// Advertises HTTP/3 on UDP `port` of the same host (`Alt-Svc: h3=":PORT"`).
+    pub fn with_alt_svc(mut self, port: u16) -> Self {
+        self.alt_svc = header::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok();
+        self
+    }
+
     /// Serves `html` at `GET /`.
     pub fn with_page(mut self, html: String) -> Self {
         self.page = Some(bytes::Bytes::from(html));
         self
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    /// Answers one request, over HTTP/1.1 and HTTP/2 (hyper's bodies) or HTTP/3 (the
+    /// `sse-h3` listener reads the body first, [`crate::h3_relay`]).
+    pub async fn handle<B>(&self, req: Request<B>, conn: ConnInfo) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         if let Some(page) = &self.page
             && req.uri().path() == "/"
             && matches!(*req.method(), Method::GET | Method::HEAD)
@@ -81,6 +97,7 @@ impl SseRelay {
             return self.page(page, conn);
         }
         let approach = match req.version() {
+            http::Version::HTTP_3 => Approach::SseH3,
             http::Version::HTTP_2 => Approach::SseH2,
             _ => Approach::Sse,
         };
@@ -98,15 +115,22 @@ impl SseRelay {
             r.headers_mut()
                 .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         }
+        if let Some(alt_svc) = &self.alt_svc {
+            r.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
+        }
         r
     }
 
-    async fn answer(
+    async fn answer<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: ConnInfo,
         mut span: RequestSpan,
-    ) -> Response<Body> {
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         match self.relay(req, conn).await {
             Ok(stream) => {
                 let mut r = Response::new(events(
@@ -158,11 +182,11 @@ impl SseRelay {
     }
 
     /// The upstream's token stream, or the error response.
-    async fn relay(
-        &self,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> Result<ChatStream, Response<Body>> {
+    async fn relay<B>(&self, req: Request<B>, conn: ConnInfo) -> Result<ChatStream, Response<Body>>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         self.stats.add_request();
         if req.uri().path() != Approach::Sse.path() {
             return Err(json_error(

@@ -142,6 +142,12 @@ impl Chromium {
             // One call of the page's run() lasts as long as its stream.
             .request_timeout(cfg.timeout + Duration::from_secs(30))
             .arg(format!("ignore-certificate-errors-spki-list={pin}"));
+        if !cfg.quic_origins.is_empty() {
+            builder = builder.arg("enable-quic").arg(format!(
+                "origin-to-force-quic-on={}",
+                cfg.quic_origins.join(",")
+            ));
+        }
         if running_as_root() {
             // Chromium's sandbox refuses to run as root.
             builder = builder.no_sandbox();

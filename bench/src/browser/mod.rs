@@ -80,6 +80,9 @@ pub struct BrowserConfig {
     pub chromium: Option<PathBuf>,
     /// The companions' certificate (PEM), trusted by its key.
     pub cert: PathBuf,
+    /// `HOST:PORT` origins Chromium reaches over QUIC (HTTP/3) from the first request
+    /// (`--origin-to-force-quic-on`): the sse-h3 companion's.
+    pub quic_origins: Vec<String>,
     /// The probe's API, for the page's live wire figures.
     pub probe: Option<std::net::SocketAddr>,
     /// Where to write a PNG of the page mid-stream (all three panels at once, after the
@@ -138,6 +141,22 @@ struct PageResult {
     /// ports).
     #[serde(default)]
     url: Option<String>,
+}
+
+/// The sse-h3 companion's origin by default: the page's host at the registry's port.
+pub fn default_h3_origin(page_url: &str) -> String {
+    let host = page_url
+        .split_once("://")
+        .map_or(page_url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    // Drop the page's port (the host may be a bracketed IPv6 address).
+    let host = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    format!("{host}:{}", Approach::SseH3.port())
 }
 
 /// The page's URL with the probe's address for its wire figures.

@@ -10,6 +10,19 @@ fn a_missing_chromium_is_named() {
 }
 
 #[test]
+fn the_h3_origin_is_the_page_host_at_the_registry_port() {
+    assert_eq!(
+        default_h3_origin("https://127.0.0.1:8080/?x=1"),
+        "127.0.0.1:8444"
+    );
+    assert_eq!(default_h3_origin("https://[::1]:8080/"), "[::1]:8444");
+    assert_eq!(
+        default_h3_origin("https://example.org/"),
+        "example.org:8444"
+    );
+}
+
+#[test]
 fn the_probe_rides_in_the_page_url() {
     let mut cfg = BrowserConfig {
         page_url: "https://127.0.0.1:8080/".into(),
@@ -20,6 +33,7 @@ fn the_probe_rides_in_the_page_url() {
         warmup: false,
         chromium: None,
         cert: PathBuf::new(),
+        quic_origins: vec![],
         probe: Some("127.0.0.1:9464".parse().unwrap()),
         screenshot: None,
     };

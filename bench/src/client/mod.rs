@@ -2,6 +2,7 @@
 
 pub mod delayed_ack;
 pub mod grpc;
+pub mod h3;
 pub mod https;
 pub mod tls;
 pub mod ws;
@@ -163,6 +164,7 @@ pub enum ApproachClient {
     Raw(https::HttpsClient, String, ReferenceClient),
     /// `sse` over HTTP/1.1 or `sse-h2` over HTTP/2 (the client's ALPN says which).
     Sse(Approach, https::HttpsClient),
+    SseH3(h3::H3Client),
     Ws(ws::WsClient),
     Grpc(grpc::GrpcClient),
     Wt(wt::WtClient, ReferenceClient),
@@ -209,6 +211,16 @@ impl ApproachClient {
                     .map_err(|e| ClientError::Http(format!("TLS configuration: {e}")))?;
                 ApproachClient::Sse(approach, https(targets.addr(approach), h2)?)
             }
+            Approach::SseH3 => {
+                let h3 = trust
+                    .client_config_offering(&[b"h3"])
+                    .map_err(|e| ClientError::Http(format!("TLS configuration: {e}")))?;
+                ApproachClient::SseH3(h3::H3Client::new(
+                    targets.addr(approach),
+                    &targets.host,
+                    h3,
+                )?)
+            }
             Approach::Ws => {
                 let addr = targets.addr(approach);
                 let mut c =
@@ -247,6 +259,7 @@ impl ApproachClient {
         match self {
             ApproachClient::Raw(..) => Approach::Raw,
             ApproachClient::Sse(approach, _) => *approach,
+            ApproachClient::SseH3(_) => Approach::SseH3,
             ApproachClient::Ws(_) => Approach::Ws,
             ApproachClient::Grpc(_) => Approach::Grpc,
             ApproachClient::Wt(..) => Approach::Wt,
@@ -258,6 +271,7 @@ impl ApproachClient {
         match self {
             ApproachClient::Raw(c, ..) | ApproachClient::Sse(_, c) => c.connections,
             ApproachClient::Ws(c) => c.connections,
+            ApproachClient::SseH3(c) => c.connections,
             ApproachClient::Grpc(c) => c.connections,
             ApproachClient::Wt(c, _) => c.connections,
         }
@@ -269,7 +283,10 @@ impl ApproachClient {
         match self {
             ApproachClient::Wt(mut c, _) => c.shutdown().await,
             ApproachClient::Ws(mut c) => c.shutdown().await,
-            ApproachClient::Raw(..) | ApproachClient::Sse(..) | ApproachClient::Grpc(_) => {}
+            ApproachClient::Raw(..)
+            | ApproachClient::Sse(..)
+            | ApproachClient::SseH3(_)
+            | ApproachClient::Grpc(_) => {}
         }
     }
 
@@ -321,6 +338,7 @@ impl ApproachClient {
                         .await?;
                     read_sse(resp, &mut rec, SseKind::Relay).await
                 }
+                ApproachClient::SseH3(c) => c.stream(prompt, reuse, &mut rec).await,
                 ApproachClient::Ws(c) => c.stream(prompt, reuse, &mut rec).await,
                 ApproachClient::Grpc(c) => c.stream(prompt, reuse, &mut rec).await,
                 ApproachClient::Wt(c, reference) => {
@@ -364,51 +382,86 @@ async fn read_sse(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return Err(ClientError::Status {
-            status,
-            body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-        });
+        return Err(status_error(status, &bytes));
     }
-    let mut parser = sse::Parser::with_max_line(MAX_FRAME);
-    let mut done = false;
-    let mut failure = None;
+    let mut reader = SseReader::new(kind);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ClientError::Lost(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        reader.feed(&data, rec)?;
+    }
+    reader.end()
+}
+
+/// A response that is not 200, with the start of its body.
+fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
+    ClientError::Status {
+        status,
+        body: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+    }
+}
+
+/// An SSE answer's events as they arrive, whatever carries them (HTTP/1.1, HTTP/2 or
+/// HTTP/3 bodies).
+struct SseReader {
+    parser: sse::Parser,
+    kind: SseKind,
+    done: bool,
+    failure: Option<String>,
+}
+
+impl SseReader {
+    fn new(kind: SseKind) -> Self {
+        Self {
+            parser: sse::Parser::with_max_line(MAX_FRAME),
+            kind,
+            done: false,
+            failure: None,
+        }
+    }
+
+    /// Records the tokens of one piece of the body.
+    fn feed(&mut self, data: &[u8], rec: &mut Recorder) -> Result<(), ClientError> {
         rec.bytes(data.len());
-        let events = parser
-            .feed(&data)
+        let events = self
+            .parser
+            .feed(data)
             .map_err(|e| ClientError::Stream(e.to_string()))?;
         for ev in events {
             if ev.event == "error" {
-                failure.get_or_insert(ev.data);
+                self.failure.get_or_insert(ev.data);
                 continue;
             }
-            match kind {
-                SseKind::Relay if ev.data == "[DONE]" => done = true,
+            match self.kind {
+                SseKind::Relay if ev.data == "[DONE]" => self.done = true,
                 SseKind::Relay => rec.token(&ev.data),
                 SseKind::OpenAi => match parse_openai_data(&ev.data) {
                     Ok(StreamItem::Token(t)) => rec.token(&t),
                     Ok(StreamItem::Done { tokens: Some(n) }) => rec.reported(n),
-                    Ok(StreamItem::Done { tokens: None }) => done = true,
+                    Ok(StreamItem::Done { tokens: None }) => self.done = true,
                     Ok(StreamItem::Error(e)) => {
-                        failure.get_or_insert(e);
+                        self.failure.get_or_insert(e);
                     }
                     Ok(StreamItem::Other) => {}
                     Err(e) => return Err(ClientError::Stream(format!("malformed chunk: {e}"))),
                 },
             }
         }
+        Ok(())
     }
-    if let Some(f) = failure {
-        return Err(ClientError::Reported(f));
+
+    /// The body is over: was the answer whole?
+    fn end(self) -> Result<(), ClientError> {
+        if let Some(f) = self.failure {
+            return Err(ClientError::Reported(f));
+        }
+        if !self.done {
+            return Err(ClientError::Stream("stream ended without [DONE]".into()));
+        }
+        Ok(())
     }
-    if !done {
-        return Err(ClientError::Stream("stream ended without [DONE]".into()));
-    }
-    Ok(())
 }
 
 async fn wt_stream(

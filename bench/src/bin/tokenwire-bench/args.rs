@@ -61,6 +61,11 @@ pub struct BrowserArgs {
     /// and sse; WebTransport pins it by hash.
     #[arg(long, default_value = "certs/cert.pem")]
     pub cert: PathBuf,
+    /// Where the sse-h3 companion listens (HOST:PORT, UDP): Chromium is told to reach it
+    /// over QUIC from the first request (--origin-to-force-quic-on), as it would after an
+    /// Alt-Svc. Default: the page's host, port 8444
+    #[arg(long, value_name = "HOST:PORT")]
+    pub h3_origin: Option<String>,
     /// Chromium's executable (default: chromium, chromium-browser or google-chrome on PATH).
     #[arg(long)]
     pub chromium: Option<PathBuf>,

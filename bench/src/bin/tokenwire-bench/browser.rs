@@ -5,6 +5,7 @@ use crate::output::{self, Head, Tail};
 use anyhow::{Result, bail};
 use serde::Serialize;
 use std::time::Duration;
+use tokenwire_bench::approach::Approach;
 use tokenwire_bench::report;
 
 /// The browser's JSON document.
@@ -20,7 +21,21 @@ struct BrowserJsonReport<'a> {
 
 pub async fn browser(args: BrowserArgs) -> Result<()> {
     use tokenwire_bench::browser::{self, BrowserConfig};
-    let (prompts, jobs, approaches) = args.workload.load()?;
+    let (prompts, jobs, mut approaches) = args.workload.load()?;
+    // gRPC has no browser API (its trailers are out of a page's reach): left out, said so.
+    let (kept, left): (Vec<Approach>, Vec<Approach>) =
+        approaches.iter().partition(|a| a.spec().browser);
+    if !left.is_empty() {
+        let names: Vec<String> = left.iter().map(|a| a.to_string()).collect();
+        eprintln!(
+            "tokenwire-bench browser: {} left out: no browser API streams it",
+            names.join(", ")
+        );
+    }
+    if kept.is_empty() {
+        bail!("none of the approaches asked for is a browser's");
+    }
+    approaches = kept;
     let probe = output::reachable_probe(args.probe, args.no_probe).await;
     let cfg = BrowserConfig {
         page_url: args.page.clone(),
@@ -31,6 +46,11 @@ pub async fn browser(args: BrowserArgs) -> Result<()> {
         warmup: !args.no_warmup,
         chromium: args.chromium.clone(),
         cert: args.cert.clone(),
+        quic_origins: vec![
+            args.h3_origin
+                .clone()
+                .unwrap_or_else(|| browser::default_h3_origin(&args.page)),
+        ],
         probe,
         screenshot: args.screenshot.clone(),
     };

@@ -1,7 +1,8 @@
 //! tokenwire-servers: the embedded Ollama-compatible model and the companions that stream
 //! its tokens to clients, one per approach of the registry
-//! (`tokenwire_probe_common::approach`) — `raw` (TLS reverse proxy), `sse` (HTTPS SSE
-//! relay), `wt` (WebTransport relay) — as a library (tests start them in-process, with
+//! (`tokenwire_probe_common::approach`) — `raw` (TLS reverse proxy), `sse`, `sse-h2` and
+//! `sse-h3` (the SSE relay over HTTP/1.1, HTTP/2 and HTTP/3), `ws` (WebSocket relay),
+//! `grpc` (gRPC relay), `wt` (WebTransport relay) — as a library (tests start them in-process, with
 //! [`stack::Stack`]) and a binary.
 
 pub mod approach_args;

@@ -7,7 +7,9 @@
 //! The same relay serves `sse-h2`: on its own listener, which offers `h2` by ALPN; each
 //! request is labelled by the HTTP version it came in (`sse` for HTTP/1.x, `sse-h2` for
 //! HTTP/2). Pages from a loopback origin may read its answers across origins (the page
-//! is served from the `sse` listener, another port).
+//! is served from the `sse` listener, another port). It serves `sse-h3` too: HTTP/3
+//! requests reach it through [`crate::h3_relay`] (labelled `sse-h3`), and the same port's
+//! TCP listener answers with `Alt-Svc`.
 
 use crate::coalesce::{Coalescer, Piece};
 use crate::http::{Body, BodyError, BoxError, ConnInfo, json_error, read_body, response};

@@ -5,7 +5,7 @@
 //! 5-byte length prefix and the protobuf), not HTTP/2's frame headers or the trailers.
 
 use super::ClientError;
-use super::https::{connect_tcp, connect_tls};
+use super::https::{connect_io, connect_tls};
 use crate::record::Recorder;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -71,21 +71,8 @@ impl GrpcClient {
     }
 
     async fn connect(&mut self) -> Result<Connection, ClientError> {
-        let tcp = connect_tcp(self.addr).await?;
-        let connection = if self.delayed_acks {
-            self.handshake(super::delayed_ack::DelayedAcks(tcp)).await?
-        } else {
-            self.handshake(tcp).await?
-        };
-        self.connections += 1;
-        Ok(connection)
-    }
-
-    async fn handshake<S>(&self, stream: S) -> Result<Connection, ClientError>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let tls = connect_tls(&self.tls, &self.host, self.addr, stream).await?;
+        let io = connect_io(self.addr, self.delayed_acks).await?;
+        let tls = connect_tls(&self.tls, &self.host, self.addr, io).await?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(ClientError::Http(format!(
                 "{} did not take HTTP/2 (ALPN h2); is it the grpc listener?",
@@ -98,6 +85,7 @@ impl GrpcClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        self.connections += 1;
         Ok(Connection(sender))
     }
 

@@ -72,6 +72,24 @@ pub(super) async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, ClientErr
     Ok(tcp)
 }
 
+/// Any byte stream a client's TLS runs on (TCP, or TCP with delayed ACKs allowed).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A TCP connection to `addr` ([`connect_tcp`]), letting the kernel delay its ACKs when
+/// `delayed_acks` ([`super::delayed_ack`]).
+pub(super) async fn connect_io(
+    addr: SocketAddr,
+    delayed_acks: bool,
+) -> Result<Box<dyn Io>, ClientError> {
+    let tcp = connect_tcp(addr).await?;
+    Ok(if delayed_acks {
+        Box::new(super::delayed_ack::DelayedAcks(tcp))
+    } else {
+        Box::new(tcp)
+    })
+}
+
 /// TLS with `host` as the server name on a connected stream.
 pub(super) async fn connect_tls<S>(
     connector: &tokio_rustls::TlsConnector,
@@ -130,12 +148,8 @@ impl HttpsClient {
     }
 
     async fn connect(&mut self) -> Result<Sender, ClientError> {
-        let tcp = connect_tcp(self.addr).await?;
-        let sender = if self.delayed_acks {
-            self.handshake(super::delayed_ack::DelayedAcks(tcp)).await?
-        } else {
-            self.handshake(tcp).await?
-        };
+        let io = connect_io(self.addr, self.delayed_acks).await?;
+        let sender = self.handshake(io).await?;
         self.connections += 1;
         Ok(sender)
     }

@@ -8,7 +8,7 @@
 //! transport, like HTTP/1.1's chunk lines and HTTP/2's frame headers for SSE.
 
 use super::ClientError;
-use super::https::{connect_tcp, connect_tls};
+use super::https::{Io, connect_io, connect_tls};
 use crate::record::Recorder;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -18,10 +18,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-
-/// Any byte stream the socket runs on (TCP, or TCP with delayed ACKs allowed).
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 type Socket = WebSocketStream<tokio_rustls::client::TlsStream<Box<dyn Io>>>;
 
@@ -65,12 +61,7 @@ impl WsClient {
     }
 
     async fn connect(&mut self) -> Result<Box<Socket>, ClientError> {
-        let tcp = connect_tcp(self.addr).await?;
-        let io: Box<dyn Io> = if self.delayed_acks {
-            Box::new(super::delayed_ack::DelayedAcks(tcp))
-        } else {
-            Box::new(tcp)
-        };
+        let io = connect_io(self.addr, self.delayed_acks).await?;
         let tls = connect_tls(&self.tls, &self.host, self.addr, io).await?;
         let url = format!("wss://{}:{}{}", self.host, self.addr.port(), self.path);
         let config = WebSocketConfig::default()

@@ -46,6 +46,38 @@ pub const HTTP_PORTS_MAP: &str = "HTTP_PORTS";
 /// Name of the ring buffer of passively read packets ([`PassiveEvent`]).
 pub const PASSIVE_MAP: &str = "PASSIVE";
 
+/// Name of the one-entry array that says how a pinned object was loaded ([`PinMeta`]):
+/// written by the probe that first loads it under `--pin`, read by the probes that adopt
+/// it. The classifier never reads it.
+pub const PIN_META_MAP: &str = "PIN_META";
+
+/// The layout of the maps a pinned object shares with the probes that adopt it: bumped
+/// whenever a map's key, value or meaning changes. A probe refuses pinned maps of another
+/// format (`tokenwire-probe detach` removes them).
+pub const PIN_FORMAT: u64 = 1;
+
+/// How a pinned object was loaded: what a probe adopting its maps must load its own
+/// programs with so that they count into the same slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PinMeta {
+    /// [`PIN_FORMAT`] of the probe that loaded it.
+    pub format: u64,
+    /// Random at the first load: names the pinned maps' life (and the probe's state file).
+    pub generation: u64,
+    /// Unix seconds of the first load.
+    pub created_unix_s: u64,
+    pub slot_shift: u64,
+    /// `--max-flows` at the first load (the maps' sizes).
+    pub max_flows: u64,
+    pub event_ring_bytes: u64,
+    pub passive_ring_bytes: u64,
+    pub fingerprint_keys: [u64; 14],
+    /// A hash of the kernel object now attached (the adopting probe replaces the program
+    /// with its own when they differ; the maps stay).
+    pub object_hash: u64,
+}
+
 /// Bytes of a flow's first payload copied into a [`FlowEvent`].
 pub const PAYLOAD_CAPTURE: usize = 512;
 
@@ -265,6 +297,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowCounters {}
     unsafe impl aya::Pod for super::Unattributed {}
+    unsafe impl aya::Pod for super::PinMeta {}
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
 use tokenwire_probe_common::{
     EVENT_CLOSE, EVENT_OPEN, EVENT_PAYLOAD, FAMILY_V4, FAMILY_V6, FlowCounters, FlowEvent, FlowKey,
-    PAYLOAD_CAPTURE, PassiveEvent, PassiveHeader, SENT_CLOSE, SENT_PASSIVE, SENT_PAYLOAD, TCP_FIN,
+    PAYLOAD_CAPTURE, PassiveEvent, PinMeta, PassiveHeader, SENT_CLOSE, SENT_PASSIVE, SENT_PAYLOAD, TCP_FIN,
     TCP_RST, Unattributed, failure, fingerprint, slot, unattributed,
 };
 
@@ -64,6 +64,10 @@ static HTTP_PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
 /// sizes it (`--passive-ring-mib`).
 #[map(name = "PASSIVE")]
 static PASSIVE: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// How the object was loaded, for probes that adopt it pinned (`--pin`); never read here.
+#[map(name = "PIN_META")]
+static PIN_META: Array<PinMeta> = Array::with_max_entries(1, 0);
 
 #[map(name = "UNATTRIBUTED")]
 static UNATTRIBUTED: PerCpuArray<Unattributed> =

@@ -40,6 +40,16 @@ pub enum Command {
     /// `basic_auth_users` in a --web-config file: `tokenwire-probe hash-password <
     /// password.txt`. The same hashes as `htpasswd -nBC 10`.
     HashPassword(HashPasswordArgs),
+    /// Detach a classifier pinned by `run --pin` and remove its maps and its carried state
+    /// (their counts go). Refused while a probe runs with the directory.
+    Detach(DetachArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DetachArgs {
+    /// The pin directory `run --pin` used.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_value = backend::DEFAULT_PIN_DIR, default_missing_value = backend::DEFAULT_PIN_DIR)]
+    pub pin: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -189,6 +199,14 @@ pub struct RunArgs {
     /// (tokenwire_probe_passive_drops_total) and the requests then read marked incomplete.
     #[arg(long, default_value_t = 16)]
     pub passive_ring_mib: u32,
+    /// eBPF: pin the classifier's links and maps in DIR, on a BPF filesystem (default
+    /// /sys/fs/bpf/tokenwire), so they outlive this probe: stopped, killed or upgraded, it
+    /// leaves the classifier attached and counting, and a probe started later with the same
+    /// DIR and interfaces adopts it, its wire counters continuing from where they stood with
+    /// the packets of the gap counted. One probe per DIR; Linux 6.6 or later (TCX links).
+    /// `tokenwire-probe detach --pin DIR` removes them. docs/reliability.md.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = backend::DEFAULT_PIN_DIR)]
+    pub pin: Option<PathBuf>,
     /// Turn on the kernel's BPF run-time statistics while running and report the probe's
     /// own cost in ns per packet.
     #[arg(long)]
@@ -292,6 +310,7 @@ impl RunArgs {
             http_ports: self.passive.http_ports.0.clone(),
             passive_ring_bytes: self.passive_ring_mib.clamp(1, 1024) << 20,
             event_ring_bytes: self.event_ring_kib.clamp(4, 1 << 20) << 10,
+            pin: self.pin.clone(),
             pcap: backend::pcap::PcapOptions {
                 snaplen: self.snaplen,
                 buffer_size: self.buffer_size,

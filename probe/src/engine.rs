@@ -244,7 +244,20 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Ends every connection with the counters as they stand (the end of a replay).
+    /// The flow table's part a probe adopting this one's pinned maps needs
+    /// ([`crate::table::CarriedTable`]).
+    pub fn carry_out(&self, generation: u64) -> crate::table::CarriedTable {
+        self.table.carry_out(generation)
+    }
+
+    /// Takes over a previous probe's flow table, before the first counter read; how many
+    /// connections it carried.
+    pub fn carry_in(&mut self, carried: crate::table::CarriedTable, now: Instant) -> usize {
+        self.table.carry_in(carried, now)
+    }
+
+    /// Ends every connection with the counters as they stand (the end of a replay, or of
+    /// a live run: requests still running end `unknown` with their bytes so far).
     pub fn finish_all(&mut self, now: Instant) -> Result<(), BackendError> {
         self.backend.poll(&mut self.table, now)?;
         self.attributor.finish_all(&self.table);

@@ -1,11 +1,11 @@
 //! The probe's vocabulary: a packet's key as the capture saw it, transports, directions,
 //! and counters. Platform-free: every backend converts into these.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// One direction of a flow on one interface and hook, as packets carry it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PacketKey {
     pub proto: u8,
     pub src: SocketAddr,
@@ -64,7 +64,7 @@ impl PacketKey {
 }
 
 /// Packets and bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub packets: u64,
     /// From the IP header onward.
@@ -101,7 +101,7 @@ impl std::ops::Add for Counters {
 }
 
 /// What a flow carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// TCP whose first payload is a TLS record.
@@ -128,10 +128,24 @@ impl Transport {
             Transport::Other => "other",
         }
     }
+
+    /// The transport whose [`Transport::as_str`] is `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Transport::Tls,
+            Transport::Http,
+            Transport::Tcp,
+            Transport::Quic,
+            Transport::Udp,
+            Transport::Other,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == name)
+    }
 }
 
 /// Relative to the flow's server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     ToServer,
@@ -144,6 +158,13 @@ impl Direction {
             Direction::ToServer => "to_server",
             Direction::ToClient => "to_client",
         }
+    }
+
+    /// The direction whose [`Direction::as_str`] is `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Direction::ToServer, Direction::ToClient]
+            .into_iter()
+            .find(|d| d.as_str() == name)
     }
 }
 

@@ -7,7 +7,7 @@ mod cli;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use cli::{AnalyzeArgs, Cli, Command, HashPasswordArgs, KernelBenchArgs, RunArgs};
+use cli::{AnalyzeArgs, Cli, Command, DetachArgs, HashPasswordArgs, KernelBenchArgs, RunArgs};
 use std::time::{Duration, Instant};
 use tokenwire_probe::api::{self, Ask};
 use tokenwire_probe::backend;
@@ -35,6 +35,7 @@ fn real_main() -> Result<()> {
         Command::Analyze(args) => return analyze(args),
         Command::KernelBench(args) => return kernel_bench(args),
         Command::HashPassword(args) => return hash_password(args),
+        Command::Detach(args) => return detach(args),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,11 +80,18 @@ async fn run(args: RunArgs) -> Result<()> {
             Some(SpanSocket::bind(&args.spans, group.transpose()?)?)
         }
     };
+    if args.pin.is_some() && args.backend == backend::BackendKind::Pcap {
+        bail!("--pin pins the eBPF backend's maps and links; drop it with --backend pcap");
+    }
     let opened = backend::open(args.backend, &args.live_options(&labels))?;
     if let Some(notice) = &opened.notice {
         eprintln!("tokenwire-probe: {notice}");
     }
     let mut engine = Engine::new(opened.backend, labels, args.engine_options());
+    let carry = engine.backend().carry();
+    if let Some(c) = &carry {
+        adopt(&mut engine, c);
+    }
     let names: Vec<String> = engine.interfaces().iter().map(|(_, n)| n.clone()).collect();
     eprintln!(
         "tokenwire-probe: backend {} on {}",
@@ -185,7 +193,12 @@ async fn run(args: RunArgs) -> Result<()> {
                 engine.loop_lag(now.saturating_duration_since(due.into_std()));
                 engine.tick(now);
             }
-            _ = refresh.tick() => engine.poll(Instant::now())?,
+            _ = refresh.tick() => {
+                engine.poll(Instant::now())?;
+                if let Some(c) = &carry {
+                    save_carry(&engine, c);
+                }
+            }
             // The refresh tick (at least as often) keeps the table current: printing reads it.
             _ = print.tick() => {
                 snapshot += 1;
@@ -197,9 +210,76 @@ async fn run(args: RunArgs) -> Result<()> {
             _ = &mut until => break,
         }
     }
-    engine.poll(Instant::now())?;
+    // Requests still running end `unknown`, with their bytes so far.
+    engine.finish_all(Instant::now())?;
+    if let Some(c) = &carry {
+        save_carry(&engine, c);
+    }
     emit(&engine, snapshot + 1, true);
     Ok(())
+}
+
+/// Takes over what a previous probe left with the pinned maps: its flow table's state.
+fn adopt<B: backend::Backend>(engine: &mut Engine<B>, c: &backend::Carry) {
+    let dir = c.dir.display();
+    if !c.adopted {
+        eprintln!(
+            "tokenwire-probe: pinned in {dir}: the classifier stays attached when this probe stops (`tokenwire-probe detach --pin {dir}` removes it)"
+        );
+        return;
+    }
+    let carried = std::fs::read(&c.file)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| {
+            tokenwire_probe::table::CarriedTable::from_json(&b, c.generation).map_err(Into::into)
+        });
+    match carried {
+        Ok(t) => {
+            let n = engine.carry_in(t, Instant::now());
+            eprintln!(
+                "tokenwire-probe: adopted the classifier pinned in {dir}: it counted while no probe ran; {n} connections carried over"
+            );
+        }
+        Err(e) => eprintln!(
+            "tokenwire-probe: adopted the classifier pinned in {dir} (its counts go on), but not the previous probe's flow table ({}: {e:#}): totals of connections it had evicted start again",
+            c.file.display()
+        ),
+    }
+}
+
+/// Writes the flow table's state for the probe that will adopt the pinned maps.
+fn save_carry<B: backend::Backend>(engine: &Engine<B>, c: &backend::Carry) {
+    let bytes = engine.carry_out(c.generation).to_json();
+    let written = c
+        .file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| write_atomically(&c.file, &bytes));
+    if let Err(e) = written {
+        tracing::warn!(file = %c.file.display(), error = %e, "writing the flow table's state for the next probe");
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn detach(args: DetachArgs) -> Result<()> {
+    let d = backend::pin::detach(&args.pin)?;
+    println!(
+        "detached {}: {} links, {} maps{}",
+        args.pin.display(),
+        d.links,
+        d.maps,
+        if d.state_file {
+            ", the carried flow table"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn detach(_args: DetachArgs) -> Result<()> {
+    bail!("detach removes pinned eBPF programs: Linux only")
 }
 
 /// The HTTP endpoints' TLS and gate from `--web-config` and `--metrics-only`.

@@ -521,5 +521,8 @@ impl Counts for FlowTable {
     }
 }
 
+mod carry;
 #[cfg(test)]
 mod tests;
+
+pub use carry::{CarriedTable, CarryError};

@@ -8,6 +8,17 @@ use crate::table::FlowTable;
 use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// Where a capture with pinned maps carries the flow table over to the next probe
+/// (`--pin`): the state file, the pinned maps' generation it belongs to, and whether this
+/// probe adopted maps a previous one left.
+#[derive(Debug, Clone)]
+pub struct Carry {
+    pub dir: std::path::PathBuf,
+    pub file: std::path::PathBuf,
+    pub generation: u64,
+    pub adopted: bool,
+}
+
 /// What a capture backend does for the engine.
 pub trait Backend {
     /// Its name in output and in `tokenwire_probe_info`: `ebpf`, `pcap` or `replay`.
@@ -57,6 +68,11 @@ pub trait Backend {
     fn now_ns(&self) -> u64 {
         wall_clock_ns()
     }
+    /// Where the flow table is carried to the next probe, when the capture's maps outlive
+    /// this one (pinned).
+    fn carry(&self) -> Option<Carry> {
+        None
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -95,6 +111,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn now_ns(&self) -> u64 {
         (**self).now_ns()
+    }
+    fn carry(&self) -> Option<Carry> {
+        (**self).carry()
     }
 }
 

@@ -6,20 +6,29 @@
 //! process, so they disappear with it even after `kill -9` and nothing stale can remain.
 //! Older kernels use a clsact qdisc and netlink filters; there, stale filters of ours are
 //! removed at start, and a qdisc we added is deleted on exit.
+//!
+//! With `--pin` (TCX only) the links and maps are pinned instead and outlive the process;
+//! the next probe adopts them (`pin`).
 
+use super::capture::Carry;
 use super::capture::{Backend, BackendError, wall_clock_ns};
 use super::ebpf_object::{
-    ALL_PROGRAMS, EbpfError, LinkKind, RingSizes, chain, hook_name, is_permission,
-    load_object_sized, load_program, program_name,
+    ALL_PROGRAMS, EbpfError, Layout, LinkKind, RingSizes, chain, embedded_object_hash, hook_name,
+    is_permission, load_object_pinned, load_object_sized, load_program, program_name, random_keys,
 };
 use super::flow_maps::FlowMaps;
+use super::pin::PinDir;
 use crate::flow::{Counters, PacketKey};
 use crate::health::Health;
 use crate::passive::{Passive, PassivePacket};
 use crate::spans::{ConnRef, Span};
 use crate::table::{EventKind, FlowTable};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use aya::programs::tc::{self, SchedClassifier, TcAttachType};
+use aya::programs::LinkOrder;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{
+    self, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType,
+};
 use std::collections::BTreeSet;
 use std::time::Instant;
 use tokenwire_probe_common as common;
@@ -71,6 +80,19 @@ pub struct EbpfOptions {
     /// TCP server ports whose every packet is sent to user space (passive reading).
     pub http_ports: BTreeSet<u16>,
     pub rings: RingSizes,
+    /// Pin the maps and links in this bpffs directory, adopting what a previous probe left
+    /// there (`--pin`).
+    pub pin: Option<std::path::PathBuf>,
+}
+
+/// A probe's hold on pinned maps and links.
+struct Pinned {
+    dir: PinDir,
+    generation: u64,
+    /// Whether the maps were there already (left by a previous probe).
+    adopted: bool,
+    /// The links (pinned: closing them leaves the classifier attached).
+    _links: Vec<FdLink>,
 }
 
 /// Marks `ports` (1) in the kernel's port array where `marked` are marked now; the others
@@ -107,6 +129,203 @@ fn mono_to_unix_ns() -> i128 {
     i128::from(wall_clock_ns()) - mono
 }
 
+/// The layout of what is pinned in `dir`, if anything, after checking that this probe can
+/// adopt it: same map format, same interfaces and hooks. Flags the pinned maps override
+/// are said once.
+fn adoptable(
+    dir: &PinDir,
+    ifaces: &[Iface],
+    max_flows: u32,
+    rings: RingSizes,
+) -> Result<Option<common::PinMeta>, EbpfError> {
+    let refuse = |reason: String| EbpfError::Pin {
+        dir: dir.path().display().to_string(),
+        reason,
+    };
+    let Some(meta) = dir.meta()? else {
+        if !dir.links().is_empty() {
+            return Err(refuse(
+                "links are pinned there without their maps: run `tokenwire-probe detach --pin DIR`"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if meta.format != common::PIN_FORMAT {
+        return Err(refuse(format!(
+            "the pinned maps are of format {}, this probe reads format {} (another version): \
+             run `tokenwire-probe detach --pin {}` to remove them (their counts go), or pin elsewhere",
+            meta.format,
+            common::PIN_FORMAT,
+            dir.path().display()
+        )));
+    }
+    let want: BTreeSet<String> = ifaces
+        .iter()
+        .flat_map(|i| i.hooks().iter().map(|h| super::pin::link_name(&i.name, *h)))
+        .collect();
+    let have = dir.links();
+    if have != want {
+        let names = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
+        return Err(refuse(format!(
+            "pinned for other interfaces ({}) than asked ({}): pin elsewhere, or detach first",
+            names(&have),
+            names(&want)
+        )));
+    }
+    let differ = |flag: &str, asked: u64, pinned: u64| {
+        if asked != pinned {
+            tracing::warn!(
+                "{flag} {asked} ignored: the pinned maps were made with {pinned} (detach to change it)"
+            );
+        }
+    };
+    differ("--max-flows", u64::from(max_flows), meta.max_flows);
+    differ(
+        "event ring bytes",
+        u64::from(rings.events),
+        meta.event_ring_bytes,
+    );
+    differ(
+        "passive ring bytes",
+        u64::from(rings.passive),
+        meta.passive_ring_bytes,
+    );
+    Ok(Some(meta))
+}
+
+/// Attaches `iface`'s classifier for `hook`. Pinned: the link pinned there (a previous
+/// probe's) gets this probe's program in one atomic swap, else a new link is made and
+/// pinned; either way it is returned to be held.
+fn attach(
+    ebpf: &mut aya::Ebpf,
+    iface: &Iface,
+    hook: TcAttachType,
+    tcx: bool,
+    pin: Option<&PinDir>,
+) -> Result<Option<FdLink>, EbpfError> {
+    let name = program_name(iface.link, hook);
+    if !tcx {
+        // Filters of ours left by a crashed run (netlink filters outlive processes).
+        let _ = tc::qdisc_detach_program(&iface.name, hook, name);
+    }
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| EbpfError::Load(format!("program {name} missing from the object")))?;
+    let attach_error = |e: aya::programs::ProgramError| {
+        if is_permission(&e) {
+            EbpfError::Permission(chain(&e))
+        } else {
+            EbpfError::Attach {
+                iface: iface.name.clone(),
+                hook: hook_name(hook),
+                reason: chain(&e),
+            }
+        }
+    };
+    let Some(dir) = pin else {
+        prog.attach(&iface.name, hook).map_err(attach_error)?;
+        tracing::info!(iface = %iface.name, hook = hook_name(hook), program = name, tcx, "attached");
+        return Ok(None);
+    };
+    let path = dir.link_path(&iface.name, hook);
+    let pin_error = |reason: String| EbpfError::Pin {
+        dir: dir.path().display().to_string(),
+        reason,
+    };
+    let adopted = path.exists();
+    let id = if adopted {
+        let old = PinnedLink::from_pin(&path).map_err(|e| pin_error(chain(&e)))?;
+        let link = SchedClassifierLink::try_from(FdLink::from(old))
+            .map_err(|e| pin_error(format!("{}: {}", path.display(), chain(&e))))?;
+        prog.attach_to_link(link).map_err(attach_error)?
+    } else {
+        prog.attach_with_options(
+            &iface.name,
+            hook,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(attach_error)?
+    };
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(attach_error)?
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| pin_error(chain(&e)))?;
+    let link = if adopted {
+        link
+    } else {
+        FdLink::from(link.pin(&path).map_err(|e| pin_error(chain(&e)))?)
+    };
+    tracing::info!(iface = %iface.name, hook = hook_name(hook), program = name, adopted, "attached (pinned)");
+    Ok(Some(link))
+}
+
+/// Writes the pin's record (new maps), or updates the object's hash (adopted maps whose
+/// program this probe just replaced).
+fn record_pin(
+    ebpf: &mut aya::Ebpf,
+    dir: PinDir,
+    meta: Option<common::PinMeta>,
+    layout: Layout,
+    max_flows: u32,
+    rings: RingSizes,
+    links: Vec<FdLink>,
+) -> Result<Pinned, EbpfError> {
+    let map = ebpf.take_map(common::PIN_META_MAP).ok_or(EbpfError::Map {
+        map: common::PIN_META_MAP,
+        reason: "missing from the object".into(),
+    })?;
+    let mut map: Array<MapData, common::PinMeta> =
+        Array::try_from(map).map_err(|e| EbpfError::Map {
+            map: common::PIN_META_MAP,
+            reason: chain(&e),
+        })?;
+    let hash = embedded_object_hash();
+    let adopted = meta.is_some();
+    let record = match meta {
+        Some(m) => {
+            if m.object_hash != hash {
+                tracing::warn!(
+                    "the pinned classifier was another build's; this probe's replaced it (the maps and their counts stay)"
+                );
+            }
+            common::PinMeta {
+                object_hash: hash,
+                ..m
+            }
+        }
+        None => common::PinMeta {
+            format: common::PIN_FORMAT,
+            generation: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
+            created_unix_s: wall_clock_ns() / 1_000_000_000,
+            slot_shift: u64::from(layout.slot_shift),
+            max_flows: u64::from(max_flows),
+            event_ring_bytes: u64::from(super::ebpf_object::ring_size(rings.events)),
+            passive_ring_bytes: u64::from(super::ebpf_object::ring_size(rings.passive)),
+            fingerprint_keys: layout.keys,
+            object_hash: hash,
+        },
+    };
+    map.set(0, record, 0).map_err(|e| EbpfError::Map {
+        map: common::PIN_META_MAP,
+        reason: chain(&e),
+    })?;
+    tracing::info!(dir = %dir.path().display(), generation = format!("{:016x}", record.generation), adopted, "pinned");
+    Ok(Pinned {
+        dir,
+        generation: record.generation,
+        adopted,
+        _links: links,
+    })
+}
+
 pub struct EbpfBackend {
     // Field order matters: maps and links go before the object is dropped.
     flows: FlowMaps,
@@ -126,6 +345,8 @@ pub struct EbpfBackend {
     added_qdisc: Vec<String>,
     /// Keys in the kernel map at the last full read.
     tracked: u64,
+    /// The pinned maps and links, with `--pin`.
+    pinned: Option<Pinned>,
     /// Keeps the kernel's BPF run-time statistics on while it lives (`--bpf-stats`).
     _stats: Option<std::os::fd::OwnedFd>,
     _ebpf: aya::Ebpf,
@@ -139,7 +360,8 @@ impl EbpfBackend {
     }
 
     /// The same, with the ports read passively marked before the programs attach (so
-    /// every connection that starts from then on is read from its first packet).
+    /// every connection that starts from then on is read from its first packet), and with
+    /// pinning when `opts.pin` says so.
     pub fn start_with(
         ifaces: &[String],
         max_flows: u32,
@@ -150,26 +372,66 @@ impl EbpfBackend {
             .iter()
             .map(|n| Iface::lookup(n))
             .collect::<Result<_, _>>()?;
-        let (mut ebpf, layout) = load_object_sized(max_flows, opts.rings)?;
-        let mut http_ports: Array<MapData, u8> = Array::try_from(
-            ebpf.take_map(common::HTTP_PORTS_MAP)
-                .ok_or(EbpfError::Map {
-                    map: common::HTTP_PORTS_MAP,
-                    reason: "missing from the object".into(),
-                })?,
-        )
-        .map_err(|e| EbpfError::Map {
-            map: common::HTTP_PORTS_MAP,
-            reason: chain(&e),
-        })?;
-        let mut marked = BTreeSet::new();
-        mark_ports(&mut http_ports, &mut marked, &opts.http_ports)?;
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        let pin = match &opts.pin {
+            Some(dir) if !tcx => {
+                return Err(EbpfError::Pin {
+                    dir: dir.display().to_string(),
+                    reason: "pinning needs TCX links (Linux 6.6 or later)".into(),
+                });
+            }
+            Some(dir) => Some(PinDir::open(dir)?),
+            None => None,
+        };
+        let meta = match &pin {
+            Some(p) => adoptable(p, &ifaces, max_flows, opts.rings)?,
+            None => None,
+        };
+        let (mut ebpf, layout) = match (&pin, &meta) {
+            (Some(p), Some(m)) => load_object_pinned(
+                m.max_flows as u32,
+                m.fingerprint_keys,
+                RingSizes {
+                    events: m.event_ring_bytes as u32,
+                    passive: m.passive_ring_bytes as u32,
+                },
+                p.path(),
+            )?,
+            (Some(p), None) => load_object_pinned(max_flows, random_keys(), opts.rings, p.path())?,
+            (None, _) => load_object_sized(max_flows, opts.rings)?,
+        };
+        let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(EbpfError::Map {
+                map: name,
+                reason: "missing from the object".into(),
+            })
+        };
+        let map_err = |map: &'static str| {
+            move |e: aya::maps::MapError| EbpfError::Map {
+                map,
+                reason: chain(&e),
+            }
+        };
+        let mut http_ports: Array<MapData, u8> =
+            Array::try_from(take(&mut ebpf, common::HTTP_PORTS_MAP)?)
+                .map_err(map_err(common::HTTP_PORTS_MAP))?;
+        // Adopted maps keep the ports the previous probe marked: start from those.
+        let mut marked = match meta {
+            Some(_) => http_ports
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| matches!(v, Ok(1)))
+                .filter_map(|(port, _)| u16::try_from(port).ok())
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        mark_ports(&mut http_ports, &mut marked, &opts.http_ports)?;
         let mut added_qdisc = Vec::new();
         for name in ALL_PROGRAMS {
             load_program(&mut ebpf, name)?;
         }
+        let mut links = Vec::new();
         for iface in &ifaces {
             if !tcx {
                 match tc::qdisc_add_clsact(&iface.name) {
@@ -185,42 +447,16 @@ impl EbpfBackend {
                 }
             }
             for &hook in iface.hooks() {
-                let name = program_name(iface.link, hook);
-                if !tcx {
-                    // Filters of ours left by a crashed run (netlink filters outlive processes).
-                    let _ = tc::qdisc_detach_program(&iface.name, hook, name);
+                if let Some(link) = attach(&mut ebpf, iface, hook, tcx, pin.as_ref())? {
+                    links.push(link);
                 }
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or_else(|| {
-                        EbpfError::Load(format!("program {name} missing from the object"))
-                    })?;
-                prog.attach(&iface.name, hook).map_err(|e| {
-                    if is_permission(&e) {
-                        EbpfError::Permission(chain(&e))
-                    } else {
-                        EbpfError::Attach {
-                            iface: iface.name.clone(),
-                            hook: hook_name(hook),
-                            reason: chain(&e),
-                        }
-                    }
-                })?;
-                tracing::info!(iface = %iface.name, hook = hook_name(hook), program = name, tcx, "attached");
             }
         }
-        let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(EbpfError::Map {
-                map: name,
-                reason: "missing from the object".into(),
-            })
-        };
-        let map_err = |map: &'static str| {
-            move |e: aya::maps::MapError| EbpfError::Map {
-                map,
-                reason: chain(&e),
-            }
+        let pinned = match pin {
+            Some(dir) => Some(record_pin(
+                &mut ebpf, dir, meta, layout, max_flows, opts.rings, links,
+            )?),
+            None => None,
         };
         let flows = FlowMaps::take(&mut ebpf, layout)?;
         let events = RingBuf::try_from(take(&mut ebpf, common::EVENTS_MAP)?)
@@ -236,7 +472,7 @@ impl EbpfBackend {
         } else {
             None
         };
-        Ok(Self {
+        let mut backend = Self {
             flows,
             events,
             passive: passive_ring,
@@ -249,9 +485,13 @@ impl EbpfBackend {
             ifaces,
             added_qdisc,
             tracked: 0,
+            pinned,
             _stats: stats,
             _ebpf: ebpf,
-        })
+        };
+        // Passive drops of the previous probe's time were its to report.
+        backend.passive_drops_seen = backend.failure(common::failure::PASSIVE_RINGBUF_FULL);
+        Ok(backend)
     }
 
     /// Turns on the kernel's BPF run-time statistics for as long as the returned handle
@@ -432,6 +672,15 @@ impl Backend for EbpfBackend {
 
     fn drain_passive(&mut self, sink: &mut Passive) {
         self.drain_passive_into(sink);
+    }
+
+    fn carry(&self) -> Option<Carry> {
+        self.pinned.as_ref().map(|p| Carry {
+            dir: p.dir.path().to_owned(),
+            file: super::pin::state_file(p.generation),
+            generation: p.generation,
+            adopted: p.adopted,
+        })
     }
 
     fn health(&self) -> Health {

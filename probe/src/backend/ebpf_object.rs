@@ -28,6 +28,8 @@ pub enum EbpfError {
     },
     #[error("reading eBPF map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    #[error("--pin {dir}: {reason}")]
+    Pin { dir: String, reason: String },
 }
 
 /// What an interface carries before the IP header.
@@ -74,15 +76,52 @@ pub(super) fn load_object_sized(
     max_flows: u32,
     rings: RingSizes,
 ) -> Result<(aya::Ebpf, Layout), EbpfError> {
-    load_object_bytes(OBJECT, max_flows, random_keys(), rings)
+    load_object_bytes(OBJECT, max_flows, random_keys(), rings, None)
 }
+
+/// The embedded object with its maps pinned in `pin_dir` (opened where pinned already,
+/// else created and pinned there), loaded with `keys` and sizes (those the pinned maps
+/// were made with, when they exist).
+pub(super) fn load_object_pinned(
+    max_flows: u32,
+    keys: [u64; 14],
+    rings: RingSizes,
+    pin_dir: &std::path::Path,
+) -> Result<(aya::Ebpf, Layout), EbpfError> {
+    load_object_bytes(OBJECT, max_flows, keys, rings, Some(pin_dir))
+}
+
+/// The embedded object's hash ([`object_hash`]).
+pub(super) fn embedded_object_hash() -> u64 {
+    object_hash(OBJECT)
+}
+
+/// A hash of a kernel object (FNV-1a): tells whether the pinned program is this build's.
+pub(super) fn object_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The maps pinned: all but the globals' (set at load, from `PIN_META` when adopting: `pin`).
+pub(super) const PINNED_MAPS: [&str; 9] = [
+    common::SLOTS_MAP,
+    common::FLOW_KEYS_MAP,
+    common::COLLIDED_MAP,
+    common::EVENTS_MAP,
+    common::PASSIVE_MAP,
+    common::HTTP_PORTS_MAP,
+    common::UNATTRIBUTED_MAP,
+    common::FAILURES_MAP,
+    common::PIN_META_MAP,
+];
 
 /// The same with chosen fingerprint keys (tests force collisions with them).
 pub(super) fn load_object_with(
     max_flows: u32,
     keys: [u64; 14],
 ) -> Result<(aya::Ebpf, Layout), EbpfError> {
-    load_object_bytes(OBJECT, max_flows, keys, RingSizes::default())
+    load_object_bytes(OBJECT, max_flows, keys, RingSizes::default(), None)
 }
 
 /// Another object than the embedded one (`kernel-bench --object`), with random keys.
@@ -90,7 +129,7 @@ pub(super) fn load_object_from(
     object: &[u8],
     max_flows: u32,
 ) -> Result<(aya::Ebpf, Layout), EbpfError> {
-    load_object_bytes(object, max_flows, random_keys(), RingSizes::default())
+    load_object_bytes(object, max_flows, random_keys(), RingSizes::default(), None)
 }
 
 pub(super) fn load_object_bytes(
@@ -98,6 +137,7 @@ pub(super) fn load_object_bytes(
     max_flows: u32,
     keys: [u64; 14],
     rings: RingSizes,
+    pin_dir: Option<&std::path::Path>,
 ) -> Result<(aya::Ebpf, Layout), EbpfError> {
     // A slot per key, a power of two of them (at least 1,024).
     let slots = max_flows
@@ -108,7 +148,13 @@ pub(super) fn load_object_bytes(
         keys,
         slot_shift: 64 - slots.trailing_zeros(),
     };
-    aya::EbpfLoader::new()
+    let mut loader = aya::EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    loader
         .map_max_entries(common::SLOTS_MAP, slots)
         .map_max_entries(common::FLOW_KEYS_MAP, slots)
         .map_max_entries(common::COLLIDED_MAP, max_flows.max(1))

@@ -24,6 +24,9 @@ pub const DEFAULT_IFACE: &str = "lo0";
 #[cfg(not(any(target_os = "macos", target_os = "freebsd", target_os = "openbsd")))]
 pub const DEFAULT_IFACE: &str = "lo";
 
+/// Where `--pin` without a directory pins (a BPF filesystem's usual mount point).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tokenwire";
+
 /// How to open a live capture.
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
@@ -38,6 +41,8 @@ pub struct LiveOptions {
     pub event_ring_bytes: u32,
     /// eBPF: bytes of the ring passively read packets go through.
     pub passive_ring_bytes: u32,
+    /// eBPF: pin maps and links in this bpffs directory, adopting a previous probe's.
+    pub pin: Option<std::path::PathBuf>,
     pub pcap: pcap::PcapOptions,
 }
 
@@ -101,6 +106,7 @@ fn open_ebpf(opts: &LiveOptions) -> Result<Box<dyn Backend>, OpenError> {
                 events: opts.event_ring_bytes,
                 passive: opts.passive_ring_bytes,
             },
+            pin: opts.pin.clone(),
         },
     )?))
 }
@@ -120,7 +126,11 @@ fn auto(
             backend,
             notice: None,
         }),
-        Err(e @ OpenError::Ebpf(ebpf_object::EbpfError::NoInterface(_))) => Err(e),
+        Err(
+            e @ OpenError::Ebpf(
+                ebpf_object::EbpfError::NoInterface(_) | ebpf_object::EbpfError::Pin { .. },
+            ),
+        ) => Err(e),
         Err(e) => match pcap() {
             Ok(backend) => Ok(Opened {
                 backend,

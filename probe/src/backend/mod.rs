@@ -23,7 +23,11 @@ pub mod kernel_run;
 #[cfg(target_os = "linux")]
 mod map_batch;
 pub mod pcap;
+#[cfg(target_os = "linux")]
+pub mod pin;
 pub mod replay;
 
-pub use capture::{Backend, BackendError, wall_clock_ns};
-pub use factory::{BackendKind, DEFAULT_IFACE, LiveOptions, OpenError, Opened, open};
+pub use capture::{Backend, BackendError, Carry, wall_clock_ns};
+pub use factory::{
+    BackendKind, DEFAULT_IFACE, DEFAULT_PIN_DIR, LiveOptions, OpenError, Opened, open,
+};

@@ -129,3 +129,46 @@ fn a_span_finds_its_connection() {
     };
     assert_eq!(t.keys_of(&c), vec![k]);
 }
+
+#[test]
+fn a_carried_table_continues_every_series() {
+    let now = Instant::now();
+    let mut t = FlowTable::new(Labels::default());
+    let up = key("127.0.0.1:50000", "127.0.0.1:9000", IPPROTO_TCP);
+    let down = key("127.0.0.1:9000", "127.0.0.1:50000", IPPROTO_TCP);
+    t.event(up, EventKind::Open, TCP_SYN, &[]);
+    t.event(up, EventKind::Payload, TCP_ACK, b"GET / HTTP/1.1\r\n");
+    t.set_counters(up, c(5, 400), TCP_SYN, now);
+    t.set_counters(down, c(4, 900), TCP_SYN | TCP_ACK, now);
+    // A connection whose keys were evicted and which then retired: gone from the kernel.
+    let gone = key("127.0.0.1:50001", "127.0.0.1:8080", IPPROTO_UDP);
+    t.set_counters(gone, c(7, 700), 0, now);
+    t.evicted(&gone);
+    t.retire();
+    let before = t.wire_totals();
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let json = t.carry_out(7).to_json();
+    assert!(matches!(
+        CarriedTable::from_json(&json, 8),
+        Err(CarryError::Generation { .. })
+    ));
+    assert!(matches!(
+        CarriedTable::from_json(b"{\"generation\":7", 7),
+        Err(CarryError::Json(_))
+    ));
+    let mut next = FlowTable::new(Labels::default());
+    assert_eq!(
+        next.carry_in(CarriedTable::from_json(&json, 7).unwrap(), now),
+        1
+    );
+    assert_eq!(next.wire_totals(), before, "nothing moves before a read");
+    // The kernel counted on meanwhile; no event names the connection again.
+    next.set_counters(up, c(8, 640), 0, now);
+    let after = next.wire_totals();
+    assert_eq!(after.len(), 3, "no new series: {after:?}");
+    let http_up = ("other".to_owned(), "http", "to_server");
+    assert_eq!(after[&http_up], c(8, 640));
+    assert!(after.iter().all(|(k, v)| v.packets >= before[k].packets));
+    assert_eq!(next.evictions, t.evictions);
+}

@@ -13,6 +13,9 @@ pub struct RequestRecord {
     /// When the request was due, seconds after the approach's run began (open loop: its
     /// scheduled time; otherwise when it was sent).
     pub start_offset_s: f64,
+    /// When it was due, Unix nanoseconds (to line it up with the probe's records and
+    /// other processes' logs).
+    pub start_unix_ns: u64,
     /// Due time (send, or connect in fresh mode) to the first content token.
     #[serde(rename = "ttft_s", with = "secs")]
     pub ttft: Option<Duration>,
@@ -127,6 +130,14 @@ pub struct Recorder {
     last: Option<Instant>,
 }
 
+/// The wall clock at `at` (a moment now or earlier), Unix nanoseconds.
+fn unix_ns_at(at: Instant) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(at.elapsed()).as_nanos() as u64
+}
+
 impl Recorder {
     /// `start` is when the request was due: TTFT and total count from it.
     pub fn new(approach: Approach, prompt_index: usize, start: Instant) -> Self {
@@ -136,6 +147,7 @@ impl Recorder {
                 prompt_index,
                 round: 0,
                 start_offset_s: 0.0,
+                start_unix_ns: unix_ns_at(start),
                 ttft: None,
                 gaps: Vec::new(),
                 total: None,

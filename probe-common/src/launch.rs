@@ -61,6 +61,7 @@ pub struct Launch<T> {
     command: Command,
     timeout: Duration,
     echo: bool,
+    log: Option<PathBuf>,
     what: &'static str,
     ready: PhantomData<T>,
 }
@@ -104,6 +105,7 @@ impl<T: DeserializeOwned> Launch<T> {
             command,
             timeout: Duration::from_secs(60),
             echo: false,
+            log: None,
             what,
             ready: PhantomData,
         }
@@ -119,6 +121,12 @@ impl<T: DeserializeOwned> Launch<T> {
     /// the error if it exits before it is ready).
     pub fn echo(mut self, echo: bool) -> Self {
         self.echo = echo;
+        self
+    }
+
+    /// Appends its whole log to `path` (created if missing), for reading after it ends.
+    pub fn log_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log = Some(path.into());
         self
     }
 
@@ -141,11 +149,22 @@ impl<T: DeserializeOwned> Launch<T> {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(stderr) = child.stderr.take() {
             let (tail, echo) = (tail.clone(), self.echo);
+            let mut log = self.log.as_ref().and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .ok()
+            });
             // Drained to its end, so the probe never blocks on a full pipe.
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if echo {
                         eprintln!("{line}");
+                    }
+                    if let Some(f) = log.as_mut() {
+                        use std::io::Write;
+                        let _ = writeln!(f, "{line}");
                     }
                     let mut t = tail
                         .lock()

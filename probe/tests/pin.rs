@@ -93,11 +93,26 @@ fn stream(to: SocketAddr) -> (u64, u64) {
     (PACKETS, bytes)
 }
 
+/// However the test ends: its probes stopped, the classifier detached.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.0.as_os_str())
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = detach(&self.0);
+    }
+}
+
 #[test]
 fn restarts_with_pinned_maps_lose_no_packet_and_reset_no_counter() {
     require_root();
     let dir = PathBuf::from(format!("/sys/fs/bpf/tokenwire-test-{}", std::process::id()));
     let _ = detach(&dir);
+    let _cleanup = Cleanup(dir.clone());
     // The stream's server: bound, so no ICMP answers; never read (drops after lo's egress
     // are counted by both sides alike).
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();

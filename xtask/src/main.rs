@@ -121,6 +121,19 @@ enum Task {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
     },
+    /// The demo's workload under faults for N minutes (as root): the model, each companion
+    /// and the probe (pinned, so its successor adopts the classifier) killed and restarted
+    /// at random, SSE clients cut mid-stream. Fails unless every request got its answer or
+    /// a clear error, every request a server saw has one record at the probe (or ran
+    /// during a probe outage, whose packets are still counted), no counter went down, no
+    /// process panicked or grew. Prints a table for docs/reliability.md.
+    Chaos {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seed of the faults' times and kinds.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Measure how fast a release-build probe takes spans and what they cost it in memory
     /// (as root): N starts naming one real connection (all but the per-connection limit
     /// refused), then N/2 start/end pairs on it. Prints a Markdown table for
@@ -232,6 +245,10 @@ fn real_main() -> Result<()> {
             setup::setup()?;
             fleet::run(nodes)
         }
+        Task::Chaos { minutes, seed } => {
+            setup::setup()?;
+            chaos::run(minutes, seed)
+        }
         Task::Soak { minutes } => {
             setup::setup()?;
             soak::run(minutes)
@@ -260,6 +277,7 @@ fn real_main() -> Result<()> {
 mod bench_capacity;
 mod bench_probe;
 mod bench_spans;
+mod chaos;
 mod demo;
 mod fleet;
 mod fuzz;

@@ -8,8 +8,9 @@ use std::process::Command;
 
 /// Debian packages the project needs: libpcap for the probe's pcap backend, tcpdump as
 /// the ground truth of byte counts, prometheus for promtool and the real server the
-/// dashboard test queries, python3 for the span-access test's unprivileged sender,
-/// chromium for `tokenwire-bench browser` and its test.
+/// dashboard test queries, python3 for the span-access test's unprivileged sender, curl
+/// for the clients `chaos` cuts mid-stream, chromium for `tokenwire-bench browser` and its
+/// test.
 pub(crate) const APT_PACKAGES: [&str; 8] = [
     "libpcap-dev",
     "tcpdump",

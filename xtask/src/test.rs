@@ -1,4 +1,5 @@
-//! `cargo xtask test`, what CI runs: set-up, fmt, clippy, the macOS lint, every test, the fleet.
+//! `cargo xtask test`, what CI runs: set-up, fmt, clippy, the macOS lint, every test, the
+//! fleet, two minutes of chaos.
 
 use crate::setup::check_macos;
 use crate::{cargo, describe, fleet, run};
@@ -47,7 +48,11 @@ pub(crate) fn test() -> Result<()> {
     // The fleet: three nodes (namespaces) into a central Prometheus, checked against
     // each node's own probe (about 40 s).
     eprintln!("xtask: fleet of 3 nodes");
-    fleet::run(3)
+    fleet::run(3)?;
+    // Kills and restarts of the probe, the model and the companions under the demo's
+    // workload (docs/reliability.md, "Faults").
+    eprintln!("xtask: chaos for 2 minutes");
+    crate::chaos::run(2.0, 1)
 }
 
 /// The number just before `word` in a `test result:` line, e.g. `ok. 18 passed; 0 failed`.

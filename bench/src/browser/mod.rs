@@ -195,6 +195,7 @@ fn record(approach: Approach, job: &Job, r: PageResult, from_unix_ns: u64) -> Re
         prompt_index: job.prompt_index,
         round: job.round,
         start_offset_s: started_ns.saturating_sub(from_unix_ns) as f64 / 1e9,
+        start_unix_ns: started_ns,
         ttft: r.ttft_ms.map(ms),
         gaps: r.gaps_ms.into_iter().map(ms).collect(),
         total: Some(ms(r.total_ms)),

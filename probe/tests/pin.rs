@@ -2,8 +2,9 @@
 //! stream on lo, the probe is stopped with SIGTERM and a second one started on the same pin
 //! directory, which is then killed with -9 and followed by a third. The third's final wire
 //! counters equal the sender's count and tcpdump's, and a real Prometheus scraping every
-//! 200 ms saw the series only go up. Pinned maps of another format are refused with a
-//! clear message; `detach` removes it all. Runs as root.
+//! 200 ms saw the series only go up. A classifier of another build is replaced with the
+//! counts kept; pinned maps of another format are refused with a clear message; `detach`
+//! removes it all. Runs as root.
 
 mod common;
 
@@ -183,15 +184,31 @@ fn restarts_with_pinned_maps_lose_no_packet_and_reset_no_counter() {
     let n: f64 = samples[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(n >= 20.0, "Prometheus scraped the probes {n} times");
 
-    // Pinned maps of another format are refused, with what to do.
+    // A classifier of another build (same map format) is replaced, the counts kept.
     third.stop("TERM");
-    let meta = aya::maps::MapData::from_pin(dir.join("PIN_META")).unwrap();
-    let mut meta: aya::maps::Array<_, tokenwire_probe_common::PinMeta> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(meta)).unwrap();
-    let mut m = meta.get(&0, 0).unwrap();
+    let meta = || {
+        let data = aya::maps::MapData::from_pin(dir.join("PIN_META")).unwrap();
+        let map: aya::maps::Array<_, tokenwire_probe_common::PinMeta> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+        map
+    };
+    let mut m = meta().get(&0, 0).unwrap();
+    let own_hash = m.object_hash;
+    m.object_hash = 1;
+    meta().set(0, m, 0).unwrap();
+    let mut fourth = probe(&dir, listen, to.port());
+    assert_eq!(
+        wire(listen),
+        sent,
+        "the replacing probe continues the counts"
+    );
+    assert_eq!(meta().get(&0, 0).unwrap().object_hash, own_hash);
+    fourth.stop("TERM");
+
+    // Pinned maps of another format are refused, with what to do.
+    let mut m = meta().get(&0, 0).unwrap();
     m.format = 999;
-    meta.set(0, m, 0).unwrap();
-    drop(meta);
+    meta().set(0, m, 0).unwrap();
     let out = Command::new(BIN)
         .args([
             "run",

@@ -22,7 +22,6 @@ use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,23 +51,9 @@ fn unix_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-/// GET `path` from the probe (HTTP/1.0: the body is the rest of the stream).
+/// GET `path` from the probe; `None` while no probe answers.
 fn get(path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let api: SocketAddr = API.parse().ok()?;
-    let mut s = std::net::TcpStream::connect_timeout(&api, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: probe\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    if !resp.starts_with("HTTP/1.") || !resp.contains(" 200 ") {
-        return None;
-    }
-    Some(resp.split_once("\r\n\r\n")?.1.to_owned())
+    crate::observe::get(API.parse().ok()?, path).ok()
 }
 
 fn wire_packets() -> Option<u64> {
@@ -123,7 +108,11 @@ impl<T: serde::de::DeserializeOwned> Proc<T> {
             && self.started_at.elapsed() > Duration::from_secs(3)
             && let Some(pid) = self.pid()
         {
-            self.baseline = Some((pid, fds(pid), crate::observe::status_kib(pid, "VmRSS:")));
+            self.baseline = Some((
+                pid,
+                crate::observe::fds(pid),
+                crate::observe::status_kib(pid, "VmRSS:"),
+            ));
         }
     }
 
@@ -133,7 +122,10 @@ impl<T: serde::de::DeserializeOwned> Proc<T> {
         if self.pid() != Some(pid) {
             return None;
         }
-        let (fd1, rss1) = (fds(pid), crate::observe::status_kib(pid, "VmRSS:"));
+        let (fd1, rss1) = (
+            crate::observe::fds(pid),
+            crate::observe::status_kib(pid, "VmRSS:"),
+        );
         println!(
             "| {} | {} | {fd0} -> {fd1} | {:.1} -> {:.1} |",
             self.name,

@@ -7,14 +7,30 @@ use std::net::SocketAddr;
 
 /// GET /metrics from the probe's API at `api`.
 pub fn metrics(api: SocketAddr) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect(api)?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
+    get(api, "/metrics")
+}
+
+/// GET `path` from the probe's API at `api` (HTTP/1.0: the body is the rest of the
+/// stream); an error unless it answers 200.
+pub fn get(api: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&api, std::time::Duration::from_secs(2))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: probe\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if !head.lines().next().is_some_and(|l| l.contains(" 200 ")) {
+        return Err(std::io::Error::other(format!(
+            "GET {path}: {}",
+            head.lines().next().unwrap_or("no answer")
+        )));
+    }
+    Ok(body.to_owned())
+}
+
+/// How many descriptors process `pid` has open (0 when unreadable).
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 /// The sum of every sample in `text` whose line starts with `prefix`.

@@ -11,10 +11,6 @@ use tokenwire_probe_common::launch::{ProbeLaunch, RunningProbe, RunningServers, 
 
 const API: &str = "127.0.0.1:19464";
 
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 /// One sample of a metric from the probe's exposition (0 while it does not answer).
 fn metric(name: &str) -> u64 {
     let api = API.parse().expect("a constant address");
@@ -100,7 +96,7 @@ pub fn run(minutes: f64) -> Result<()> {
         samples.push((
             started.elapsed().as_secs(),
             crate::observe::status_kib(pid, "VmRSS:"),
-            fds(pid),
+            crate::observe::fds(pid),
             metric("tokenwire_probe_connections"),
             metric("tokenwire_requests_total{"),
         ));

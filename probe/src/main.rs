@@ -89,6 +89,8 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let mut engine = Engine::new(opened.backend, labels, args.engine_options());
     let carry = engine.backend().carry();
+    // The carried table last written, so an unchanged one is not written again.
+    let mut carried = Vec::new();
     if let Some(c) = &carry {
         adopt(&mut engine, c);
     }
@@ -196,7 +198,7 @@ async fn run(args: RunArgs) -> Result<()> {
             _ = refresh.tick() => {
                 engine.poll(Instant::now())?;
                 if let Some(c) = &carry {
-                    save_carry(&engine, c);
+                    save_carry(&engine, c, &mut carried);
                 }
             }
             // The refresh tick (at least as often) keeps the table current: printing reads it.
@@ -213,7 +215,7 @@ async fn run(args: RunArgs) -> Result<()> {
     // Requests still running end `unknown`, with their bytes so far.
     engine.finish_all(Instant::now())?;
     if let Some(c) = &carry {
-        save_carry(&engine, c);
+        save_carry(&engine, c, &mut carried);
     }
     emit(&engine, snapshot + 1, true);
     Ok(())
@@ -247,16 +249,23 @@ fn adopt<B: backend::Backend>(engine: &mut Engine<B>, c: &backend::Carry) {
     }
 }
 
-/// Writes the flow table's state for the probe that will adopt the pinned maps.
-fn save_carry<B: backend::Backend>(engine: &Engine<B>, c: &backend::Carry) {
+/// Writes the flow table's state for the probe that will adopt the pinned maps, unless it
+/// is what was written last (`last`).
+fn save_carry<B: backend::Backend>(engine: &Engine<B>, c: &backend::Carry, last: &mut Vec<u8>) {
     let bytes = engine.carry_out(c.generation).to_json();
+    if bytes == *last {
+        return;
+    }
     let written = c
         .file
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
         .and_then(|()| write_atomically(&c.file, &bytes));
-    if let Err(e) = written {
-        tracing::warn!(file = %c.file.display(), error = %e, "writing the flow table's state for the next probe");
+    match written {
+        Ok(()) => *last = bytes,
+        Err(e) => {
+            tracing::warn!(file = %c.file.display(), error = %e, "writing the flow table's state for the next probe")
+        }
     }
 }
 

@@ -138,21 +138,16 @@ fn adoptable(
     max_flows: u32,
     rings: RingSizes,
 ) -> Result<Option<common::PinMeta>, EbpfError> {
-    let refuse = |reason: String| EbpfError::Pin {
-        dir: dir.path().display().to_string(),
-        reason,
-    };
     let Some(meta) = dir.meta()? else {
         if !dir.links().is_empty() {
-            return Err(refuse(
-                "links are pinned there without their maps: run `tokenwire-probe detach --pin DIR`"
-                    .into(),
+            return Err(dir.error(
+                "links are pinned there without their maps: run `tokenwire-probe detach --pin DIR`",
             ));
         }
         return Ok(None);
     };
     if meta.format != common::PIN_FORMAT {
-        return Err(refuse(format!(
+        return Err(dir.error(format!(
             "the pinned maps are of format {}, this probe reads format {} (another version): \
              run `tokenwire-probe detach --pin {}` to remove them (their counts go), or pin elsewhere",
             meta.format,
@@ -167,7 +162,7 @@ fn adoptable(
     let have = dir.links();
     if have != want {
         let names = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
-        return Err(refuse(format!(
+        return Err(dir.error(format!(
             "pinned for other interfaces ({}) than asked ({}): pin elsewhere, or detach first",
             names(&have),
             names(&want)
@@ -230,15 +225,11 @@ fn attach(
         return Ok(None);
     };
     let path = dir.link_path(&iface.name, hook);
-    let pin_error = |reason: String| EbpfError::Pin {
-        dir: dir.path().display().to_string(),
-        reason,
-    };
     let adopted = path.exists();
     let id = if adopted {
-        let old = PinnedLink::from_pin(&path).map_err(|e| pin_error(chain(&e)))?;
+        let old = PinnedLink::from_pin(&path).map_err(|e| dir.error(chain(&e)))?;
         let link = SchedClassifierLink::try_from(FdLink::from(old))
-            .map_err(|e| pin_error(format!("{}: {}", path.display(), chain(&e))))?;
+            .map_err(|e| dir.error(format!("{}: {}", path.display(), chain(&e))))?;
         prog.attach_to_link(link).map_err(attach_error)?
     } else {
         prog.attach_with_options(
@@ -252,11 +243,11 @@ fn attach(
         .take_link(id)
         .map_err(attach_error)?
         .try_into()
-        .map_err(|e: aya::programs::links::LinkError| pin_error(chain(&e)))?;
+        .map_err(|e: aya::programs::links::LinkError| dir.error(chain(&e)))?;
     let link = if adopted {
         link
     } else {
-        FdLink::from(link.pin(&path).map_err(|e| pin_error(chain(&e)))?)
+        FdLink::from(link.pin(&path).map_err(|e| dir.error(chain(&e)))?)
     };
     tracing::info!(iface = %iface.name, hook = hook_name(hook), program = name, adopted, "attached (pinned)");
     Ok(Some(link))

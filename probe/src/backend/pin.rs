@@ -113,6 +113,11 @@ impl PinDir {
         &self.path
     }
 
+    /// An error about this directory.
+    pub fn error(&self, reason: impl Into<String>) -> EbpfError {
+        pin_error(&self.path, reason)
+    }
+
     pub fn map_path(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }

@@ -5,8 +5,9 @@
 //! retired connections (gone from the kernel), what each key exported under which series
 //! (so no series goes down when a connection's labels are learnt again), and each
 //! connection's classification (its ClientHello, SYN and first payload were seen once and
-//! are not sent again). The probe writes this after every counter read and at exit; the
-//! next probe reads it before its first read, so its first counters continue the last.
+//! are not sent again). The probe writes this after every counter read that changed it and
+//! at exit; the next probe reads it before its first read, so its first counters continue
+//! the last.
 
 use super::{Conn, ConnId, FlowTable, KeyState, WireKey};
 use crate::flow::{Counters, Direction, PacketKey, Transport};
